@@ -1,0 +1,1 @@
+"""skelfast.nn"""
