@@ -1,0 +1,93 @@
+"""Run-time backend selection: SKELFAST_BACKEND=auto|cuda|triton|torch (engineering.md §6).
+
+- auto:   compiled kernels where built (C++ on CPU, CUDA on GPU), else Triton on GPU, else the
+          eager reference, quietly.
+- cuda:   the compiled C++/CUDA kernels; raises if the extension was not built (with CUDA, for GPU
+          tensors).
+- triton: Triton kernels for GPU tensors (CPU tensors still use the compiled CPU kernel); raises if
+          triton cannot be imported or no GPU is visible.
+- torch:  the eager reference everywhere (for comparisons).
+An explicit choice that cannot be met raises at `set_backend` and at the first op call.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+import torch
+
+from .. import _extension
+
+BACKENDS = ("auto", "cuda", "triton", "torch")
+_selected: Optional[str] = None
+
+
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _triton_usable() -> bool:
+    """Triton runs on GPUs, or on CPU tensors under TRITON_INTERPRET=1 (tests only)."""
+    return _triton_importable() and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def available_backends() -> List[str]:
+    """Backends that can run on this machine right now."""
+    out = ["torch"]
+    if _extension.has_cpu_kernels():
+        out.append("cpu")
+    if _extension.has_cuda_kernels() and torch.cuda.is_available():
+        out.append("cuda")
+    if _triton_usable():
+        out.append("triton")
+    return out
+
+
+def _check(name: str) -> None:
+    if name not in BACKENDS:
+        raise ValueError(f"SKELFAST_BACKEND must be one of {BACKENDS}, got {name!r}")
+    if name == "cuda" and not _extension.has_cuda_kernels():
+        why = _extension.LOAD_ERROR or "the extension was built without CUDA (see python -m skelfast.info)"
+        raise RuntimeError(f"backend 'cuda' requested but compiled CUDA kernels are unavailable: {why}")
+    if name == "triton" and not _triton_usable():
+        raise RuntimeError("backend 'triton' requested but triton is not importable or no CUDA device is visible "
+                           "(pip install 'skelfast[triton]' on a GPU machine)")
+
+
+def set_backend(name: str) -> None:
+    """Select the backend for all skelfast ops (overrides SKELFAST_BACKEND)."""
+    _check(name)
+    global _selected
+    _selected = name
+
+
+def get_backend() -> str:
+    """The selected backend name; validates an explicit SKELFAST_BACKEND on first use."""
+    global _selected
+    if _selected is None:
+        name = os.environ.get("SKELFAST_BACKEND", "auto").strip().lower() or "auto"
+        _check(name)
+        _selected = name
+    return _selected
+
+
+def resolve(device: torch.device) -> str:
+    """The implementation that runs for a tensor on `device`: 'compiled', 'triton' or 'torch'."""
+    name = get_backend()
+    if name == "torch":
+        return "torch"
+    if device.type == "cpu":
+        return "compiled" if _extension.has_cpu_kernels() else "torch"
+    if device.type == "cuda":
+        if name == "triton":
+            return "triton"
+        if _extension.has_cuda_kernels():
+            return "compiled"
+        if name == "auto" and _triton_usable():
+            return "triton"
+        return "torch"
+    return "torch"
