@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ..modality_spec import DEFAULT_SCALE_BASE, MODALITIES6, check_modalities_args
 from ..topology import Topology
 
-__all__ = ["modalities", "nrm"]
+__all__ = ["modalities", "modalities_from_scale", "nrm"]
 
 
 def nrm(u: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -46,6 +46,12 @@ def modalities(
         (N, len(names), 3, T, V, M) in x.dtype; half-precision inputs are computed in float32.
     """
     ids, topo, scale = check_modalities_args(x, frames, names, topology, scale_base)
+    return modalities_from_scale(x, scale, ids, topo)
+
+
+def modalities_from_scale(x: torch.Tensor, scale: Optional[torch.Tensor], ids: Sequence[int],
+                          topo: Topology) -> torch.Tensor:
+    """`modalities` after validation: scale (N,) is f itself (None = 1), ids index MODALITIES6."""
     out_dtype = x.dtype
     xf = x if x.dtype == torch.float64 else x.float()
     N = xf.shape[0]

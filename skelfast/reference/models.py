@@ -1,0 +1,320 @@
+"""Reference models: multi-modal MoCo (CrosSCLR-3 / IKEM-6), teacher-student, linear evaluation.
+
+Layer: reference (plain PyTorch). A modality is an index into stacked ModuleLists and stacked
+queues, never a hand-written copy. Inputs are raw skeletons (N, 3, T, V, M) plus frame counts;
+the modalities are built with skelfast.reference.modalities (method.md §3).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..modality_spec import MODALITIES3, MODALITIES6
+from .losses import concat_keys, context_loss, ikem_loss, info_nce, relational_distill_loss
+from .modalities import modalities as make_modalities
+from .modalities import nrm
+from .moco import QueueBank, momentum_update_, parameter_pairs
+from .parity import Parity, resolve_lock
+from .stgcn import STGCN, weights_init_official
+
+__all__ = ["MultiModalMoCo", "TeacherStudent", "LinearEval", "ikem_head"]
+
+
+def ikem_head(hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """mlp2x = Linear(hidden_dim, out) -> ReLU -> Linear(out, out) on the pooled feature (§5.4b)."""
+    head = nn.Sequential(nn.Linear(hidden_dim, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim))
+    head.apply(weights_init_official)
+    return head
+
+
+def _check_names(names: Sequence[str]) -> Tuple[str, ...]:
+    names = tuple(names)
+    bad = [n for n in names if n not in MODALITIES6]
+    if bad or len(set(names)) != len(names):
+        raise ValueError(f"modalities must be distinct names from {MODALITIES6}, got {names}")
+    return names
+
+
+class _ModalityInput(nn.Module):
+    """Shared input handling: raw skeleton -> stacked modality tensors (method.md §3)."""
+
+    def _init_inputs(self, modality_topology: str, true_timeline: bool):
+        self.modality_topology = modality_topology
+        # method.md §11 #14: whether the time scale 50/F is used is explicit per model.
+        self.true_timeline = true_timeline
+
+    def make_inputs(self, x: torch.Tensor, frames: Optional[torch.Tensor], names: Sequence[str]) -> torch.Tensor:
+        """x (N, 3, T, V, M) -> (len(names), N, 3, T, V, M); no gradient (the modalities have no parameters)."""
+        with torch.no_grad():
+            f = frames if self.true_timeline else None
+            return make_modalities(x, f, names, self.modality_topology).transpose(0, 1)
+
+
+class MultiModalMoCo(_ModalityInput):
+    """G-modality MoCo pretraining model: 3-modality CrosSCLR/IKEM and 6-modality IKEM (§5).
+
+    Modules (G = len(modalities)):
+        encoders_q, encoders_k: ModuleList[STGCN] with 256->256->128 MLP heads; key encoders have
+            requires_grad False and are updated by momentum only (§5.1).
+        ikem_heads: ModuleList of mlp2x (256 -> G*128 -> G*128), §5.4b.
+        queues: QueueBank (G, feature_dim, K) with a host-side pointer.
+        lock: per-modality flags, True = key encoder frozen in phase 2 (§5.4, §11 #2).
+
+    forward(im_q, im_k, frames=None, phase=1|2) -> dict with 'loss' (scalar to backpropagate),
+    'losses' (G,) per-modality totals, 'q' (G,N,D), 'k' (G,N,D) and, in phase 2, 'u', 'context',
+    'ikem'. In training mode the keys are enqueued at the end (§5.6 step 7).
+    """
+
+    def __init__(self, modalities: Sequence[str] = MODALITIES6, in_channels: int = 3, hidden_channels: int = 16,
+                 hidden_dim: int = 256, feature_dim: int = 128, queue_size: int = 32768, momentum: float = 0.999,
+                 tau: float = 0.07, topk: int = 1, dropout: float = 0.5, topology: str = "ntu25",
+                 modality_topology: str = "ntu25", true_timeline: bool = True, edge_importance: bool = True,
+                 parity: Parity = Parity()):
+        super().__init__()
+        self.modalities = _check_names(modalities)
+        G = len(self.modalities)
+        self.parity = parity
+        self._init_inputs(modality_topology, true_timeline)
+        self.momentum, self.tau, self.topk, self.feature_dim = momentum, tau, topk, feature_dim
+        enc = dict(in_channels=in_channels, hidden_channels=hidden_channels, hidden_dim=hidden_dim, head="mlp",
+                   feature_dim=feature_dim, dropout=dropout, topology=topology, edge_importance=edge_importance)
+        self.encoders_q = nn.ModuleList(STGCN(**enc) for _ in range(G))
+        self.encoders_k = nn.ModuleList(STGCN(**enc) for _ in range(G))
+        if parity.shared_crossclr_heads:
+            # §11 #10 (CrosSCLR original): modality g>0 head = own Linear+ReLU, then modality 0's head.
+            for encs in (self.encoders_q, self.encoders_k):
+                for g in range(1, G):
+                    encs[g].fc = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), encs[0].fc)
+                    encs[g].fc[0].apply(weights_init_official)
+        if not parity.independent_key_init:
+            # MoCo-correct start (§11 #4 off): key = query. Officially weights_init re-draws keys afterwards.
+            for eq, ek in zip(self.encoders_q, self.encoders_k):
+                ek.load_state_dict(eq.state_dict())
+        for p in self.encoders_k.parameters():
+            p.requires_grad_(False)
+        self.ikem_heads = nn.ModuleList(ikem_head(hidden_dim, G * feature_dim) for _ in range(G))
+        self.queues = QueueBank(G, feature_dim, queue_size)
+        self.lock = resolve_lock(parity, self.modalities)
+
+    # --- MoCo machinery -------------------------------------------------------------------------
+    def momentum_update_(self, which: Optional[Sequence[int]] = None) -> None:
+        """Momentum-update key encoders `which` (default all) in one multi-tensor update (§5.1)."""
+        which = range(len(self.modalities)) if which is None else list(which)
+        if self.parity.shared_crossclr_heads:
+            # Shared head tensors appear in several encoder pairs: officially updated once per pair,
+            # in sequence, so keep one update per pair here.
+            for g in which:
+                momentum_update_(list(self.encoders_k[g].parameters()), list(self.encoders_q[g].parameters()),
+                                 self.momentum)
+            return
+        keys, queries = parameter_pairs([self.encoders_k[g] for g in which], [self.encoders_q[g] for g in which])
+        momentum_update_(keys, queries, self.momentum)
+
+    def unlocked(self, phase: int) -> Tuple[int, ...]:
+        """Indices of key encoders updated in this phase: all in phase 1, the unlocked ones in phase 2."""
+        return tuple(range(len(self.modalities))) if phase == 1 else tuple(
+            g for g, locked in enumerate(self.lock) if not locked)
+
+    @torch.no_grad()
+    def keys(self, xk: torch.Tensor) -> torch.Tensor:
+        """xk (G, N, C, T, V, M) -> unit keys (G, N, D) from the key encoders (train mode as officially)."""
+        return torch.stack([nrm(enc(x)[0]) for enc, x in zip(self.encoders_k, xk)])
+
+    def queries(self, xq: torch.Tensor, with_ikem: bool):
+        """xq (G, N, C, T, V, M) -> q (G, N, D) and, if with_ikem, u = nrm(mlp2x(h_x)) (G, N, G*D)."""
+        qs, us = [], []
+        for g, x in enumerate(xq):
+            z, h = self.encoders_q[g](x)
+            qs.append(nrm(z))
+            if with_ikem:
+                us.append(nrm(self.ikem_heads[g](h)))
+        return torch.stack(qs), (torch.stack(us) if with_ikem else None)
+
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, frames: Optional[torch.Tensor] = None,
+                phase: int = 1, enqueue: bool = True) -> Dict[str, torch.Tensor]:
+        """One pretraining forward (§5.3 phase 1, §5.4/§5.6 phase 2).
+
+        Args:
+            im_q, im_k: (N, 3, T, V, M) two augmented views; frames: (N,) raw frame counts F.
+            phase: 1 (separate InfoNCE) or 2 (cross-modal context + IKEM).
+            enqueue: enqueue the keys at the end (only in training mode).
+        """
+        if phase not in (1, 2):
+            raise ValueError(f"phase must be 1 or 2, got {phase}")
+        xq = self.make_inputs(im_q, frames, self.modalities)
+        xk = self.make_inputs(im_k, frames, self.modalities)
+        with_ikem = phase == 2 and self.parity.ikem_term
+        q, u = self.queries(xq, with_ikem)
+        with torch.no_grad():
+            if self.training:
+                self.momentum_update_(self.unlocked(phase))  # before the keys of this step (§5.1)
+            k = self.keys(xk)
+        # Snapshot: the loss uses the queue before this step's enqueue, and backward needs it intact.
+        queue = self.queues.queue.clone()
+        out = {"q": q, "k": k}
+        if phase == 1:
+            losses = info_nce(q, k, queue, self.tau)
+        else:
+            ctx = context_loss(q, k, queue, self.tau, self.topk, context=self.parity.context)
+            out["context"] = ctx
+            losses = ctx
+            if with_ikem:
+                ik = ikem_loss(u, k, queue, self.tau)
+                out["u"], out["ikem"] = u, ik
+                losses = ctx + ik
+        out["losses"] = losses
+        out["loss"] = losses.sum()
+        if self.training and enqueue:
+            self.queues.enqueue_(k)
+        return out
+
+
+class TeacherStudent(_ModalityInput):
+    """Relational cross-modal distillation (§6.1 six-modality teacher, three students; §6.2 fused).
+
+    Modules:
+        teacher: ModuleList[STGCN] (G, 256->256->128 heads), all parameters frozen.
+        students: ModuleList[STGCN] with 256 -> G*128 -> G*128 heads; one per student modality, or
+            one fused student on the channel concatenation of student_modalities (in_channels 3*S).
+        queues: QueueBank (G, 128, K) of teacher queries; teacher_queue: QueueBank (1, G*128, K).
+    """
+
+    def __init__(self, teacher_modalities: Sequence[str] = MODALITIES6,
+                 student_modalities: Sequence[str] = MODALITIES3, fused_student: bool = False,
+                 in_channels: int = 3, hidden_channels: int = 16, hidden_dim: int = 256, feature_dim: int = 128,
+                 queue_size: int = 32768, tau: float = 0.07, topk: int = 1, dropout: float = 0.5,
+                 topology: str = "ntu25", modality_topology: str = "ntu25", true_timeline: bool = True,
+                 edge_importance: bool = True, parity: Parity = Parity()):
+        super().__init__()
+        self.teacher_modalities = _check_names(teacher_modalities)
+        self.student_modalities = _check_names(student_modalities)
+        self.fused_student = fused_student
+        self.parity = parity
+        self._init_inputs(modality_topology, true_timeline)
+        self.tau, self.topk = tau, topk
+        G = len(self.teacher_modalities)
+        common = dict(hidden_channels=hidden_channels, hidden_dim=hidden_dim, head="mlp", dropout=dropout,
+                      topology=topology, edge_importance=edge_importance)
+        self.teacher = nn.ModuleList(STGCN(in_channels=in_channels, feature_dim=feature_dim, **common)
+                                     for _ in range(G))
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        num_students = 1 if fused_student else len(self.student_modalities)
+        s_in = in_channels * len(self.student_modalities) if fused_student else in_channels
+        self.students = nn.ModuleList(
+            STGCN(in_channels=s_in, feature_dim=G * feature_dim, head_hidden=G * feature_dim, **common)
+            for _ in range(num_students))
+        self.queues = QueueBank(G, feature_dim, queue_size)
+        self.teacher_queue = QueueBank(1, G * feature_dim, queue_size)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not self.parity.teacher_train_mode:
+            self.teacher.eval()  # §11 #5 fixed: frozen teacher in eval mode
+        return self
+
+    def teacher_queues(self) -> torch.Tensor:
+        """(G, D, K) snapshot of the teacher-modality queues, with §11 BUG #1 applied if requested."""
+        Q = self.queues.queue.clone()
+        names = self.teacher_modalities
+        if self.parity.omega_uses_bone_queue and "omega" in names and "bone" in names:
+            Q[names.index("omega")] = Q[names.index("bone")]
+        return Q
+
+    def student_features(self, x2: torch.Tensor, frames: Optional[torch.Tensor]) -> torch.Tensor:
+        """View-2 skeleton -> unit student features (S, N, G*D)."""
+        xs = self.make_inputs(x2, frames, self.student_modalities)       # (S, N, 3, T, V, M)
+        if self.fused_student:
+            xs = xs.transpose(0, 1).flatten(1, 2).unsqueeze(0)          # (1, N, 3S, T, V, M), [J, Mo, B]
+        return torch.stack([nrm(enc(x)[0]) for enc, x in zip(self.students, xs)])
+
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, frames: Optional[torch.Tensor] = None,
+                enqueue: bool = True) -> Dict[str, torch.Tensor]:
+        """Teacher on view 1 (no grad), students on view 2 (§6.1 'Forward, per step')."""
+        xq = self.make_inputs(im_q, frames, self.teacher_modalities)
+        with torch.no_grad():
+            tq = torch.stack([nrm(enc(x)[0]) for enc, x in zip(self.teacher, xq)])   # (G, N, D)
+        s = self.student_features(im_k, frames)
+        tqueue = self.teacher_queue.queue[0].clone()
+        losses = relational_distill_loss(tq, s, self.teacher_queues(), tqueue, self.tau, self.topk)
+        out = {"teacher_q": tq, "student": s, "losses": losses, "loss": losses.sum()}
+        if self.training and enqueue:
+            # The queues hold teacher *queries* and the teacher feature t (no key encoders here).
+            self.queues.enqueue_(tq)
+            self.teacher_queue.enqueue_(concat_keys(tq).unsqueeze(0))
+        return out
+
+
+class LinearEval(_ModalityInput):
+    """Linear evaluation (§7): frozen encoders, a trainable Linear(256, num_class) per stream.
+
+    streams: the modality of each encoder; with fused=True a single encoder reads the channel
+    concatenation of all stream modalities (the §6.2 student). kind: 'teacher' (official names
+    encoder_q*) or 'student' (encoder_student_*), used by the checkpoint mapping.
+
+    forward(x, frames=None, view=None) -> logits (N, num_class):
+        a modality name -> that stream; '3views' -> mean of joint, motion, bone logits;
+        'all' -> mean of every stream's logits (the fused student: its own logits).
+    The backbones stay in eval mode even under .train() (official, §7) unless backbone_eval=False.
+    """
+
+    def __init__(self, streams: Sequence[str] = MODALITIES6, fused: bool = False, kind: str = "teacher",
+                 num_class: int = 60, in_channels: int = 3, hidden_channels: int = 16, hidden_dim: int = 256,
+                 dropout: float = 0.5, topology: str = "ntu25", modality_topology: str = "ntu25",
+                 true_timeline: bool = True, edge_importance: bool = True, default_view: str = "all",
+                 backbone_eval: bool = True, parity: Parity = Parity()):
+        super().__init__()
+        if kind not in ("teacher", "student"):
+            raise ValueError(f"kind must be 'teacher' or 'student', got {kind!r}")
+        self.streams = _check_names(streams)
+        self.fused, self.kind, self.parity = fused, kind, parity
+        self.default_view, self.backbone_eval = default_view, backbone_eval
+        self._init_inputs(modality_topology, true_timeline)
+        n_enc = 1 if fused else len(self.streams)
+        c_in = in_channels * len(self.streams) if fused else in_channels
+        self.encoders = nn.ModuleList(
+            STGCN(in_channels=c_in, hidden_channels=hidden_channels, hidden_dim=hidden_dim, head="linear",
+                  num_class=num_class, dropout=dropout, topology=topology, edge_importance=edge_importance)
+            for _ in range(n_enc))
+        # Only fc.weight and fc.bias of each encoder are trainable (§7 'What is trained').
+        for enc in self.encoders:
+            for name, p in enc.named_parameters():
+                p.requires_grad_(name.startswith("fc."))
+        self.train()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.backbone_eval:
+            self.encoders.eval()  # official: model.eval() during linear-evaluation training too
+        return self
+
+    def view_streams(self, view: str) -> Tuple[int, ...]:
+        """Indices of the encoders whose logits are averaged for `view` (§7 'Views')."""
+        if self.fused:
+            if view != "all":
+                raise ValueError(f"the fused-student model only has view 'all', got {view!r}")
+            return (0,)
+        if view == "all":
+            return tuple(range(len(self.streams)))
+        if view == "3views":
+            if not all(m in self.streams for m in MODALITIES3):
+                raise ValueError(f"view '3views' needs joint, motion and bone streams, have {self.streams}")
+            return tuple(self.streams.index(m) for m in MODALITIES3)
+        if view in self.streams:
+            return (self.streams.index(view),)
+        raise ValueError(f"unknown view {view!r}; expected 'all', '3views' or one of {self.streams}")
+
+    def forward(self, x: torch.Tensor, frames: Optional[torch.Tensor] = None, view: Optional[str] = None):
+        """x (N, 3, T, V, M), frames (N,) -> logits (N, num_class), the mean over the view's streams."""
+        view = self.default_view if view is None else view
+        idx = self.view_streams(view)
+        if self.fused:
+            xs = self.make_inputs(x, frames, self.streams)               # (S, N, 3, T, V, M)
+            inputs = [xs.transpose(0, 1).flatten(1, 2)]                   # (N, 3S, T, V, M)
+        else:
+            xs = self.make_inputs(x, frames, [self.streams[i] for i in idx])
+            inputs = list(xs)
+        # Logit average inside the model: one CE on it trains the participating heads jointly (§7).
+        return torch.stack([self.encoders[i](xi)[0] for i, xi in zip(idx, inputs)]).mean(0)
