@@ -1,1 +1,6 @@
-"""skelfast.models"""
+"""skelfast.models: model utilities, including loading official CrosSCLR / IKEM checkpoints."""
+from .official import (LoadReport, OfficialLayout, default_ignore_weights, load_official_checkpoint,
+                       official_layout, read_state_dict, to_official_state_dict)
+
+__all__ = ["load_official_checkpoint", "to_official_state_dict", "official_layout", "default_ignore_weights",
+           "read_state_dict", "LoadReport", "OfficialLayout"]
