@@ -5,7 +5,7 @@ Commands:
           [--workers N] [--chunk-size N] [--force] [--no-progress]
       Read every `.skeleton` file in DIR (method.md §1.1), drop the published missing-skeleton
       samples (ntu60/ntu120), split by the benchmark rule (§1.2), preprocess to 50 frames (§1.3)
-      and write the memory-mappable folder documented in `skelfast.data.prepare`. Resumable;
+      and write the memory-mappable folder documented in `skelfast.data.preparation`. Resumable;
       manifest.json is written last. Published benchmarks: ntu60 xsub/xview, ntu120 xsub/xset;
       synthetic allows all three.
   prepare --verify --out DIR
@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from .prepare import PrepareError, prepare, verify
+    from .preparation import PrepareError, prepare, verify
     from .skeleton_reader import SkeletonFormatError
 
     try:

@@ -448,9 +448,9 @@ def ensure_prepared(root: str, num_classes: int = 10, samples_per_class: int = 3
     """Generate (if needed) and prepare (if needed) a synthetic dataset under `root`; idempotent.
 
     Layout: `root/synthetic_c{C}_n{N}_s{seed}[_noise{noise}]/raw/*.skeleton` and `.../{benchmark}/`
-    (a prepared folder, see skelfast.data.prepare). Returns the prepared folder's path.
+    (a prepared folder, see skelfast.data.preparation). Returns the prepared folder's path.
     """
-    from .prepare import load_manifest, prepare
+    from .preparation import load_manifest, prepare
 
     tag = f"synthetic_c{num_classes}_n{samples_per_class}_s{seed}" + ("" if noise == 1.0 else f"_noise{noise:g}")
     base = os.path.join(os.fspath(root), tag)

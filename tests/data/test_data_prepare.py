@@ -1,0 +1,197 @@
+"""`prepare` / `verify` (method.md §1.2-§1.3): layout, ignore lists, splits, resume, bad input, CLI."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from data_fixtures import body, skeleton_text
+from skelfast.data import preparation as prep
+from skelfast.data.preparation import PrepareError, load_manifest, plan_samples, prepare, verify
+from skelfast.data.preprocess import preprocess_sample
+from skelfast.data.skeleton_reader import SkeletonFormatError, read_skeleton
+
+QUIET = dict(progress=False, log=lambda *a, **k: None)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def ntu_folder(tmp_path, names, frames_of=lambda i: 3 + i):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i, n in enumerate(names):
+        T = frames_of(i)
+        (raw / f"{n}.skeleton").write_text(skeleton_text([[body(100 * i + t)] for t in range(T)]))
+    return raw
+
+
+NTU60_NAMES = [
+    "S001C001P001R001A001",   # xsub train (P1), xview val (C1)
+    "S001C002P003R001A002",   # xsub val, xview train
+    "S001C002P005R002A008",   # in the published NTU-60 missing-skeleton list -> skipped
+    "S002C003P008R002A060",   # xsub train, xview train
+    "S018C001P001R001A001",   # NTU-120-only setup -> not part of ntu60
+]
+
+
+def test_ntu60_layout_splits_labels_frames(tmp_path):
+    raw = ntu_folder(tmp_path, NTU60_NAMES)
+    out = tmp_path / "out"
+    man = prepare(str(raw), str(out), dataset="ntu60", benchmark="xsub", **QUIET)
+    assert man["ignored_samples"] == 1 and man["files_not_in_dataset"] == 1
+    assert man["splits"]["train"]["count"] == 2 and man["splits"]["val"]["count"] == 1
+    names, labels, frames = pickle.load(open(out / "train_label.pkl", "rb"))   # §1.2 3-tuple
+    assert names == ["S001C001P001R001A001.skeleton", "S002C003P008R002A060.skeleton"]   # sorted order
+    assert labels == [0, 59] and frames == [3, 6]                               # label = A-1, frame = numFrame
+    data = np.load(out / "train_data.npy", mmap_mode="r")
+    assert data.shape == (2, 3, 50, 25, 2) and data.dtype == np.float32
+    np.testing.assert_array_equal(data[1], preprocess_sample(read_skeleton(str(raw / names[1]))))
+    js = json.load(open(out / "train_label.json"))
+    assert js == {"sample_name": names, "label": labels, "frame": frames}
+    assert man["splits"]["train"]["class_counts"][0] == 1 and len(man["splits"]["train"]["class_counts"]) == 60
+    assert {"skelfast", "numpy", "python"} <= set(man["versions"])
+    assert verify(str(out), log=lambda *a: None)["dataset"] == "ntu60"
+    xview = prepare(str(raw), str(tmp_path / "xview"), dataset="ntu60", benchmark="xview", **QUIET)
+    assert (xview["splits"]["train"]["count"], xview["splits"]["val"]["count"]) == (2, 1)
+
+
+def test_idempotent_and_force(tmp_path):
+    raw = ntu_folder(tmp_path, NTU60_NAMES[:2])
+    out = str(tmp_path / "out")
+    m1 = prepare(str(raw), out, dataset="ntu60", benchmark="xview", **QUIET)
+    msgs = []
+    m2 = prepare(str(raw), out, dataset="ntu60", benchmark="xview", progress=False, log=msgs.append)
+    assert m2 == m1 and "already prepared" in msgs[0]
+    m3 = prepare(str(raw), out, dataset="ntu60", benchmark="xview", force=True, **QUIET)
+    assert m3["splits"] == m1["splits"]
+
+
+class Killed(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_and_matches_fresh(tmp_path, monkeypatch):
+    raw = ntu_folder(tmp_path, [f"S001C00{1 + i % 3}P00{1 + i % 9}R001A00{1 + i % 9}" for i in range(9)])
+    fresh = tmp_path / "fresh"
+    prepare(str(raw), str(fresh), dataset="synthetic", benchmark="xview", chunk_size=2, **QUIET)
+    real, calls, fail_at = prep._process_file, [], [5]
+
+    def flaky(path):
+        calls.append(path)
+        if len(calls) == fail_at[0]:
+            raise Killed   # the run dies mid-way
+        return real(path)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(prep, "_process_file", flaky)
+    with pytest.raises(Killed):
+        prepare(str(raw), str(out), dataset="synthetic", benchmark="xview", chunk_size=2, **QUIET)
+    assert load_manifest(str(out)) is None                     # never looks complete
+    with pytest.raises(PrepareError, match="interrupted run"):
+        verify(str(out), log=lambda *a: None)
+    calls.clear()
+    fail_at[0] = None
+    msgs = []
+    prepare(str(raw), str(out), dataset="synthetic", benchmark="xview", chunk_size=2, progress=False, log=msgs.append)
+    assert any("resuming, 4 of 9" in m for m in msgs) and len(calls) == 5
+    for f in ("train_data.npy", "val_data.npy", "train_label.pkl", "val_label.json"):
+        assert (out / f).read_bytes() == (fresh / f).read_bytes()
+    assert not (out / ".prepare_state.json").exists()
+
+
+def test_truncated_file_aborts_without_manifest(tmp_path):
+    raw = ntu_folder(tmp_path, NTU60_NAMES[:2])
+    bad = raw / "S001C001P002R001A003.skeleton"
+    bad.write_text(skeleton_text([[body(1)], [body(2)]])[:-300])
+    out = tmp_path / "out"
+    with pytest.raises(SkeletonFormatError, match="S001C001P002R001A003.skeleton.*truncated"):
+        prepare(str(raw), str(out), dataset="ntu60", benchmark="xsub", **QUIET)
+    assert load_manifest(str(out)) is None
+
+
+def test_reprepare_of_changed_input_removes_old_manifest_first(tmp_path):
+    raw = ntu_folder(tmp_path, NTU60_NAMES[:2])
+    out = tmp_path / "out"
+    prepare(str(raw), str(out), dataset="ntu60", benchmark="xsub", **QUIET)
+    (raw / "S001C001P002R001A003.skeleton").write_text("7\n1\n")   # a new, truncated file
+    with pytest.raises(SkeletonFormatError):
+        prepare(str(raw), str(out), dataset="ntu60", benchmark="xsub", **QUIET)
+    assert load_manifest(str(out)) is None          # the stale manifest does not survive
+
+
+@pytest.mark.parametrize("setup, message", [
+    ("missing", "is not a directory"),
+    ("empty", "contains no .skeleton files"),
+    ("wrong", "contains no .skeleton files"),
+    ("badname", "not an NTU sample name"),
+    ("only_ignored", "none of its 1 .skeleton files"),
+])
+def test_bad_raw_folders_name_the_option(tmp_path, setup, message):
+    raw = tmp_path / "raw"
+    if setup != "missing":
+        raw.mkdir()
+    if setup == "wrong":
+        (raw / "video.avi").write_bytes(b"\0")
+    if setup == "badname":
+        (raw / "clip_01.skeleton").write_text(skeleton_text([[body(0)]]))
+    if setup == "only_ignored":
+        (raw / "S001C002P005R002A008.skeleton").write_text(skeleton_text([[body(0)]]))
+    with pytest.raises(PrepareError, match=message) as err:
+        prepare(str(raw), str(tmp_path / "out"), dataset="ntu60", benchmark="xsub", **QUIET)
+    assert "raw" in str(err.value)
+
+
+def test_unknown_benchmark(tmp_path):
+    raw = ntu_folder(tmp_path, NTU60_NAMES[:1])
+    with pytest.raises(ValueError, match="--benchmark 'cross'"):
+        plan_samples(str(raw), "ntu60", "cross")
+    with pytest.raises(ValueError, match="not defined for --dataset ntu120"):
+        plan_samples(str(raw), "ntu120", "xview")
+
+
+def test_verify_detects_corruption_and_count_mismatch(tmp_path):
+    raw = ntu_folder(tmp_path, NTU60_NAMES[:4])
+    out = tmp_path / "out"
+    prepare(str(raw), str(out), dataset="ntu60", benchmark="xsub", **QUIET)
+    arr = np.load(out / "train_data.npy", mmap_mode="r+")
+    arr[0, 0, 0, 0, 0] += 1.0
+    arr.flush()
+    del arr
+    with pytest.raises(PrepareError, match="train_data.npy: sha256 mismatch"):
+        verify(str(out), log=lambda *a: None)
+    prepare(str(raw), str(out), dataset="ntu60", benchmark="xsub", force=True, **QUIET)
+    # a label file with one sample too many, manifest updated to match it: the count check must fire
+    names, labels, frames = pickle.load(open(out / "val_label.pkl", "rb"))
+    (out / "val_label.pkl").write_bytes(pickle.dumps((names * 2, labels * 2, frames * 2)))
+    man = json.load(open(out / "manifest.json"))
+    man["splits"]["val"]["files"]["label_pkl"]["bytes"] = os.path.getsize(out / "val_label.pkl")
+    (out / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(PrepareError, match="val_label.pkl: 2 names / 2 labels / 2 frame counts, but .*val_data.npy has 1"):
+        verify(str(out), checksums=False, log=lambda *a: None)
+    with pytest.raises(PrepareError, match="no manifest.json"):
+        verify(str(raw), log=lambda *a: None)
+
+
+def _cli(*args):
+    env = dict(os.environ, SKELFAST_QUIET_IMPORT="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "skelfast.data", *args], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=120)
+
+
+def test_cli_synth_prepare_verify(tmp_path):
+    helptext = _cli("--help").stdout
+    assert "prepare" in helptext and "synth" in helptext and "--verify" in helptext
+    raw, out = str(tmp_path / "raw"), str(tmp_path / "out")
+    r = _cli("synth", "--out", raw, "--num-classes", "3", "--samples-per-class", "4", "--workers", "0", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert len([f for f in os.listdir(raw) if f.endswith(".skeleton")]) == 12
+    r = _cli("prepare", "--dataset", "synthetic", "--benchmark", "xview", "--raw", raw, "--out", out,
+             "--workers", "2", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(os.path.join(out, "manifest.json")))["num_classes"] == 3
+    r = _cli("prepare", "--verify", "--out", out)
+    assert r.returncode == 0 and "OK" in r.stdout
+    r = _cli("prepare", "--dataset", "ntu60", "--benchmark", "xset", "--raw", raw, "--out", out)
+    assert r.returncode == 2 and "not defined for --dataset ntu60" in r.stderr
