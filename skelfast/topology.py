@@ -56,6 +56,14 @@ class Topology:
         if not 0 <= self.center < V:
             raise ValueError(f"topology {self.name!r}: center {self.center} out of range")
 
+    @classmethod
+    def from_tables(cls, bone_parent, axis_partner, normal=()) -> "Topology":
+        """A graph-less topology from the modality tables (as the ops receive them)."""
+        normal = tuple(int(j) for j in normal)
+        return cls(name="custom", num_joints=len(bone_parent), bone_parent=tuple(int(j) for j in bone_parent),
+                   axis_partner=tuple(int(j) for j in axis_partner), edges=(), center=0,
+                   normal=normal if normal else None)
+
     @property
     def normal_list(self) -> list:
         """The normal as a flat int list for op schemas: [] or [joint, a, b, c]."""

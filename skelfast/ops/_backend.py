@@ -12,7 +12,8 @@ An explicit choice that cannot be met raises at `set_backend` and at the first o
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+import warnings
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -47,15 +48,53 @@ def available_backends() -> List[str]:
     return out
 
 
+# op name -> (Triton forward, {backward op name: composite fallback}); filled by skelfast/ops/*.py.
+_TRITON_KERNELS: Dict[str, tuple] = {}
+_triton_lib: Optional[torch.library.Library] = None
+
+
+def register_triton_kernel(op: str, fn: Callable, fallbacks: Optional[Dict[str, Callable]] = None) -> None:
+    """Declare the Triton implementation of skelfast::<op> (and composite fallbacks for ops that
+    have no Triton kernel, used only where no compiled kernel exists for the device)."""
+    _TRITON_KERNELS[op] = (fn, dict(fallbacks or {}))
+
+
+def attach_triton(dispatch_key: str = "CUDA") -> None:
+    """Route skelfast::<op> on `dispatch_key` to the Triton kernels (overriding the compiled CUDA
+    kernels if any). Undone by detach_triton(); the dispatcher then restores the C++ kernels.
+    Tests use dispatch_key='CPU' under TRITON_INTERPRET=1."""
+    global _triton_lib
+    if _triton_lib is not None:
+        return
+    lib = torch.library.Library("skelfast", "IMPL")
+    compiled = _extension.has_cuda_kernels() if dispatch_key == "CUDA" else _extension.has_cpu_kernels()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "overriding a previously registered kernel" is the point here
+        for op, (fn, fallbacks) in _TRITON_KERNELS.items():
+            lib.impl(op, fn, dispatch_key)
+            if not compiled:
+                for fallback_op, fallback_fn in fallbacks.items():
+                    lib.impl(fallback_op, fallback_fn, dispatch_key)
+    _triton_lib = lib
+
+
+def detach_triton() -> None:
+    """Remove the Triton registrations made by attach_triton()."""
+    global _triton_lib
+    if _triton_lib is not None:
+        _triton_lib._destroy()
+        _triton_lib = None
+
+
 def _check(name: str) -> None:
     if name not in BACKENDS:
         raise ValueError(f"SKELFAST_BACKEND must be one of {BACKENDS}, got {name!r}")
     if name == "cuda" and not _extension.has_cuda_kernels():
         why = _extension.LOAD_ERROR or "the extension was built without CUDA (see python -m skelfast.info)"
         raise RuntimeError(f"backend 'cuda' requested but compiled CUDA kernels are unavailable: {why}")
-    if name == "triton" and not _triton_usable():
-        raise RuntimeError("backend 'triton' requested but triton is not importable or no CUDA device is visible "
-                           "(pip install 'skelfast[triton]' on a GPU machine)")
+    if name == "triton" and not (_triton_usable() and _extension.has_cpu_kernels()):
+        raise RuntimeError("backend 'triton' requested but triton is not importable, no CUDA device is visible, "
+                           "or skelfast._C is not built (pip install 'skelfast[triton]' on a GPU machine)")
 
 
 def set_backend(name: str) -> None:
@@ -63,6 +102,8 @@ def set_backend(name: str) -> None:
     _check(name)
     global _selected
     _selected = name
+    if name != "triton" and _extension.has_cuda_kernels():
+        detach_triton()  # back to the compiled CUDA kernels
 
 
 def get_backend() -> str:
@@ -87,7 +128,7 @@ def resolve(device: torch.device) -> str:
             return "triton"
         if _extension.has_cuda_kernels():
             return "compiled"
-        if name == "auto" and _triton_usable():
+        if name == "auto" and _triton_usable() and _extension.has_cpu_kernels():
             return "triton"
         return "torch"
     return "torch"

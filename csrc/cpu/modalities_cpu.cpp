@@ -1,0 +1,86 @@
+// CPU kernels of skelfast::modalities and its backward, parallel over output elements / frames.
+// Layer: kernel + binding (stable ABI); the maths is csrc/include/skelfast/modalities_math.h.
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
+
+#include "../modalities_common.h"
+
+namespace skelfast {
+namespace {
+
+using torch::stable::Tensor;
+using torch::headeronly::ScalarType;
+
+template <typename Fn>
+void dispatch_float_types(ScalarType st, Fn&& fn) {
+  switch (st) {
+    case ScalarType::Float: fn(float{}, float{}); break;
+    case ScalarType::Double: fn(double{}, double{}); break;
+    case ScalarType::Half: fn(c10::Half{}, float{}); break;
+    case ScalarType::BFloat16: fn(c10::BFloat16{}, float{}); break;
+    default: STD_TORCH_CHECK(false, "skelfast::modalities: x must be float16, bfloat16, float32 or float64");
+  }
+}
+
+Tensor modalities_cpu(Tensor x, std::optional<Tensor> scale, std::vector<int64_t> select,
+                      std::vector<int64_t> bone_parent, std::vector<int64_t> axis_partner,
+                      std::vector<int64_t> normal) {
+  const ModalitiesParams p = make_modalities_params(x, select, bone_parent, axis_partner, normal);
+  check_modalities_scale(x, scale);
+  Tensor xc = torch::stable::contiguous(x);
+  std::optional<Tensor> sc = scale.has_value() ? std::optional<Tensor>(torch::stable::contiguous(*scale)) : std::nullopt;
+  Tensor out = torch::stable::new_empty(xc, {p.N, p.num_out, 3, p.T, p.V, p.M});
+  const int64_t total = p.N * p.T * p.V * p.M;
+  if (total == 0) return out;
+  dispatch_float_types(xc.scalar_type(), [&](auto t_tag, auto a_tag) {
+    using T = decltype(t_tag);
+    using A = decltype(a_tag);
+    const T* xp = static_cast<const T*>(xc.const_data_ptr());
+    const A* sp = sc.has_value() ? static_cast<const A*>(sc->const_data_ptr()) : nullptr;
+    T* op = static_cast<T*>(out.mutable_data_ptr());
+    torch::stable::parallel_for(0, total, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) modalities_forward_element<T, A>(p, xp, sp, op, i);
+    });
+  });
+  return out;
+}
+
+Tensor modalities_backward_cpu(Tensor grad_out, Tensor x, std::optional<Tensor> scale, std::vector<int64_t> select,
+                               std::vector<int64_t> bone_parent, std::vector<int64_t> axis_partner,
+                               std::vector<int64_t> normal) {
+  const ModalitiesParams p = make_modalities_params(x, select, bone_parent, axis_partner, normal);
+  check_modalities_scale(x, scale);
+  STD_TORCH_CHECK(grad_out.dim() == 6 && grad_out.size(0) == p.N && grad_out.size(1) == p.num_out &&
+                      grad_out.size(2) == 3 && grad_out.size(3) == p.T && grad_out.size(4) == p.V &&
+                      grad_out.size(5) == p.M && grad_out.scalar_type() == x.scalar_type(),
+                  "skelfast::modalities_backward: grad_out must have shape (N, G, 3, T, V, M) and x's dtype");
+  Tensor xc = torch::stable::contiguous(x);
+  Tensor gc = torch::stable::contiguous(grad_out);
+  std::optional<Tensor> sc = scale.has_value() ? std::optional<Tensor>(torch::stable::contiguous(*scale)) : std::nullopt;
+  Tensor gx = torch::stable::new_empty(xc, {p.N, 3, p.T, p.V, p.M});
+  const int64_t frames = p.N * p.T * p.M;
+  if (frames == 0 || p.V == 0) return gx;
+  dispatch_float_types(xc.scalar_type(), [&](auto t_tag, auto a_tag) {
+    using T = decltype(t_tag);
+    using A = decltype(a_tag);
+    const T* xp = static_cast<const T*>(xc.const_data_ptr());
+    const T* gp = static_cast<const T*>(gc.const_data_ptr());
+    const A* sp = sc.has_value() ? static_cast<const A*>(sc->const_data_ptr()) : nullptr;
+    T* op = static_cast<T*>(gx.mutable_data_ptr());
+    torch::stable::parallel_for(0, frames, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) modalities_backward_frame<T, A>(p, xp, sp, gp, op, i);
+    });
+  });
+  return gx;
+}
+
+}  // namespace
+}  // namespace skelfast
+
+STABLE_TORCH_LIBRARY_IMPL(skelfast, CPU, m) {
+  m.impl("modalities", TORCH_BOX(&skelfast::modalities_cpu));
+  m.impl("modalities_backward", TORCH_BOX(&skelfast::modalities_backward_cpu));
+}

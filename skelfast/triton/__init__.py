@@ -1,0 +1,1 @@
+"""Optional Triton kernels (pip install skelfast[triton]); imported lazily by skelfast.ops."""
