@@ -1,0 +1,1 @@
+"""skelfast benchmarks: python -m benchmarks.bench_<op>."""

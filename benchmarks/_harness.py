@@ -1,0 +1,181 @@
+"""Shared benchmark harness (engineering.md §8, performance.md §7).
+
+- measure(fn): warm-up, device sync, repeated timing; median with p20/p80 in milliseconds.
+- peak_memory(fn): peak bytes allocated during one call (CUDA allocator stats on GPU, a
+  tracemalloc-free CPU estimate through torch's CPU profiler memory events otherwise).
+- check_close(got, want): every provider's output is checked against the reference before it is
+  timed, so a fast wrong kernel never gets a number.
+- write_rows(rows, name): upsert into benchmarks/results/<device_slug>_<name>.csv.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as _dt
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional
+
+import torch
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+KEY_FIELDS = ["op", "provider", "mode", "shape", "dtype", "device_name", "torch_version", "skelfast_version", "git_sha"]
+VALUE_FIELDS = ["p50_ms", "p20_ms", "p80_ms", "peak_mem_mb", "speedup_vs_reference", "speedup_vs_compile",
+                "throughput", "throughput_unit", "pct_of_floor", "floor_us", "timestamp"]
+
+
+@dataclass
+class Stats:
+    p50: float
+    p20: float
+    p80: float
+    n: int
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], object], device: torch.device, warmup: int = 3, min_reps: int = 10,
+            min_time_s: float = 0.5, max_reps: int = 1000) -> Stats:
+    """Median/p20/p80 wall time of fn() in ms, synchronising the device around every call."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < min_time_s):
+        if device.type == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(times, n=10) if len(times) >= 2 else times * 9
+    return Stats(p50=statistics.median(times), p20=q[1], p80=q[7], n=len(times))
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak memory allocated while fn() runs, in MiB, above what was allocated before.
+
+    CUDA: torch.cuda.max_memory_allocated. CPU: the profiler's memory events (allocations made by
+    torch's CPU allocator), integrated in time order.
+    """
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.events() if getattr(e, "cpu_memory_usage", 0)]
+    events.sort(key=lambda e: e.time_range.start)
+    current = peak = 0
+    for e in events:
+        current += e.cpu_memory_usage
+        peak = max(peak, current)
+    return peak / 2**20
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """The CPU profiler's C++ side logs start/stop lines to fd 2; keep benchmark output readable."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def check_close(name: str, got, want, atol: float, rtol: float) -> None:
+    """Raise if a provider's output differs from the reference (no number for a wrong kernel)."""
+    if isinstance(got, (tuple, list)):
+        for g, w in zip(got, want):
+            check_close(name, g, w, atol, rtol)
+        return
+    try:
+        torch.testing.assert_close(got.float(), want.float(), atol=atol, rtol=rtol)
+    except AssertionError as exc:
+        raise AssertionError(f"provider {name!r} disagrees with the reference: {exc}") from None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu-{os.cpu_count()}core-{platform.machine()}"
+
+
+def device_slug(device: torch.device) -> str:
+    name = device_name(device).lower()
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(RESULTS_DIR),
+                                       text=True, stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def base_row(op: str, device: torch.device) -> Dict[str, str]:
+    import skelfast
+
+    return {"op": op, "device_name": device_name(device), "torch_version": torch.__version__,
+            "skelfast_version": skelfast.__version__, "git_sha": git_sha(),
+            "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_rows(rows: Iterable[Dict[str, object]], name: str, device: torch.device, out_dir: Optional[str] = None) -> str:
+    """Upsert rows (keyed by KEY_FIELDS) into <out_dir>/<device_slug>_<name>.csv; returns the path."""
+    out_dir = out_dir or RESULTS_DIR
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{device_slug(device)}_{name}.csv")
+    fields = KEY_FIELDS + VALUE_FIELDS
+    existing: Dict[tuple, Dict[str, object]] = {}
+    if os.path.exists(path):
+        with open(path, newline="") as fh:
+            for row in csv.DictReader(fh):
+                existing[tuple(row.get(k, "") for k in KEY_FIELDS)] = row
+    for row in rows:
+        existing[tuple(str(row.get(k, "")) for k in KEY_FIELDS)] = row
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for row in existing.values():
+            writer.writerow(row)
+    os.replace(tmp, path)
+    return path
+
+
+def print_table(rows: List[Dict[str, object]], columns: List[str]) -> None:
+    widths = {c: max(len(c), *(len(_fmt(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,112 @@
+"""Benchmark B1: the six modalities of both augmented views of a training step (method.md §3.3).
+
+Providers: `reference` (eager, skelfast.reference.modalities), `reference+compile`
+(torch.compile of the same function), `skelfast` (compiled C++ kernel on CPU, CUDA kernel on GPU)
+and `skelfast-triton` (GPU only). Every provider is checked against the reference before timing.
+
+Reports median/p20/p80 ms, speed-ups over eager and over compile, achieved GB/s, % of the
+memory-bandwidth floor (bytes read + written once, at the copy bandwidth measured in the same run)
+and peak memory. Usage: python -m benchmarks.bench_modalities [--quick] [--device cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+import skelfast
+from skelfast import MODALITIES6, ops, reference
+
+from . import _harness as H
+
+T, V, M = 50, 25, 2
+
+
+def copy_bandwidth_gbs(device: torch.device, mbytes: int = 256) -> float:
+    """Read+write bandwidth of a large clone: the roofline ceiling on this machine, this run."""
+    x = torch.empty(mbytes * 2**20 // 4, dtype=torch.float32, device=device).normal_()
+    stats = H.measure(lambda: x.clone(), device, warmup=2, min_reps=5, min_time_s=0.3)
+    return 2 * x.numel() * 4 / (stats.p50 * 1e-3) / 1e9
+
+
+def make_inputs(N: int, device: torch.device, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    views = [torch.randn(N, 3, T, V, M, generator=g).to(device) for _ in range(2)]
+    frames = torch.randint(30, 301, (N,), generator=g).to(device)
+    return views, frames
+
+
+def providers(device: torch.device):
+    def eager(views, frames):
+        return [reference.modalities(v, frames) for v in views]
+
+    compiled_ref = torch.compile(reference.modalities)
+
+    def compiled(views, frames):
+        return [compiled_ref(v, frames) for v in views]
+
+    def fused(views, frames):
+        return [ops.modalities(v, frames) for v in views]
+
+    out = {"reference": eager, "reference+compile": compiled, "skelfast": fused}
+    if device.type == "cuda" and "triton" in ops.available_backends():
+        def fused_triton(views, frames):
+            ops.set_backend("triton")
+            try:
+                return [ops.modalities(v, frames) for v in views]
+            finally:
+                ops.set_backend("auto")
+        out["skelfast-triton"] = fused_triton
+    return out
+
+
+def run(sizes, device: torch.device, quick: bool):
+    bw = copy_bandwidth_gbs(device, 64 if quick else 256)
+    print(f"device: {H.device_name(device)}; measured copy bandwidth {bw:.1f} GB/s (read+write)")
+    rows = []
+    for N in sizes:
+        views, frames = make_inputs(N, device, seed=N)
+        bytes_moved = 2 * (N * 3 * T * V * M * 4) * (1 + len(MODALITIES6))  # 2 views: read x, write 6 outputs
+        floor_us = bytes_moved / (bw * 1e9) * 1e6
+        with torch.no_grad():
+            want = providers(device)["reference"](views, frames)
+            results = {}
+            for name, fn in providers(device).items():
+                H.check_close(name, fn(views, frames), want, atol=1e-4, rtol=1e-4)
+                stats = H.measure(lambda: fn(views, frames), device, min_time_s=0.2 if quick else 1.0,
+                                  min_reps=5 if quick else 20)
+                peak = H.peak_memory_mb(lambda: fn(views, frames), device)
+                results[name] = (stats, peak)
+        for name, (stats, peak) in results.items():
+            row = H.base_row("modalities", device)
+            row.update(provider=name, mode="forward", shape=f"N={N},T={T},V={V},M={M},views=2", dtype="float32",
+                       p50_ms=stats.p50, p20_ms=stats.p20, p80_ms=stats.p80, peak_mem_mb=round(peak, 2),
+                       speedup_vs_reference=results["reference"][0].p50 / stats.p50,
+                       speedup_vs_compile=results["reference+compile"][0].p50 / stats.p50,
+                       throughput=bytes_moved / (stats.p50 * 1e-3) / 1e9, throughput_unit="GB/s",
+                       pct_of_floor=100 * floor_us / (stats.p50 * 1e3), floor_us=round(floor_us, 2))
+            rows.append(row)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="N=32 only, short timing (smoke test)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", default=None, help="comma-separated batch sizes (default 32,128,256)")
+    parser.add_argument("--out-dir", default=None, help="CSV folder (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([32] if args.quick else [32, 128, 256])
+    print(f"skelfast {skelfast.__version__}, torch {torch.__version__}, backends {ops.available_backends()}")
+    rows = run(sizes, device, args.quick)
+    H.print_table(rows, ["provider", "shape", "p50_ms", "p20_ms", "p80_ms", "speedup_vs_reference",
+                         "speedup_vs_compile", "throughput", "pct_of_floor", "peak_mem_mb"])
+    path = H.write_rows(rows, "modalities", device, args.out_dir)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
