@@ -101,17 +101,30 @@ def make_extension():
     else:
         ext = cpp_extension.CppExtension("skelfast._C", sources, include_dirs=include_dirs, py_limited_api=True,
                                          extra_compile_args={"cxx": cxx})
-    with open(os.path.join(ROOT, "skelfast", "_build_info.json"), "w") as fh:
-        json.dump(info, fh, indent=1)
-    return ext
+    return ext, info
+
+
+EXTENSION, BUILD_INFO = make_extension()
+
+
+class BuildExt(cpp_extension.BuildExtension.with_options(no_python_abi_suffix=True)):
+    """Writes skelfast/_build_info.json next to the built library (read by `python -m skelfast.info`)."""
+
+    def run(self):
+        super().run()
+        in_tree = self.inplace or getattr(self, "editable_mode", False)
+        target = os.path.join(ROOT, "skelfast") if in_tree else os.path.join(self.build_lib, "skelfast")
+        os.makedirs(target, exist_ok=True)
+        with open(os.path.join(target, "_build_info.json"), "w") as fh:
+            json.dump(BUILD_INFO, fh, indent=1)
 
 
 setup(
     name="skelfast",
     version=VERSION,
     packages=find_packages(include=["skelfast", "skelfast.*"]),
-    ext_modules=[make_extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=True)},
+    ext_modules=[EXTENSION],
+    cmdclass={"build_ext": BuildExt},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},
     include_package_data=True,
 )

@@ -1,0 +1,102 @@
+"""Run-time backend selection (SKELFAST_BACKEND) and the extension-less fallback."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import skelfast
+from skelfast import ops, reference
+from skelfast.ops import _backend
+
+from _common import make_frames, make_skeleton
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def restore_backend():
+    yield
+    _backend._selected = None
+
+
+def test_torch_backend_uses_reference(restore_backend, monkeypatch):
+    ops.set_backend("torch")
+    called = []
+    monkeypatch.setattr(reference, "modalities", lambda *a, **k: called.append(1) or torch.zeros(1))
+    ops.modalities(make_skeleton(N=1))
+    assert called
+
+
+def test_unknown_backend_raises(restore_backend):
+    with pytest.raises(ValueError, match="SKELFAST_BACKEND must be one of"):
+        ops.set_backend("opencl")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only build")
+def test_explicit_cuda_unmet_raises(restore_backend):
+    with pytest.raises(RuntimeError, match="backend 'cuda' requested"):
+        ops.set_backend("cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without GPU")
+def test_explicit_triton_unmet_raises(restore_backend, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="backend 'triton' requested"):
+        ops.set_backend("triton")
+
+
+def test_env_var_is_validated_at_first_use(restore_backend, monkeypatch):
+    monkeypatch.setenv("SKELFAST_BACKEND", "bogus")
+    _backend._selected = None
+    with pytest.raises(ValueError, match="bogus"):
+        ops.modalities(make_skeleton(N=1))
+
+
+def _run(code, env_extra, cwd):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKELFAST_")}
+    env.update(env_extra)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+def test_import_without_extension_warns_and_falls_back(tmp_path):
+    """A package whose _C library is missing still imports, warns once, and computes via the reference."""
+    pkg = tmp_path / "skelfast"
+    shutil.copytree(os.path.join(ROOT, "skelfast"), pkg, ignore=shutil.ignore_patterns("_C*.so", "__pycache__"))
+    code = ("import warnings, torch\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    import skelfast\n"
+            "assert any('compiled ops unavailable' in str(m.message) for m in w), [str(m.message) for m in w]\n"
+            "x = torch.randn(2, 3, 4, 25, 2)\n"
+            "torch.testing.assert_close(skelfast.ops.modalities(x), skelfast.reference.modalities(x))\n"
+            "assert skelfast.ops.available_backends() == ['torch'] or 'triton' in skelfast.ops.available_backends()\n"
+            "print('fallback ok')\n")
+    proc = _run(code, {"PYTHONPATH": str(tmp_path)}, str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "fallback ok" in proc.stdout
+
+
+def test_info_cli_runs():
+    proc = _run("import runpy; runpy.run_module('skelfast.info', run_name='__main__')", {"SKELFAST_QUIET_IMPORT": "1"}, ROOT)
+    assert proc.returncode == 0, proc.stderr
+    for key in ("skelfast", "torch", "cpu_kernels", "backends_available", "devices"):
+        assert key in proc.stdout
+
+
+@pytest.mark.skipif(torch.version.cuda is not None, reason="checks CPU-only torch")
+def test_forced_cuda_build_on_cpu_torch_fails_fast():
+    proc = subprocess.run([sys.executable, "setup.py", "--name"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "SKELFAST_FORCE_CUDA": "1"}, timeout=120)
+    assert proc.returncode != 0
+    assert "CPU-only torch cannot link CUDA extensions" in proc.stderr + proc.stdout
+
+
+def test_no_cuda_flag_wins():
+    code = "import runpy, sys; sys.argv=['setup.py','--name']; runpy.run_path('setup.py')"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "SKELFAST_NO_CUDA": "1", "SKELFAST_FORCE_CUDA": "1"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "CUDA kernels OFF (SKELFAST_NO_CUDA=1)" in proc.stdout
