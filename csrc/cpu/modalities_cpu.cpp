@@ -41,8 +41,9 @@ Tensor modalities_cpu(Tensor x, std::optional<Tensor> scale, std::vector<int64_t
     const T* xp = static_cast<const T*>(xc.const_data_ptr());
     const A* sp = sc.has_value() ? static_cast<const A*>(sc->const_data_ptr()) : nullptr;
     T* op = static_cast<T*>(out.mutable_data_ptr());
-    torch::stable::parallel_for(0, total, 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) modalities_forward_element<T, A>(p, xp, sp, op, i);
+    // One task per (n, m) sequence: bones and angles are computed once per frame and reused.
+    torch::stable::parallel_for(0, p.N * p.M, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) modalities_forward_sequence<T, A>(p, xp, sp, op, i);
     });
   });
   return out;
