@@ -175,6 +175,8 @@ def prepare(raw_dir: str, out_dir: str, dataset: str = "ntu60", benchmark: str =
     `force`. Resumable: an interrupted run continues from its last finished chunk. Errors name the
     offending file or option; on error the folder is left without a manifest (i.e. incomplete).
     """
+    if chunk_size < 1:
+        raise PrepareError(f"--chunk-size must be >= 1, got {chunk_size}")
     plan = plan_samples(raw_dir, dataset, benchmark, ignore)
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -187,12 +189,13 @@ def prepare(raw_dir: str, out_dir: str, dataset: str = "ntu60", benchmark: str =
         os.remove(man_path)   # from here on the folder must not look complete
 
     state_path = os.path.join(out_dir, STATE)
-    state = {"fingerprint": plan.fingerprint, "done": {s: {} for s in SPLITS}}
+    state = {"fingerprint": plan.fingerprint, "chunk_size": chunk_size, "done": {s: {} for s in SPLITS}}
     if os.path.exists(state_path) and not force:
         try:
             with open(state_path) as fh:
                 prev = json.load(fh)
-            if prev.get("fingerprint") == plan.fingerprint:
+            # finished chunks are only reusable for the same inputs cut into the same chunks
+            if prev.get("fingerprint") == plan.fingerprint and prev.get("chunk_size") == chunk_size:
                 state = prev
         except (OSError, ValueError):
             pass

@@ -51,10 +51,14 @@ def _count(tok: np.ndarray, pos: int, path: str, what: str) -> int:
         raise SkeletonFormatError(f"{path}: truncated .skeleton file, expected {what} at token #{pos} "
                                   f"but the file ends after {tok.size} tokens")
     v = tok[pos]
-    if v < 0 or v != int(v):
+    if not np.isfinite(v) or v < 0 or v != int(v):
         raise SkeletonFormatError(f"{path}: malformed .skeleton file, {what} at token #{pos} is {v!r} "
                                   "(expected a non-negative integer)")
     return int(v)
+
+
+def _is_count(v: float) -> bool:
+    return v >= 0 and v == int(v) if v == v and v != float("inf") else False
 
 
 def parse_skeleton_text(text: str, path: str = "<string>", max_body: int = 2,
@@ -73,22 +77,28 @@ def parse_skeleton_text(text: str, path: str = "<string>", max_body: int = 2,
     if num_frame == 0:
         raise SkeletonFormatError(f"{path}: .skeleton file has 0 frames")
     pos = 1
+    n_tok = tok.size
+    item = tok.item   # Python floats: much cheaper to compare than NumPy scalars in this loop
     # (frame, slot, start token, number of joints kept) for every body that lands in a slot
     frames: List[int] = []
     slots: List[int] = []
     starts: List[int] = []
     counts: List[int] = []
     for t in range(num_frame):
-        num_body = _count(tok, pos, path, f"numBody of frame {t}")
+        if pos >= n_tok or not _is_count(item(pos)):
+            _count(tok, pos, path, f"numBody of frame {t}")          # raises with the reason
+        num_body = int(item(pos))
         pos += 1
         for m in range(num_body):
             pos += BODY_INFO_LEN
-            nj = _count(tok, pos, path, f"numJoint of frame {t} body {m}")
+            if pos >= n_tok or not _is_count(item(pos)):
+                _count(tok, pos, path, f"numJoint of frame {t} body {m}")
+            nj = int(item(pos))
             pos += 1
             end = pos + nj * JOINT_INFO_LEN
-            if end > tok.size:
+            if end > n_tok:
                 raise SkeletonFormatError(
-                    f"{path}: truncated .skeleton file in frame {t} body {m}: needs {end} tokens, has {tok.size}")
+                    f"{path}: truncated .skeleton file in frame {t} body {m}: needs {end} tokens, has {n_tok}")
             if m < max_body and nj > 0:
                 frames.append(t)
                 slots.append(m)

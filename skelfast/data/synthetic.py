@@ -24,6 +24,7 @@ prepared raw joints reaches roughly 60-90% val accuracy (tests/data/test_data_sy
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -449,15 +450,47 @@ def ensure_prepared(root: str, num_classes: int = 10, samples_per_class: int = 3
 
     Layout: `root/synthetic_c{C}_n{N}_s{seed}[_noise{noise}]/raw/*.skeleton` and `.../{benchmark}/`
     (a prepared folder, see skelfast.data.preparation). Returns the prepared folder's path.
+    Safe to call from several processes at once (an advisory lock serialises the work).
     """
-    from .preparation import load_manifest, prepare
+    from .ntu import check_dataset_benchmark, normalise_benchmark
+    from .preparation import load_manifest
+
+    check_dataset_benchmark("synthetic", benchmark)
+    benchmark = normalise_benchmark(benchmark)
 
     tag = f"synthetic_c{num_classes}_n{samples_per_class}_s{seed}" + ("" if noise == 1.0 else f"_noise{noise:g}")
     base = os.path.join(os.fspath(root), tag)
     raw, out = os.path.join(base, "raw"), os.path.join(base, benchmark)
-    meta_path = os.path.join(raw, "synthetic.json")
     if load_manifest(out) is not None:
         return out
+    os.makedirs(base, exist_ok=True)
+    with _exclusive(os.path.join(base, ".lock")):   # e.g. several DDP ranks calling at once
+        if load_manifest(out) is not None:
+            return out
+        _generate_and_prepare(raw, out, num_classes, samples_per_class, seed, benchmark, noise, workers, progress, log)
+    return out
+
+
+@contextlib.contextmanager
+def _exclusive(path: str):
+    """An advisory inter-process lock (released by the OS if the holder dies); no-op without fcntl."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _generate_and_prepare(raw, out, num_classes, samples_per_class, seed, benchmark, noise, workers, progress, log):
+    from .preparation import prepare
+
+    meta_path = os.path.join(raw, "synthetic.json")
     ok = False
     if os.path.exists(meta_path):   # synthetic.json is written last, so it marks a complete raw folder
         with open(meta_path) as fh:
@@ -469,4 +502,3 @@ def ensure_prepared(root: str, num_classes: int = 10, samples_per_class: int = 3
         generate(raw, num_classes, samples_per_class, seed, noise, workers=workers, progress=progress)
     prepare(raw, out, dataset="synthetic", benchmark=benchmark, workers=workers, progress=progress,
             log=log or (lambda *a, **k: None))
-    return out

@@ -103,3 +103,9 @@ def test_default_preset_is_learnable_but_not_trivial(tmp_path):
     (xt, yt), (xv, yv) = load("train"), load("val")
     acc = _softmax_probe(xt, yt, xv, yv)
     assert 0.4 < acc < 0.95, acc
+
+
+def test_ensure_prepared_rejects_unknown_benchmark_before_generating(tmp_path):
+    with pytest.raises(ValueError, match="--benchmark 'xfoo'"):
+        synthetic.ensure_prepared(str(tmp_path), num_classes=2, samples_per_class=1, benchmark="xfoo")
+    assert os.listdir(tmp_path) == []
