@@ -174,24 +174,39 @@ def test_verify_detects_corruption_and_count_mismatch(tmp_path):
         verify(str(raw), log=lambda *a: None)
 
 
-def _cli(*args):
+def test_cli_entry_point_help():
     env = dict(os.environ, SKELFAST_QUIET_IMPORT="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "skelfast.data", *args], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "skelfast.data", "--help"], capture_output=True, text=True, env=env,
+                       cwd=REPO, timeout=120)
+    assert r.returncode == 0
+    assert "prepare" in r.stdout and "synth" in r.stdout and "--verify" in r.stdout and "synthetic" in r.stdout
 
 
-def test_cli_synth_prepare_verify(tmp_path):
-    helptext = _cli("--help").stdout
-    assert "prepare" in helptext and "synth" in helptext and "--verify" in helptext
+def test_cli_synth_prepare_verify(tmp_path, capsys):
+    from skelfast.data.__main__ import main
+
     raw, out = str(tmp_path / "raw"), str(tmp_path / "out")
-    r = _cli("synth", "--out", raw, "--num-classes", "3", "--samples-per-class", "4", "--workers", "0", "--no-progress")
-    assert r.returncode == 0, r.stderr
+    assert main(["synth", "--out", raw, "--num-classes", "3", "--samples-per-class", "4", "--workers", "0",
+                 "--no-progress"]) == 0
     assert len([f for f in os.listdir(raw) if f.endswith(".skeleton")]) == 12
-    r = _cli("prepare", "--dataset", "synthetic", "--benchmark", "xview", "--raw", raw, "--out", out,
-             "--workers", "2", "--no-progress")
-    assert r.returncode == 0, r.stderr
+    assert main(["prepare", "--dataset", "synthetic", "--benchmark", "xview", "--raw", raw, "--out", out,
+                 "--workers", "2", "--no-progress"]) == 0
     assert json.load(open(os.path.join(out, "manifest.json")))["num_classes"] == 3
-    r = _cli("prepare", "--verify", "--out", out)
-    assert r.returncode == 0 and "OK" in r.stdout
-    r = _cli("prepare", "--dataset", "ntu60", "--benchmark", "xset", "--raw", raw, "--out", out)
-    assert r.returncode == 2 and "not defined for --dataset ntu60" in r.stderr
+    capsys.readouterr()
+    assert main(["prepare", "--verify", "--out", out]) == 0 and "OK" in capsys.readouterr().out
+    assert main(["prepare", "--dataset", "ntu60", "--benchmark", "xset", "--raw", raw, "--out", out]) == 2
+    assert "not defined for --dataset ntu60" in capsys.readouterr().err
+    assert main(["prepare", "--out", out]) == 2 and "--raw" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["prepare", "--benchmark", "bogus", "--raw", raw, "--out", out])   # argparse names --benchmark
+    assert "--benchmark" in capsys.readouterr().err
+
+
+def test_empty_split_is_valid(tmp_path):
+    # one camera-2 file: xview train has it, val is empty but still a well-formed (0, 3, 50, 25, 2) array
+    raw = ntu_folder(tmp_path, ["S001C002P001R001A001"])
+    out = tmp_path / "out"
+    man = prepare(str(raw), str(out), dataset="ntu60", benchmark="xview", **QUIET)
+    assert (man["splits"]["train"]["count"], man["splits"]["val"]["count"]) == (1, 0)
+    assert np.load(out / "val_data.npy", mmap_mode="r").shape == (0, 3, 50, 25, 2)
+    verify(str(out), log=lambda *a: None)
