@@ -2,14 +2,17 @@
 
 Layer: data (pure NumPy, no torch).
 
-The whole file is tokenised at once with NumPy; only the small header structure (one body count
-per frame, one joint count per body) is walked in Python, and the joint blocks are gathered with
-one fancy-indexing call. Body slots follow the official semantics (method.md §1.1): slots are the
+Line-oriented like the official reader: the small header structure (numFrame, one numBody per
+frame, one info line and numJoint per body) is walked in Python over the file's lines, and the
+joint lines of every kept body are parsed in one call of NumPy's C text parser, converting only
+the x, y, z columns. Body slots follow the official semantics (method.md §1.1): slots are the
 bodies **in file order within each frame**, no bodyID tracking, bodies after `max_body` dropped,
-frames with fewer bodies keep zeros.
+frames with fewer bodies keep zeros. As in the official reader, a joint line needs at least its
+x, y, z values; the other 9 columns are ignored.
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -17,7 +20,7 @@ from typing import Iterable, List, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["SkeletonFormatError", "read_skeleton", "parse_skeleton_text", "read_skeletons",
+__all__ = ["SkeletonFormatError", "read_skeleton", "parse_skeleton_text", "read_skeletons", "parallel_map",
            "BODY_INFO_LEN", "JOINT_INFO_LEN"]
 
 BODY_INFO_LEN = 10   # bodyID, clipedEdges, handLeft/Right confidence+state, isResticted, leanX, leanY, trackingState
@@ -28,37 +31,19 @@ class SkeletonFormatError(ValueError):
     """A `.skeleton` file is truncated, malformed or empty; the message names the file."""
 
 
-def _tokens(text: str, path: str) -> np.ndarray:
-    # np.fromstring (text mode) is ~30% faster than split+float; it only warns on a bad token, so
-    # the warning is promoted to an error and the slow path then names the offending token.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        try:
-            return np.fromstring(text, dtype=np.float64, sep=" ")
-        except (ValueError, DeprecationWarning):
-            pass
-    words = text.split()
-    for k, w in enumerate(words):
-        try:
-            float(w)
-        except ValueError:
-            raise SkeletonFormatError(f"{path}: malformed .skeleton file, token #{k} {w[:40]!r} is not a number") from None
-    return np.array(words, dtype=np.float64)
-
-
-def _count(tok: np.ndarray, pos: int, path: str, what: str) -> int:
-    if pos >= tok.size:
-        raise SkeletonFormatError(f"{path}: truncated .skeleton file, expected {what} at token #{pos} "
-                                  f"but the file ends after {tok.size} tokens")
-    v = tok[pos]
-    if not np.isfinite(v) or v < 0 or v != int(v):
-        raise SkeletonFormatError(f"{path}: malformed .skeleton file, {what} at token #{pos} is {v!r} "
-                                  "(expected a non-negative integer)")
-    return int(v)
-
-
-def _is_count(v: float) -> bool:
-    return v >= 0 and v == int(v) if v == v and v != float("inf") else False
+def _count(lines: List[str], i: int, path: str, what: str) -> int:
+    """The non-negative integer on line i (0-based), or a SkeletonFormatError naming the file."""
+    if i >= len(lines):
+        raise SkeletonFormatError(f"{path}: truncated .skeleton file, expected {what} on line {i + 1} "
+                                  f"but the file has {len(lines)} lines")
+    try:
+        v = int(lines[i])
+    except ValueError:
+        raise SkeletonFormatError(f"{path}: malformed .skeleton file, {what} on line {i + 1} is "
+                                  f"{lines[i].strip()[:40]!r} (expected a non-negative integer)") from None
+    if v < 0:
+        raise SkeletonFormatError(f"{path}: malformed .skeleton file, {what} on line {i + 1} is negative ({v})")
+    return v
 
 
 def parse_skeleton_text(text: str, path: str = "<string>", max_body: int = 2,
@@ -72,57 +57,86 @@ def parse_skeleton_text(text: str, path: str = "<string>", max_body: int = 2,
     Raises SkeletonFormatError (naming `path`) for a truncated or malformed file, trailing data,
     or a file with 0 frames.
     """
-    tok = _tokens(text, path)
-    num_frame = _count(tok, 0, path, "numFrame")
+    lines = text.splitlines()
+    num_frame = _count(lines, 0, path, "numFrame")
     if num_frame == 0:
         raise SkeletonFormatError(f"{path}: .skeleton file has 0 frames")
-    pos = 1
-    n_tok = tok.size
-    item = tok.item   # Python floats: much cheaper to compare than NumPy scalars in this loop
-    # (frame, slot, start token, number of joints kept) for every body that lands in a slot
+    i = 1
+    n_lines = len(lines)
+    # (frame, slot, first joint line, number of joints kept) for every body that lands in a slot
     frames: List[int] = []
     slots: List[int] = []
     starts: List[int] = []
     counts: List[int] = []
+    info_lines: List[int] = []
     for t in range(num_frame):
-        if pos >= n_tok or not _is_count(item(pos)):
-            _count(tok, pos, path, f"numBody of frame {t}")          # raises with the reason
-        num_body = int(item(pos))
-        pos += 1
+        num_body = _count(lines, i, path, f"numBody of frame {t}")
+        i += 1
         for m in range(num_body):
-            pos += BODY_INFO_LEN
-            if pos >= n_tok or not _is_count(item(pos)):
-                _count(tok, pos, path, f"numJoint of frame {t} body {m}")
-            nj = int(item(pos))
-            pos += 1
-            end = pos + nj * JOINT_INFO_LEN
-            if end > n_tok:
-                raise SkeletonFormatError(
-                    f"{path}: truncated .skeleton file in frame {t} body {m}: needs {end} tokens, has {n_tok}")
+            info_lines.append(i)
+            nj = _count(lines, i + 1, path, f"numJoint of frame {t} body {m}")   # after the body info line
+            i += 2
+            if i + nj > n_lines:
+                raise SkeletonFormatError(f"{path}: truncated .skeleton file in frame {t} body {m}: "
+                                          f"needs {i + nj} lines, has {n_lines}")
             if m < max_body and nj > 0:
                 frames.append(t)
                 slots.append(m)
-                starts.append(pos)
+                starts.append(i)
                 counts.append(min(nj, num_joint))
-            pos = end
-    if pos != tok.size:
-        raise SkeletonFormatError(f"{path}: malformed .skeleton file, {tok.size - pos} unexpected trailing "
-                                  f"token(s) after frame {num_frame - 1} (header says {num_frame} frames)")
+            i += nj
+    extra = [k for k in range(i, n_lines) if lines[k].strip()]
+    if extra:
+        raise SkeletonFormatError(f"{path}: malformed .skeleton file, {len(extra)} unexpected trailing line(s) "
+                                  f"from line {extra[0] + 1} (header says {num_frame} frames)")
+    if info_lines:   # the official reader parses every body info line as floats: check them the same way
+        _parse_block(lines, info_lines, [1] * len(info_lines), path, "body info", None, BODY_INFO_LEN)
     data = np.zeros((3, num_frame, num_joint, max_body), dtype=np.float64)
     if not frames:
         return data
-    f = np.asarray(frames)
-    s = np.asarray(slots)
-    st = np.asarray(starts)
+    xyz = _parse_block(lines, starts, counts, path, "joint", (0, 1, 2), 3)
     cnt = np.asarray(counts)
-    j = np.arange(num_joint)
-    # token index of (body b, joint j, coordinate c); joints beyond a body's count are masked out
-    idx = st[:, None, None] + j[None, :, None] * JOINT_INFO_LEN + np.arange(3)[None, None, :]
-    valid = j[None, :] < cnt[:, None]                           # (B, V)
-    xyz = tok[np.where(valid[:, :, None], idx, 0)]              # (B, V, 3)
-    xyz[~valid] = 0.0
-    data[:, f, :, s] = xyz.transpose(0, 2, 1)                   # advanced indices first: (B, 3, V)
+    if (cnt == num_joint).all():   # the common case: a dense (bodies, joints, 3) block
+        xyz = xyz.reshape(len(frames), num_joint, 3)
+    else:
+        dense = np.zeros((len(frames), num_joint, 3))
+        dense[np.arange(num_joint)[None, :] < cnt[:, None]] = xyz
+        xyz = dense
+    data[:, np.asarray(frames), :, np.asarray(slots)] = xyz.transpose(0, 2, 1)   # (B, 3, V) assignment
     return data
+
+
+def _parse_block(lines: List[str], starts: List[int], counts: List[int], path: str, what: str, usecols,
+                 ncols: int) -> np.ndarray:
+    """Parse lines[s:s+c] for all (s, c) with NumPy's C parser; returns (sum(counts), ncols) float64."""
+    block = "\n".join(["\n".join(lines[s:s + c]) for s, c in zip(starts, counts)])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            out = np.loadtxt(io.StringIO(block), dtype=np.float64, usecols=usecols, ndmin=2, comments=None)
+    except (ValueError, UserWarning):
+        raise SkeletonFormatError(f"{path}: malformed {what} line in .skeleton file "
+                                  f"({_locate(lines, starts, counts, usecols, ncols)})") from None
+    if out.shape != (sum(counts), ncols):
+        raise SkeletonFormatError(f"{path}: malformed .skeleton file, {what} lines have {out.shape[1]} values, "
+                                  f"expected {ncols}")
+    return out
+
+
+def _locate(lines: List[str], starts: List[int], counts: List[int], usecols, ncols: int) -> str:
+    """Slow path after a parse error: find the first offending line (1-based) and say what is wrong."""
+    need = ncols if usecols is None else max(usecols) + 1
+    for s, c in zip(starts, counts):
+        for k in range(s, s + c):
+            words = lines[k].split()
+            if len(words) < need or (usecols is None and len(words) != ncols):
+                return f"line {k + 1} has {len(words)} values, expected {ncols if usecols is None else f'>= {need}'}"
+            for w in words if usecols is None else [words[u] for u in usecols]:
+                try:
+                    float(w)
+                except ValueError:
+                    return f"line {k + 1}: {w[:40]!r} is not a number"
+    return "unparseable values"
 
 
 def read_skeleton(path: str, max_body: int = 2, num_joint: int = 25) -> np.ndarray:

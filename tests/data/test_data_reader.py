@@ -78,7 +78,10 @@ def test_parallel_equals_serial(write_skeleton):
 @pytest.mark.parametrize("mutate, message", [
     (lambda t: t[: len(t) // 2], "truncated"),                            # cut mid-file
     (lambda t: t.rsplit("\n", 3)[0] + "\n", "truncated"),                 # last joint lines missing
-    (lambda t: t.replace("0.01 -0.02", "0.01 abc", 1), "not a number"),   # bad token
+    (lambda t: t.replace("0.01 -0.02", "0.01 abc", 1), "malformed body info line"),   # bad token
+    (lambda t: t.replace("\n25\n", "\n25\nabc ", 1), "malformed joint line.*line 5"),   # bad x of joint 0
+    (lambda t: "\n".join(l if k != 4 else "0.5 0.25" for k, l in enumerate(t.split("\n"))),
+     "malformed joint line.*line 5 has 2 values"),                       # a joint line without z
     (lambda t: "0\n", "0 frames"),
     (lambda t: t + "1\n", "trailing"),
     (lambda t: "2\n1.5\n" + t.split("\n", 2)[2], "non-negative integer"),
