@@ -54,7 +54,7 @@ def enqueue_(queue: torch.Tensor, keys: torch.Tensor, ptr: int) -> int:
     """
     K, N = queue.shape[-1], keys.shape[-2]
     assert K % N == 0, f"queue size K={K} must be a multiple of the batch size N={N} (method.md §5.1)"
-    assert 0 <= ptr < K and ptr % N == 0, f"queue pointer {ptr} invalid for K={K}, N={N}"
+    assert 0 <= ptr and ptr + N <= K, f"queue pointer {ptr} + batch {N} runs past the queue size K={K}"
     queue[..., ptr:ptr + N] = keys.transpose(-1, -2).to(queue.dtype)
     return (ptr + N) % K
 

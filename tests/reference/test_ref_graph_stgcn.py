@@ -184,3 +184,10 @@ def test_edge_importance_can_be_disabled_and_is_used():
     with torch.no_grad():
         enc2.edge_importance[3].mul_(2.0)
     assert not torch.allclose(enc2(x)[0], base)
+
+
+def test_coco17_encoder_forward():
+    enc = STGCN(hidden_channels=4, hidden_dim=16, feature_dim=8, topology="coco17")
+    assert enc.A.shape == (3, 17, 17) and enc.data_bn.num_features == 3 * 17
+    out, h = enc(skeleton(N=2, V=17, M=1))
+    assert out.shape == (2, 8) and h.shape == (2, 16) and torch.isfinite(out).all()

@@ -55,7 +55,6 @@ def closed_form_pair(q, k, Q, x, y, topk=1, context=True, mine=None):
     Lx, Ly = q[x] @ Q[x], q[y] @ Q[y]
     Lm = Ly if mine is None else q[mine] @ Q[mine]
     lpos = (q[x] * k[x]).sum(1)
-    K = Lx.shape[1]
     vals = []
     for n in range(q.shape[1]):
         idx = torch.topk(Lm[n], topk).indices
@@ -69,7 +68,6 @@ def closed_form_pair(q, k, Q, x, y, topk=1, context=True, mine=None):
             pos = torch.cat([first[:1], first[1 + idx]])
         assert pos.numel() == (1 + 2 * topk if context else 1 + topk)
         vals.append(total - pos.mean())
-    del K
     return torch.stack(vals).mean()
 
 

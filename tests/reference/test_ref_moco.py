@@ -33,6 +33,8 @@ def test_enqueue_writes_columns_and_wraps():
     assert torch.count_nonzero(queue[:, :, :4]) == 0
     with pytest.raises(AssertionError):
         enqueue_(torch.zeros(3, 10), torch.zeros(4, 3), 0)  # K % N != 0 (§5.1)
+    with pytest.raises(AssertionError):
+        enqueue_(torch.zeros(3, 8), torch.zeros(4, 3), 6)  # would run past the end
 
 
 def test_queue_bank_init_pointer_and_state_dict():

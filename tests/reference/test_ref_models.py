@@ -71,6 +71,17 @@ def test_phase2_variants_context_off_and_ikem_off():
     torch.testing.assert_close(out["loss"], out["context"].sum())
 
 
+def test_any_modality_subset_phase2():
+    # Modality is an index, not code: a 4-modality IKEM (j, m, b, a) works with 4*feature_dim heads.
+    names = ("joint", "motion", "bone", "acceleration")
+    m = build("ikem6", modalities=names, **TINY)
+    assert m.lock == (False,) * 4  # no official lock list for 4 modalities
+    out = m(*batch(), phase=2)
+    assert out["u"].shape == (4, 4, 32) and out["losses"].shape == (4,)
+    out["loss"].backward()
+    assert all(has_grad(h) for h in m.ikem_heads)
+
+
 def test_crossclr3_ignores_frames_and_uses_crossclr_bones():
     m = build("crossclr3", **TINY).eval()
     assert m.modality_topology == "ntu25_crossclr" and not m.true_timeline  # §3.4, §11 #14
