@@ -4,8 +4,8 @@ Layer: data. Two implementations with identical maths:
 
 * per-sample CPU transforms on NumPy arrays (C, T, V, M) — `temporal_crop`, `shear`,
   `augment_sample` — used by the feeders' worker processes;
-* one batched op on tensors (B, C, T, V, M) already on any device — `batched_augment` — a gather
-  over time plus one batched 3x3 matmul, with per-sample random parameters drawn from a
+* one batched op on tensors (B, C, T, V, M) already on any device — `batched_augment` — a row
+  gather over time (index_select) plus one batched 3x3 matmul, with per-sample random parameters drawn from a
   `torch.Generator`, so a GPU training step does not wait on CPU workers.
 
 `apply_augment_params` takes explicit per-sample parameters (crop starts, shear matrices) so
@@ -114,38 +114,51 @@ def sample_augment_params(batch: int, T: int, generator: Optional[torch.Generato
 
 
 def apply_augment_params(x: torch.Tensor, starts: torch.Tensor, matrices: torch.Tensor,
-                         crop_ratio: float = 6) -> torch.Tensor:
-    """Crop (gather over time with reflect indices) then shear (one batched 3x3 matmul).
+                         crop_ratio: float = 6, source: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Crop (row gather over time with reflect indices) then shear (one batched 3x3 matmul).
 
-    x: (B, 3, T, V, M) on any device; starts: int (B,); matrices: (B, 3, 3). Returns (B, 3, T, V, M)
-    in x's dtype, out[b] = S_b · crop(x[b], starts[b]) — the per-sample maths of method.md §2.
+    x: (B, 3, T, V, M) on any device; starts: int (N,); matrices: (N, 3, 3); source: int (N,), the
+    sample of x that output n augments (default arange(B), N = B). Returns (N, 3, T, V, M) in x's
+    dtype with out[n] = S_n · crop(x[source[n]], starts[n]) — the per-sample maths of method.md §2.
     """
     if x.dim() != 5 or x.shape[1] != 3:
         raise ValueError(f"x must be (B, 3, T, V, M), got {tuple(x.shape)}")
     B, C, T, V, M = x.shape
+    src = torch.arange(B, device=x.device) if source is None else source.to(x.device, torch.int64)
+    N = src.shape[0]
+    if starts.shape != (N,) or matrices.shape != (N, 3, 3):
+        raise ValueError(f"expected starts ({N},) and matrices ({N}, 3, 3), got {tuple(starts.shape)} and "
+                         f"{tuple(matrices.shape)}")
     p = crop_padding(T, crop_ratio)
-    if p > 0:
-        idx = reflect_time_index(starts.to(x.device, torch.int64), T, p)            # (B, T)
-        x = torch.gather(x, 2, idx.view(B, 1, T, 1, 1).expand(B, C, T, V, M))
-    out = torch.bmm(matrices.to(device=x.device, dtype=x.dtype), x.reshape(B, C, T * V * M))
-    return out.view(B, C, T, V, M)
+    idx = (reflect_time_index(starts.to(x.device, torch.int64), T, p) if p > 0
+           else torch.arange(T, device=x.device).expand(N, T))                        # (N, T)
+    # crop = one row gather over the (B*C*T, V*M) view: whole V*M rows are copied, ~15x faster on
+    # CPU than an element-wise torch.gather with an expanded index; `source` avoids copying x per view
+    base = (src[:, None, None] * C + torch.arange(C, device=x.device)[None, :, None]) * T
+    rows = (base + idx[:, None, :]).reshape(-1)                                        # (N*C*T,)
+    y = x.reshape(B * C * T, V * M).index_select(0, rows)
+    out = torch.bmm(matrices.to(device=x.device, dtype=x.dtype), y.view(N, C, T * V * M))
+    return out.view(N, C, T, V, M)
 
 
 def batched_augment(x: torch.Tensor, generator: Optional[torch.Generator] = None, shear: float = 0.5,
-                    crop_ratio: float = 6) -> torch.Tensor:
-    """One augmented view of a batch x (B, 3, T, V, M), per-sample random crop + shear (method.md §2).
+                    crop_ratio: float = 6, views: int = 1) -> torch.Tensor:
+    """`views` independent augmented copies of a batch x (B, 3, T, V, M), per-sample random crop +
+    shear (method.md §2). Returns (views*B, 3, T, V, M), view-major (rows v*B .. v*B+B-1 are view v).
 
-    Runs on x's device; random parameters come from `generator` (seeded => reproducible).
+    Runs on x's device with one gather and one batched matmul; random parameters come from
+    `generator` (seeded => reproducible).
     """
-    starts, mats = sample_augment_params(x.shape[0], x.shape[2], generator, shear, crop_ratio, device=x.device)
+    B, T = x.shape[0], x.shape[2]
+    starts, mats = sample_augment_params(views * B, T, generator, shear, crop_ratio, device=x.device)
     if crop_ratio <= 0 and shear <= 0:
-        return x.clone()
-    return apply_augment_params(x, starts, mats, crop_ratio)
+        return x.repeat(views, 1, 1, 1, 1)
+    return apply_augment_params(x, starts, mats, crop_ratio, source=torch.arange(B, device=x.device).repeat(views))
 
 
 def batched_two_views(x: torch.Tensor, generator: Optional[torch.Generator] = None, shear: float = 0.5,
                       crop_ratio: float = 6) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Two independent augmentations of every sample (Feeder_dual, method.md §1.4) in one op call:
-    the batch is stacked twice, augmented once, and split. x: (B, 3, T, V, M) -> two (B, 3, T, V, M)."""
-    both = batched_augment(torch.cat([x, x], 0), generator, shear, crop_ratio)
+    """Two independent augmentations of every sample (Feeder_dual, method.md §1.4) in one op call.
+    x: (B, 3, T, V, M) -> two (B, 3, T, V, M)."""
+    both = batched_augment(x, generator, shear, crop_ratio, views=2)
     return both[: x.shape[0]], both[x.shape[0]:]

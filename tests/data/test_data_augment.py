@@ -125,3 +125,28 @@ def test_batched_op_on_cuda_matches_cpu():
     cpu = apply_augment_params(x, starts, mats)
     gpu = apply_augment_params(x.cuda(), starts.cuda(), mats.cuda()).cpu()
     torch.testing.assert_close(gpu, cpu)
+
+
+def test_two_views_equal_per_sample_with_the_drawn_params():
+    # batched_two_views = one op over 2B outputs whose source sample is b for rows b and B+b
+    x = torch.from_numpy(np.stack([seq(seed=s) for s in range(5)]))
+    v1, v2 = batched_two_views(x, torch.Generator().manual_seed(8))
+    starts, mats = sample_augment_params(10, 50, torch.Generator().manual_seed(8))
+    for n, v in enumerate(torch.cat([v1, v2])):
+        ref = shear(temporal_crop(x[n % 5].numpy(), 6, start=int(starts[n])), 0.5, matrix=mats[n].numpy())
+        np.testing.assert_allclose(v.numpy(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_shear_only_and_crop_only():
+    x = torch.from_numpy(np.stack([seq(seed=s) for s in range(3)]))
+    starts, mats = sample_augment_params(3, 50, torch.Generator().manual_seed(1), shear_amplitude=-1)
+    assert torch.equal(mats, torch.eye(3).expand(3, 3, 3))
+    crop_only = apply_augment_params(x, starts, mats, 6)
+    for b in range(3):
+        np.testing.assert_allclose(crop_only[b].numpy(), temporal_crop(x[b].numpy(), 6, start=int(starts[b])))
+    starts, mats = sample_augment_params(3, 50, torch.Generator().manual_seed(1), crop_ratio=-1)
+    assert (starts == 0).all()
+    shear_only = apply_augment_params(x, starts, mats, -1)
+    for b in range(3):
+        np.testing.assert_allclose(shear_only[b].numpy(), shear(x[b].numpy(), 0.5, matrix=mats[b].numpy()),
+                                   rtol=1e-5, atol=1e-5)
