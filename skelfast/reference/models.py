@@ -6,20 +6,37 @@ the modalities are built with skelfast.reference.modalities (method.md §3).
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from ..modality_spec import MODALITIES3, MODALITIES6
-from .losses import concat_keys, context_loss, ikem_loss, info_nce, relational_distill_loss
-from .modalities import modalities as make_modalities
+from . import losses as _losses
+from .losses import concat_keys
+from .modalities import modalities as _reference_modalities
 from .modalities import nrm
 from .moco import QueueBank, momentum_update_, parameter_pairs
 from .parity import Parity, resolve_lock
 from .stgcn import STGCN, weights_init_official
 
-__all__ = ["MultiModalMoCo", "TeacherStudent", "LinearEval", "ikem_head"]
+__all__ = ["MultiModalMoCo", "TeacherStudent", "LinearEval", "ikem_head", "REFERENCE_KERNELS", "kernel_set"]
+
+# The functions a model calls for its modalities and losses. Fused implementations with the same
+# signatures (skelfast.ops) are swapped in through `kernels=` (see skelfast.models.build).
+KERNEL_NAMES = ("modalities", "info_nce", "context_loss", "ikem_loss", "relational_distill_loss")
+REFERENCE_KERNELS = SimpleNamespace(modalities=_reference_modalities, info_nce=_losses.info_nce,
+                                    context_loss=_losses.context_loss, ikem_loss=_losses.ikem_loss,
+                                    relational_distill_loss=_losses.relational_distill_loss)
+
+
+def kernel_set(**overrides) -> SimpleNamespace:
+    """REFERENCE_KERNELS with some functions replaced; unknown names raise."""
+    unknown = sorted(set(overrides) - set(KERNEL_NAMES))
+    if unknown:
+        raise ValueError(f"unknown kernel(s) {unknown}; known: {KERNEL_NAMES}")
+    return SimpleNamespace(**{**vars(REFERENCE_KERNELS), **overrides})
 
 
 def ikem_head(hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -40,7 +57,8 @@ def _check_names(names: Sequence[str]) -> Tuple[str, ...]:
 class _ModalityInput(nn.Module):
     """Shared input handling: raw skeleton -> stacked modality tensors (method.md §3)."""
 
-    def _init_inputs(self, modality_topology: str, true_timeline: bool):
+    def _init_inputs(self, modality_topology: str, true_timeline: bool, kernels: Optional[SimpleNamespace] = None):
+        self.kernels = REFERENCE_KERNELS if kernels is None else kernels
         self.modality_topology = modality_topology
         # method.md §11 #14: whether the time scale 50/F is used is explicit per model.
         self.true_timeline = true_timeline
@@ -49,7 +67,7 @@ class _ModalityInput(nn.Module):
         """x (N, 3, T, V, M) -> (len(names), N, 3, T, V, M); no gradient (the modalities have no parameters)."""
         with torch.no_grad():
             f = frames if self.true_timeline else None
-            return make_modalities(x, f, names, self.modality_topology).transpose(0, 1)
+            return self.kernels.modalities(x, f, names, self.modality_topology).transpose(0, 1)
 
 
 class MultiModalMoCo(_ModalityInput):
@@ -71,12 +89,12 @@ class MultiModalMoCo(_ModalityInput):
                  hidden_dim: int = 256, feature_dim: int = 128, queue_size: int = 32768, momentum: float = 0.999,
                  tau: float = 0.07, topk: int = 1, dropout: float = 0.5, topology: str = "ntu25",
                  modality_topology: str = "ntu25", true_timeline: bool = True, edge_importance: bool = True,
-                 parity: Parity = Parity()):
+                 parity: Parity = Parity(), kernels: Optional[SimpleNamespace] = None):
         super().__init__()
         self.modalities = _check_names(modalities)
         G = len(self.modalities)
         self.parity = parity
-        self._init_inputs(modality_topology, true_timeline)
+        self._init_inputs(modality_topology, true_timeline, kernels)
         self.momentum, self.tau, self.topk, self.feature_dim = momentum, tau, topk, feature_dim
         enc = dict(in_channels=in_channels, hidden_channels=hidden_channels, hidden_dim=hidden_dim, head="mlp",
                    feature_dim=feature_dim, dropout=dropout, topology=topology, edge_importance=edge_importance)
@@ -155,13 +173,13 @@ class MultiModalMoCo(_ModalityInput):
         queue = self.queues.queue.clone()
         out = {"q": q, "k": k}
         if phase == 1:
-            losses = info_nce(q, k, queue, self.tau)
+            losses = self.kernels.info_nce(q, k, queue, self.tau)
         else:
-            ctx = context_loss(q, k, queue, self.tau, self.topk, context=self.parity.context)
+            ctx = self.kernels.context_loss(q, k, queue, self.tau, self.topk, context=self.parity.context)
             out["context"] = ctx
             losses = ctx
             if with_ikem:
-                ik = ikem_loss(u, k, queue, self.tau)
+                ik = self.kernels.ikem_loss(u, k, queue, self.tau)
                 out["u"], out["ikem"] = u, ik
                 losses = ctx + ik
         out["losses"] = losses
@@ -186,13 +204,13 @@ class TeacherStudent(_ModalityInput):
                  in_channels: int = 3, hidden_channels: int = 16, hidden_dim: int = 256, feature_dim: int = 128,
                  queue_size: int = 32768, tau: float = 0.07, topk: int = 1, dropout: float = 0.5,
                  topology: str = "ntu25", modality_topology: str = "ntu25", true_timeline: bool = True,
-                 edge_importance: bool = True, parity: Parity = Parity()):
+                 edge_importance: bool = True, parity: Parity = Parity(), kernels: Optional[SimpleNamespace] = None):
         super().__init__()
         self.teacher_modalities = _check_names(teacher_modalities)
         self.student_modalities = _check_names(student_modalities)
         self.fused_student = fused_student
         self.parity = parity
-        self._init_inputs(modality_topology, true_timeline)
+        self._init_inputs(modality_topology, true_timeline, kernels)
         self.tau, self.topk = tau, topk
         G = len(self.teacher_modalities)
         common = dict(hidden_channels=hidden_channels, hidden_dim=hidden_dim, head="mlp", dropout=dropout,
@@ -238,7 +256,7 @@ class TeacherStudent(_ModalityInput):
             tq = torch.stack([nrm(enc(x)[0]) for enc, x in zip(self.teacher, xq)])   # (G, N, D)
         s = self.student_features(im_k, frames)
         tqueue = self.teacher_queue.queue[0].clone()
-        losses = relational_distill_loss(tq, s, self.teacher_queues(), tqueue, self.tau, self.topk)
+        losses = self.kernels.relational_distill_loss(tq, s, self.teacher_queues(), tqueue, self.tau, self.topk)
         out = {"teacher_q": tq, "student": s, "losses": losses, "loss": losses.sum()}
         if self.training and enqueue:
             # The queues hold teacher *queries* and the teacher feature t (no key encoders here).
@@ -264,14 +282,14 @@ class LinearEval(_ModalityInput):
                  num_class: int = 60, in_channels: int = 3, hidden_channels: int = 16, hidden_dim: int = 256,
                  dropout: float = 0.5, topology: str = "ntu25", modality_topology: str = "ntu25",
                  true_timeline: bool = True, edge_importance: bool = True, default_view: str = "all",
-                 backbone_eval: bool = True, parity: Parity = Parity()):
+                 backbone_eval: bool = True, parity: Parity = Parity(), kernels: Optional[SimpleNamespace] = None):
         super().__init__()
         if kind not in ("teacher", "student"):
             raise ValueError(f"kind must be 'teacher' or 'student', got {kind!r}")
         self.streams = _check_names(streams)
         self.fused, self.kind, self.parity = fused, kind, parity
         self.default_view, self.backbone_eval = default_view, backbone_eval
-        self._init_inputs(modality_topology, true_timeline)
+        self._init_inputs(modality_topology, true_timeline, kernels)
         n_enc = 1 if fused else len(self.streams)
         c_in = in_channels * len(self.streams) if fused else in_channels
         self.encoders = nn.ModuleList(
