@@ -58,6 +58,15 @@ def bench_reader(n_files: int, workers: int, reps: int, device: torch.device):
     return rows
 
 
+def _one_thread(fn, *args):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(n)
+
+
 def bench_augment(reps: int, device: torch.device):
     rows = []
     x_np = np.random.default_rng(0).normal(size=(B, C, T, V, M)).astype(np.float32)
@@ -73,6 +82,8 @@ def bench_augment(reps: int, device: torch.device):
         x = torch.from_numpy(x_np).to(d)
         g = torch.Generator(device=d).manual_seed(0)
         cases.append((f"batched_{d.type}", d, lambda x=x, g=g: batched_two_views(x, g)))
+        if d.type == "cpu":   # the per-sample path is single-threaded too: compare like with like
+            cases.append(("batched_cpu_1thread", d, lambda x=x, g=g: _one_thread(batched_two_views, x, g)))
     base = None
     for provider, d, fn in cases:
         s = H.measure(fn, d, warmup=2, min_reps=reps, min_time_s=0.2)

@@ -89,3 +89,15 @@ def test_json_labels_equal_pickle(tiny_synthetic):
     a = EvalFeeder(os.path.join(out, "val_data.npy"), os.path.join(out, "val_label.pkl"))
     b = EvalFeeder(os.path.join(out, "val_data.npy"), os.path.join(out, "val_label.json"))
     assert a.sample_name == b.sample_name and a.label == b.label and (a.frame == b.frame).all()
+
+
+def test_augmentation_does_not_depend_on_dataloader_workers(tiny_synthetic):
+    out, _ = tiny_synthetic
+    ds = PretrainFeeder.from_prepared(out, "train", seed=5)
+    ds.set_epoch(2)
+    batches = []
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(ds, batch_size=6, num_workers=workers)
+        (q, k), _, _ = next(iter(loader))
+        batches.append((q, k))
+    assert torch.equal(batches[0][0], batches[1][0]) and torch.equal(batches[0][1], batches[1][1])

@@ -119,3 +119,12 @@ def test_preprocess_sample_shapes_and_errors():
     assert np.abs(out[:, :, 20]).max() < 1e-6            # joint 21 is the origin after centring (rotation fixes it)
     with pytest.raises(ValueError, match="S001C001P001R001A001.skeleton.*L = 0"):
         preprocess_sample(np.zeros((3, 5, 25, 2)), name="S001C001P001R001A001.skeleton")
+
+
+def test_both_persons_use_person_0_valid_length():
+    # §1.3 step 4: person 1 is resampled over person 0's L even if it is present for longer
+    x = np.random.default_rng(4).normal(size=(3, 40, 25, 2))
+    x[:, 20:, :, 0] = 0.0                     # person 0 leaves after 20 frames, person 1 stays
+    out = preprocess_sample(x)
+    expected = rotate_y(resize_time_linear(centre(x.astype(np.float32).astype(np.float64))[:, :20]))
+    np.testing.assert_allclose(out[..., 1], expected[..., 1].astype(np.float32), rtol=1e-6, atol=1e-6)

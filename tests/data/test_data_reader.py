@@ -106,3 +106,11 @@ def test_parse_text_matches_file(write_skeleton):
     frames = [[body(9), body(10)]]
     text = skeleton_text(frames)
     np.testing.assert_array_equal(parse_skeleton_text(text), read_skeleton(write_skeleton("g.skeleton", frames)))
+
+
+def test_crlf_line_endings(tmp_path, write_skeleton):
+    frames = [[body(11)], [body(12), body(13)]]
+    lf = write_skeleton("lf.skeleton", frames)
+    crlf = tmp_path / "crlf.skeleton"
+    crlf.write_bytes(skeleton_text(frames).replace("\n", "\r\n").encode())
+    np.testing.assert_array_equal(read_skeleton(str(crlf)), read_skeleton(lf))
