@@ -9,7 +9,7 @@
 Timings are median / p20 / p80 over repeats (time.perf_counter; CUDA events on GPU, via
 benchmarks/_harness.py). Results are upserted into benchmarks/results/<device_slug>_data.csv.
 
-Usage: python -m benchmarks.bench_data [--quick] [--files N] [--device cpu|cuda]
+Usage: python -m benchmarks.bench_data [--quick] [--files N] [--device cpu|cuda] [--out-dir DIR] [--no-write]
        (or python benchmarks/bench_data.py ...). --quick finishes in well under 30 s.
 """
 from __future__ import annotations
@@ -103,6 +103,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-write", action="store_true", help="print only, do not write the CSV")
+    ap.add_argument("--out-dir", default=None, help="CSV folder (default benchmarks/results)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     n_files = args.files or (40 if args.quick else 300)
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
     H.print_table(rows, ["op", "provider", "mode", "shape", "p50_ms", "p20_ms", "p80_ms", "throughput",
                          "throughput_unit", "speedup_vs_reference"])
     if not args.no_write:
-        print("wrote", H.write_rows(rows, "data", device))
+        print("wrote", H.write_rows(rows, "data", device, out_dir=args.out_dir))
     return 0
 
 

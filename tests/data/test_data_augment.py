@@ -118,6 +118,7 @@ def test_augment_sample_order_crop_then_shear():
     assert y.dtype == np.float32 and y.flags.c_contiguous
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_batched_op_on_cuda_matches_cpu():
     x = torch.randn(8, 3, 50, 25, 2)
