@@ -335,13 +335,19 @@ def verify(out_dir: str, checksums: bool = True, log=print) -> dict:
             if checksums and _sha256(p) != f["sha256"]:
                 raise PrepareError(f"{p}: sha256 mismatch with {MANIFEST}")
         dpath = os.path.join(out_dir, info["files"]["data"]["path"])
-        data = np.load(dpath, mmap_mode="r")
+        try:
+            data = np.load(dpath, mmap_mode="r")
+        except (ValueError, OSError) as exc:
+            raise PrepareError(f"{dpath}: not a readable .npy array ({exc})") from None
         if list(data.shape) != info["shape"] or data.dtype != np.float32:
             raise PrepareError(f"{dpath}: shape {data.shape} {data.dtype}, manifest says {info['shape']} float32")
         tuples = {}
         for key in ("label_pkl", "label_json"):
             lpath = os.path.join(out_dir, info["files"][key]["path"])
-            names, labels, frames = _load_label_file(lpath)
+            try:
+                names, labels, frames = _load_label_file(lpath)
+            except Exception as exc:   # any unpickling / JSON error means a damaged file
+                raise PrepareError(f"{lpath}: unreadable label file ({type(exc).__name__}: {exc})") from None
             if not (len(names) == len(labels) == len(frames) == data.shape[0]):
                 raise PrepareError(f"{lpath}: {len(names)} names / {len(labels)} labels / {len(frames)} frame "
                                    f"counts, but {dpath} has {data.shape[0]} samples")

@@ -210,3 +210,17 @@ def test_empty_split_is_valid(tmp_path):
     assert (man["splits"]["train"]["count"], man["splits"]["val"]["count"]) == (1, 0)
     assert np.load(out / "val_data.npy", mmap_mode="r").shape == (0, 3, 50, 25, 2)
     verify(str(out), log=lambda *a: None)
+
+
+def test_verify_names_a_damaged_label_file(tmp_path):
+    raw = ntu_folder(tmp_path, NTU60_NAMES[:2])
+    out = tmp_path / "out"
+    prepare(str(raw), str(out), dataset="ntu60", benchmark="xsub", **QUIET)
+    (out / "train_label.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(PrepareError, match="train_label.pkl: 12 bytes, manifest says"):
+        verify(str(out), checksums=False, log=lambda *a: None)
+    man = json.load(open(out / "manifest.json"))
+    man["splits"]["train"]["files"]["label_pkl"]["bytes"] = 12     # same size: the parse must catch it
+    (out / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(PrepareError, match="train_label.pkl: unreadable label file"):
+        verify(str(out), checksums=False, log=lambda *a: None)
