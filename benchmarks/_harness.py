@@ -5,7 +5,8 @@
   tracemalloc-free CPU estimate through torch's CPU profiler memory events otherwise).
 - check_close(got, want): every provider's output is checked against the reference before it is
   timed, so a fast wrong kernel never gets a number.
-- write_rows(rows, name): upsert into benchmarks/results/<device_slug>_<name>.csv.
+- write_rows(rows, name, device): upsert into benchmarks/results/<device_slug>.csv, one CSV per
+  device for every benchmark (rows are keyed by op, provider, mode, shape, dtype and versions).
 """
 from __future__ import annotations
 
@@ -145,11 +146,16 @@ def base_row(op: str, device: torch.device) -> Dict[str, str]:
             "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
+def results_path(device: torch.device, out_dir: Optional[str] = None) -> str:
+    return os.path.join(out_dir or RESULTS_DIR, f"{device_slug(device)}.csv")
+
+
 def write_rows(rows: Iterable[Dict[str, object]], name: str, device: torch.device, out_dir: Optional[str] = None) -> str:
-    """Upsert rows (keyed by KEY_FIELDS) into <out_dir>/<device_slug>_<name>.csv; returns the path."""
-    out_dir = out_dir or RESULTS_DIR
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"{device_slug(device)}_{name}.csv")
+    """Upsert rows (keyed by KEY_FIELDS) into <out_dir>/<device_slug>.csv; returns the path.
+
+    `name` (the benchmark) is kept for messages; every benchmark of a device shares one CSV."""
+    path = results_path(device, out_dir)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     fields = KEY_FIELDS + VALUE_FIELDS
     existing: Dict[tuple, Dict[str, object]] = {}
     if os.path.exists(path):
