@@ -1,4 +1,4 @@
-// CPU kernels of skelfast::modalities and its backward, parallel over output elements / frames.
+// CPU kernels of skelfast::modalities and its backward, parallel over sequences / frames.
 // Layer: kernel + binding (stable ABI); the maths is csrc/include/skelfast/modalities_math.h.
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
@@ -7,12 +7,33 @@
 #include <torch/headeronly/util/Half.h>
 
 #include "../modalities_common.h"
+#include "modalities_cpu_forward.h"
 
 namespace skelfast {
 namespace {
 
 using torch::stable::Tensor;
 using torch::headeronly::ScalarType;
+
+// The forward over a range of (n, m) sequences, compiled for several ISAs (gcc target_clones picks
+// at load time) with everything inlined (flatten), so the time loops vectorise on AVX2/AVX-512
+// without building the whole library for one machine.
+#define SKELFAST_FORWARD_RANGE(NAME, T, A)                                                                          \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten)) void NAME(                  \
+      const ModalitiesParams& p, const T* x, const A* s, T* o, int64_t begin, int64_t end) {                      \
+    cpu::SeqBuffers<A> buffers;                                                                                     \
+    for (int64_t i = begin; i < end; ++i) cpu::modalities_forward_sequence_simd<T, A>(p, x, s, o, i, buffers);     \
+  }
+SKELFAST_FORWARD_RANGE(forward_range_f32, float, float)
+SKELFAST_FORWARD_RANGE(forward_range_f64, double, double)
+SKELFAST_FORWARD_RANGE(forward_range_f16, c10::Half, float)
+SKELFAST_FORWARD_RANGE(forward_range_bf16, c10::BFloat16, float)
+#undef SKELFAST_FORWARD_RANGE
+
+inline void forward_range(const ModalitiesParams& p, const float* x, const float* s, float* o, int64_t b, int64_t e) { forward_range_f32(p, x, s, o, b, e); }
+inline void forward_range(const ModalitiesParams& p, const double* x, const double* s, double* o, int64_t b, int64_t e) { forward_range_f64(p, x, s, o, b, e); }
+inline void forward_range(const ModalitiesParams& p, const c10::Half* x, const float* s, c10::Half* o, int64_t b, int64_t e) { forward_range_f16(p, x, s, o, b, e); }
+inline void forward_range(const ModalitiesParams& p, const c10::BFloat16* x, const float* s, c10::BFloat16* o, int64_t b, int64_t e) { forward_range_bf16(p, x, s, o, b, e); }
 
 template <typename Fn>
 void dispatch_float_types(ScalarType st, Fn&& fn) {
@@ -41,9 +62,9 @@ Tensor modalities_cpu(Tensor x, std::optional<Tensor> scale, std::vector<int64_t
     const T* xp = static_cast<const T*>(xc.const_data_ptr());
     const A* sp = sc.has_value() ? static_cast<const A*>(sc->const_data_ptr()) : nullptr;
     T* op = static_cast<T*>(out.mutable_data_ptr());
-    // One task per (n, m) sequence: bones and angles are computed once per frame and reused.
+    // One task per (n, m) sequence, computed in time-contiguous buffers (modalities_cpu_forward.h).
     torch::stable::parallel_for(0, p.N * p.M, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) modalities_forward_sequence<T, A>(p, xp, sp, op, i);
+      forward_range(p, xp, sp, op, begin, end);
     });
   });
   return out;

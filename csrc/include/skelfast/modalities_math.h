@@ -113,66 +113,6 @@ SKELFAST_HD void modalities_forward_element(const ModalitiesParams& p, const T* 
   }
 }
 
-// Forward of a whole (n, m) sequence, frame after frame: each bone, angle and axis is computed once
-// and theta[t+1] is carried to the next frame (the per-element form recomputes them ~4x). Same
-// expressions as modalities_forward_element (the CUDA path). Used on CPU.
-template <typename T, typename A>
-SKELFAST_HD void modalities_forward_sequence(const ModalitiesParams& p, const T* __restrict__ x,
-                                             const A* __restrict__ scale, T* __restrict__ out, int64_t seq) {
-  const int64_t M = p.M, V = p.V, T_ = p.T;
-  const int64_t m = seq % M, n = seq / M;
-  const A f = scale ? scale[n] : A(1);
-  const int64_t vm = V * M, cs = T_ * vm;
-  const bool want_bones = p.slot[kBone] >= 0 || p.slot[kRotationAxis] >= 0 || p.slot[kOmega] >= 0;
-  Vec3<A> B[kMaxJoints], Bn[kMaxJoints];
-  A theta[kMaxJoints], theta_n[kMaxJoints];
-  auto bones_and_angles = [&](int64_t t, Vec3<A>* bones, A* angles) {
-    const FrameView<T, A> fv = frame_view<T, A>(p, x, n, t, m);
-    for (int v = 0; v < V; ++v) bones[v] = bone_at(p, fv, v);
-    if (p.slot[kOmega] >= 0)
-      for (int v = 0; v < V; ++v) angles[v] = bone_angle(bones[v], bones[p.axis_partner[v]]);
-  };
-  if (want_bones) bones_and_angles(0, B, theta);
-  for (int64_t t = 0; t < T_; ++t) {
-    const bool has1 = t + 1 < T_, has2 = t + 2 < T_;
-    if (want_bones && has1) bones_and_angles(t + 1, Bn, theta_n);
-    const FrameView<T, A> f0 = frame_view<T, A>(p, x, n, t, m);
-    T* o = out + n * p.num_out * 3 * cs + t * vm + m;
-    for (int v = 0; v < V; ++v) {
-      auto write = [&](int32_t mod, Vec3<A> val) {
-        T* q = o + p.slot[mod] * 3 * cs + v * M;
-        q[0] = Cvt<T, A>::store(val.x);
-        q[cs] = Cvt<T, A>::store(val.y);
-        q[2 * cs] = Cvt<T, A>::store(val.z);
-      };
-      const Vec3<A> x0 = f0.joint(v);
-      if (p.slot[kJoint] >= 0) write(kJoint, x0);
-      if (p.slot[kMotion] >= 0 || p.slot[kAcceleration] >= 0) {
-        Vec3<A> mo = zero3<A>(), ac = zero3<A>();
-        if (has1) {
-          const Vec3<A> x1 = frame_view<T, A>(p, x, n, t + 1, m).joint(v);
-          mo = f * (x1 - x0);
-          if (has2) ac = f * (f * (frame_view<T, A>(p, x, n, t + 2, m).joint(v) - x1) - mo);
-        }
-        if (p.slot[kMotion] >= 0) write(kMotion, mo);
-        if (p.slot[kAcceleration] >= 0) write(kAcceleration, ac);
-      }
-      if (want_bones) {
-        const Vec3<A> axis = cross(B[v], B[p.axis_partner[v]]);
-        if (p.slot[kBone] >= 0) write(kBone, B[v]);
-        if (p.slot[kRotationAxis] >= 0) write(kRotationAxis, axis);
-        if (p.slot[kOmega] >= 0) write(kOmega, has1 ? (f * (theta_n[v] - theta[v])) * nrm(axis) : zero3<A>());
-      }
-    }
-    if (want_bones && has1) {
-      for (int v = 0; v < V; ++v) {
-        B[v] = Bn[v];
-        theta[v] = theta_n[v];
-      }
-    }
-  }
-}
-
 // Gradient w.r.t. x of all joints of frame (n, t, m). One caller per frame writes gx exclusively:
 // temporal terms (motion, acceleration, omega's theta[t+1]) are gathered from neighbouring frames'
 // output gradients, so no atomics are needed. Degenerate points (zero bones) get gradient 0 where

@@ -1,0 +1,90 @@
+"""`python -m benchmarks`: run every benchmark for the providers this machine has, then report.
+
+Each benchmarks/bench_*.py runs in its own process (a failing or crashing benchmark is reported
+and the suite goes on), writes its rows into one CSV per device (benchmarks/_harness.py), and at
+the end benchmarks/report.py turns the CSV into a Markdown report and PNG plots.
+
+  python -m benchmarks                 full suite, results in benchmarks/results/
+  python -m benchmarks --quick         small shapes, short timing (< 3 min on a 2-core CPU)
+  python -m benchmarks --compare OLD.csv [--tolerance 0.15]
+                                       after running, print new/old time ratios and exit 1 when
+                                       any case is slower than OLD by more than the tolerance
+  python -m benchmarks --compare OLD.csv --against NEW.csv
+                                       compare two CSVs without running anything
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+from . import _harness as H
+from . import report
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def discover() -> list:
+    """bench_*.py modules in this folder, in a stable order."""
+    return sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(HERE, "bench_*.py")))
+
+
+def run_one(name: str, args, out_dir: str) -> tuple:
+    cmd = [sys.executable, "-m", f"benchmarks.{name}", "--device", args.device, "--out-dir", out_dir]
+    if args.quick:
+        cmd.append("--quick")
+    start = time.perf_counter()
+    print(f"\n=== {name}: {' '.join(cmd[2:])}", flush=True)
+    try:
+        proc = subprocess.run(cmd, cwd=os.path.dirname(HERE), timeout=args.timeout)
+        ok = proc.returncode == 0
+    except subprocess.TimeoutExpired:
+        ok = False
+        print(f"{name}: timed out after {args.timeout} s")
+    return ok, time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small shapes and short timing (smoke run)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--only", default=None, help="comma-separated benchmark names (e.g. bench_modalities)")
+    parser.add_argument("--out-dir", default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark")
+    parser.add_argument("--compare", default=None, metavar="OLD.csv", help="regression check against OLD.csv")
+    parser.add_argument("--against", default=None, metavar="NEW.csv", help="with --compare: compare files only")
+    parser.add_argument("--tolerance", type=float, default=0.15, help="allowed slow-down ratio - 1 (default 0.15)")
+    parser.add_argument("--no-report", action="store_true", help="skip the Markdown/PNG report")
+    args = parser.parse_args(argv)
+
+    if args.compare and args.against:
+        return report.compare(args.compare, args.against, args.tolerance)
+
+    device = torch.device(args.device)
+    out_dir = args.out_dir or H.RESULTS_DIR
+    names = discover() if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(discover()))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; available: {discover()}")
+    summary = [(name, *run_one(name, args, out_dir)) for name in names]
+    print("\nbenchmark summary")
+    for name, ok, seconds in summary:
+        print(f"  {'ok  ' if ok else 'FAIL'} {name:<24} {seconds:7.1f} s")
+    csv_path = H.results_path(device, out_dir)
+    status = 0 if all(ok for _, ok, _ in summary) else 1
+    if os.path.exists(csv_path) and not args.no_report:
+        md = report.write_report(csv_path)
+        print(f"report: {md}")
+    if args.compare:
+        status = max(status, report.compare(args.compare, csv_path, args.tolerance))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Benchmark CSV -> Markdown report and PNG plots; regression comparison of two CSVs.
+
+  python -m benchmarks.report benchmarks/results/<device>.csv        writes <device>.md and plots
+  python -m benchmarks.report --compare OLD.csv NEW.csv [--tolerance 0.15]
+
+Plots (benchmarks/results/plots/<device>_*.png): speed-up over the eager reference per op, time
+versus batch size per op, peak memory per op and provider.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import sys
+from collections import defaultdict
+from typing import Dict, List, Tuple
+
+CASE = ("op", "provider", "mode", "shape", "dtype")
+
+
+def load(path: str) -> List[Dict[str, str]]:
+    """Rows of a results CSV; for each case only the newest measurement (by timestamp)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    newest: Dict[Tuple[str, ...], Dict[str, str]] = {}
+    for row in rows:
+        key = tuple(row.get(k, "") for k in CASE) + (row.get("device_name", ""),)
+        if key not in newest or row.get("timestamp", "") >= newest[key].get("timestamp", ""):
+            newest[key] = row
+    return list(newest.values())
+
+
+def _f(row, key):
+    try:
+        return float(row.get(key, ""))
+    except ValueError:
+        return None
+
+
+def _batch(shape: str):
+    m = re.search(r"\bN=(\d+)", shape)
+    return int(m.group(1)) if m else None
+
+
+def _fmt(v, spec="{:.3g}"):
+    return "" if v is None else spec.format(v)
+
+
+def markdown(rows: List[Dict[str, str]]) -> str:
+    if not rows:
+        return "No benchmark rows.\n"
+    first = rows[0]
+    lines = [f"# skelfast benchmarks on {first.get('device_name')}", "",
+             f"torch {first.get('torch_version')}, skelfast {first.get('skelfast_version')}, "
+             f"git {first.get('git_sha')}, measured {max(r.get('timestamp', '') for r in rows)}. "
+             "Medians over repeated runs (p20-p80 in brackets); speed-ups are against the eager reference "
+             "and against torch.compile of it, measured in the same run.", ""]
+    by_op = defaultdict(list)
+    for r in rows:
+        by_op[r["op"]].append(r)
+    for op in sorted(by_op):
+        lines += [f"## {op}", "", "| provider | mode | shape | dtype | median ms [p20-p80] | vs eager | vs compile | "
+                  "throughput | % of floor | peak MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(by_op[op], key=lambda r: (r["mode"], _batch(r["shape"]) or 0, r["shape"], r["provider"])):
+            tp = _f(r, "throughput")
+            lines.append("| {} | {} | {} | {} | {} [{}-{}] | {} | {} | {} | {} | {} |".format(
+                r["provider"], r["mode"], r["shape"], r["dtype"], _fmt(_f(r, "p50_ms")), _fmt(_f(r, "p20_ms")),
+                _fmt(_f(r, "p80_ms")), _fmt(_f(r, "speedup_vs_reference"), "{:.2f}x"),
+                _fmt(_f(r, "speedup_vs_compile"), "{:.2f}x"),
+                "" if tp is None else f"{tp:.3g} {r.get('throughput_unit', '')}",
+                _fmt(_f(r, "pct_of_floor"), "{:.1f}%"), _fmt(_f(r, "peak_mem_mb"), "{:.1f}")))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plots(rows: List[Dict[str, str]], out_prefix: str) -> List[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    by_op = defaultdict(list)
+    for r in rows:
+        by_op[r["op"]].append(r)
+    # 1. speed-up over eager per op: best skelfast provider at each op's largest shape
+    labels, values = [], []
+    for op, rs in sorted(by_op.items()):
+        ours = [r for r in rs if r["provider"].startswith("skelfast") and _f(r, "speedup_vs_reference")]
+        if not ours:
+            continue
+        biggest = max(_batch(r["shape"]) or 0 for r in ours)
+        best = max((r for r in ours if (_batch(r["shape"]) or 0) == biggest), key=lambda r: _f(r, "speedup_vs_reference"))
+        labels.append(f"{op}\n{best['mode']} {best['shape'][:28]}")
+        values.append(_f(best, "speedup_vs_reference"))
+    if values:
+        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(values)), 4))
+        ax.bar(range(len(values)), values, color="tab:green")
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks(range(len(values)), labels, fontsize=7)
+        ax.set_ylabel("speed-up over eager reference (x)")
+        ax.set_title(f"skelfast speed-up, {rows[0].get('device_name')}")
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:.1f}x", ha="center", va="bottom", fontsize=8)
+        fig.tight_layout()
+        path = f"{out_prefix}_speedup.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    # 2. time vs batch size, one panel per op with >1 batch size
+    sweep_ops = [op for op, rs in sorted(by_op.items()) if len({_batch(r["shape"]) for r in rs} - {None}) > 1]
+    if sweep_ops:
+        fig, axes = plt.subplots(1, len(sweep_ops), figsize=(4.5 * len(sweep_ops), 3.6), squeeze=False)
+        for ax, op in zip(axes[0], sweep_ops):
+            series = defaultdict(list)
+            for r in by_op[op]:
+                if _batch(r["shape"]) is not None:
+                    series[(r["provider"], r["mode"])].append((_batch(r["shape"]), _f(r, "p50_ms"), _f(r, "p20_ms"), _f(r, "p80_ms")))
+            for (prov, mode), pts in sorted(series.items()):
+                pts.sort()
+                xs = [p[0] for p in pts]
+                ax.plot(xs, [p[1] for p in pts], marker="o", label=f"{prov} ({mode})")
+                ax.fill_between(xs, [p[2] for p in pts], [p[3] for p in pts], alpha=0.2)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("batch size N")
+            ax.set_ylabel("median ms")
+            ax.set_title(op)
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        path = f"{out_prefix}_time_vs_batch.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    # 3. peak memory per op and provider (largest shape)
+    mem = [(op, r["provider"], _f(r, "peak_mem_mb")) for op, rs in sorted(by_op.items())
+           for r in rs if _f(r, "peak_mem_mb") is not None and (_batch(r["shape"]) or 0) == max(_batch(x["shape"]) or 0 for x in rs)]
+    if mem:
+        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(mem)), 4))
+        ax.bar(range(len(mem)), [m[2] for m in mem], color="tab:blue")
+        ax.set_xticks(range(len(mem)), [f"{m[0]}\n{m[1]}" for m in mem], rotation=90, fontsize=6)
+        ax.set_ylabel("peak memory (MiB)")
+        ax.set_title("peak memory per op and provider (largest shape)")
+        fig.tight_layout()
+        path = f"{out_prefix}_peak_memory.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_report(csv_path: str) -> str:
+    """Write <csv>.md next to the CSV and PNG plots under plots/; returns the Markdown path."""
+    rows = load(csv_path)
+    base = os.path.splitext(csv_path)[0]
+    plot_dir = os.path.join(os.path.dirname(csv_path), "plots")
+    os.makedirs(plot_dir, exist_ok=True)
+    pngs = plots(rows, os.path.join(plot_dir, os.path.basename(base)))
+    text = markdown(rows)
+    if pngs:
+        text += "\n" + "\n".join(f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in pngs) + "\n"
+    md = base + ".md"
+    with open(md, "w") as fh:
+        fh.write(text)
+    return md
+
+
+def compare(old_csv: str, new_csv: str, tolerance: float = 0.15) -> int:
+    """Print new/old median ratios per common case; 1 if any is slower than (1 + tolerance)x."""
+    old = {tuple(r[k] for k in CASE): r for r in load(old_csv)}
+    new = {tuple(r[k] for k in CASE): r for r in load(new_csv)}
+    common = sorted(set(old) & set(new))
+    if not common:
+        print(f"no common cases between {old_csv} and {new_csv}")
+        return 1
+    worst, regressions = 0.0, []
+    print(f"{'case':<90} {'old ms':>9} {'new ms':>9} {'new/old':>8}")
+    for key in common:
+        o, n = _f(old[key], "p50_ms"), _f(new[key], "p50_ms")
+        if not o or n is None:
+            continue
+        ratio = n / o
+        worst = max(worst, ratio)
+        flag = "  REGRESSION" if ratio > 1 + tolerance else ""
+        print(f"{' | '.join(key)[:90]:<90} {o:9.4g} {n:9.4g} {ratio:8.3f}{flag}")
+        if flag:
+            regressions.append(key)
+    print(f"{len(common)} cases compared, worst ratio {worst:.3f}, tolerance {1 + tolerance:.2f}: "
+          f"{len(regressions)} regression(s)")
+    return 1 if regressions else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("csv", nargs="*", help="results CSV(s) to report on")
+    parser.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"))
+    parser.add_argument("--tolerance", type=float, default=0.15)
+    args = parser.parse_args(argv)
+    if args.compare:
+        return compare(*args.compare, args.tolerance)
+    if not args.csv:
+        parser.error("give a results CSV or --compare OLD NEW")
+    for path in args.csv:
+        print(write_report(path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
