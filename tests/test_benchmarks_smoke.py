@@ -1,0 +1,72 @@
+"""The benchmark suite never rots: `python -m benchmarks --quick` runs end to end on CPU, and the
+report and --compare regression gate behave (issue: benchmark suite)."""
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks import _harness as H  # noqa: E402
+from benchmarks import report  # noqa: E402
+
+FIELDS = H.KEY_FIELDS + H.VALUE_FIELDS
+
+
+def _write(path, rows):
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+
+
+def _row(provider, p50, shape="N=32", ts="2026-01-01T00:00:00"):
+    return {"op": "modalities", "provider": provider, "mode": "forward", "shape": shape, "dtype": "float32",
+            "device_name": "cpu-test", "torch_version": "2.13", "skelfast_version": "0.1", "git_sha": "x",
+            "p50_ms": p50, "p20_ms": p50 * 0.9, "p80_ms": p50 * 1.1, "peak_mem_mb": 1.0,
+            "speedup_vs_reference": 10.0 / p50, "speedup_vs_compile": 2.0 / p50, "timestamp": ts}
+
+
+def test_compare_flags_regressions(tmp_path, capsys):
+    old, same, slow = tmp_path / "old.csv", tmp_path / "same.csv", tmp_path / "slow.csv"
+    _write(old, [_row("reference", 10.0), _row("skelfast", 1.0)])
+    _write(same, [_row("reference", 10.5), _row("skelfast", 1.05)])
+    _write(slow, [_row("reference", 10.0), _row("skelfast", 1.5)])
+    assert report.compare(str(old), str(same), tolerance=0.15) == 0
+    assert report.compare(str(old), str(slow), tolerance=0.15) == 1
+    assert "REGRESSION" in capsys.readouterr().out
+
+
+def test_report_keeps_newest_row_and_writes_plots(tmp_path):
+    path = tmp_path / "dev.csv"
+    _write(path, [_row("reference", 10.0), _row("skelfast", 3.0, ts="2026-01-01"), _row("skelfast", 1.0, ts="2026-02-01"),
+                  _row("reference", 40.0, shape="N=128"), _row("skelfast", 2.0, shape="N=128")])
+    md = report.write_report(str(path))
+    text = open(md).read()
+    assert "| skelfast | forward | N=32 | float32 | 1 [" in text  # the newer of the two N=32 rows
+    assert "| skelfast | forward | N=32 | float32 | 3 [" not in text
+    for name in ("speedup", "time_vs_batch", "peak_memory"):
+        assert (tmp_path / "plots" / f"dev_{name}.png").stat().st_size > 1000
+
+
+def test_quick_suite_runs_end_to_end(tmp_path):
+    """Every bench_*.py with --quick, one CSV for the device, a report, and a self-compare that passes."""
+    env = {**os.environ, "SKELFAST_QUIET_IMPORT": "1"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--device", "cpu", "--out-dir", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    csvs = [p for p in os.listdir(tmp_path) if p.endswith(".csv")]
+    assert len(csvs) == 1, csvs
+    rows = list(csv.DictReader(open(tmp_path / csvs[0])))
+    ops = {r["op"] for r in rows}
+    assert {"modalities", "momentum_update", "enqueue"} <= ops
+    for r in rows:
+        assert float(r["p50_ms"]) > 0
+    assert (tmp_path / csvs[0].replace(".csv", ".md")).exists()
+    again = subprocess.run([sys.executable, "-m", "benchmarks", "--compare", str(tmp_path / csvs[0]),
+                            "--against", str(tmp_path / csvs[0])], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stdout
