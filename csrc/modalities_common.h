@@ -2,6 +2,7 @@
 // Layer: binding helper (stable ABI headers only).
 #pragma once
 
+#include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/util/Exception.h>
 
@@ -62,6 +63,46 @@ inline void check_modalities_scale(const torch::stable::Tensor& x, const std::op
   STD_TORCH_CHECK(s.dim() == 1 && s.size(0) == x.size(0), "skelfast::modalities: scale must have shape (N,)");
   STD_TORCH_CHECK(s.get_device_index() == x.get_device_index() && s.is_cpu() == x.is_cpu(),
                   "skelfast::modalities: scale must be on x's device");
+}
+
+// Checked, contiguous inputs and the allocated result of one forward or backward call; shared by
+// the CPU and CUDA bindings so both validate and lay out memory identically.
+struct ModalitiesCall {
+  ModalitiesParams p;
+  torch::stable::Tensor x;                     // contiguous (N, 3, T, V, M)
+  std::optional<torch::stable::Tensor> scale;  // contiguous (N,) or none
+  std::optional<torch::stable::Tensor> grad;   // contiguous (N, G, 3, T, V, M), backward only
+  torch::stable::Tensor out;                   // forward: (N, G, 3, T, V, M); backward: like x
+
+  template <typename A>
+  const A* scale_ptr() const { return scale ? static_cast<const A*>(scale->const_data_ptr()) : nullptr; }
+};
+
+inline ModalitiesCall prepare_modalities_forward(const torch::stable::Tensor& x,
+                                                 const std::optional<torch::stable::Tensor>& scale,
+                                                 const std::vector<int64_t>& select, const std::vector<int64_t>& bone_parent,
+                                                 const std::vector<int64_t>& axis_partner, const std::vector<int64_t>& normal) {
+  ModalitiesCall c{make_modalities_params(x, select, bone_parent, axis_partner, normal), torch::stable::contiguous(x),
+                   std::nullopt, std::nullopt, torch::stable::Tensor()};
+  check_modalities_scale(x, scale);
+  if (scale) c.scale = torch::stable::contiguous(*scale);
+  c.out = torch::stable::new_empty(c.x, {c.p.N, c.p.num_out, 3, c.p.T, c.p.V, c.p.M});
+  return c;
+}
+
+inline ModalitiesCall prepare_modalities_backward(const torch::stable::Tensor& grad_out, const torch::stable::Tensor& x,
+                                                  const std::optional<torch::stable::Tensor>& scale,
+                                                  const std::vector<int64_t>& select, const std::vector<int64_t>& bone_parent,
+                                                  const std::vector<int64_t>& axis_partner, const std::vector<int64_t>& normal) {
+  ModalitiesCall c = prepare_modalities_forward(x, scale, select, bone_parent, axis_partner, normal);
+  const ModalitiesParams& p = c.p;
+  STD_TORCH_CHECK(grad_out.dim() == 6 && grad_out.size(0) == p.N && grad_out.size(1) == p.num_out &&
+                      grad_out.size(2) == 3 && grad_out.size(3) == p.T && grad_out.size(4) == p.V &&
+                      grad_out.size(5) == p.M && grad_out.scalar_type() == x.scalar_type(),
+                  "skelfast::modalities_backward: grad_out must have shape (N, G, 3, T, V, M) and x's dtype");
+  c.grad = torch::stable::contiguous(grad_out);
+  c.out = torch::stable::new_empty(c.x, {p.N, 3, p.T, p.V, p.M});
+  return c;
 }
 
 }  // namespace skelfast

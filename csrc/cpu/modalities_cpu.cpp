@@ -54,54 +54,42 @@ void dispatch_float_types(ScalarType st, Fn&& fn) {
 Tensor modalities_cpu(Tensor x, std::optional<Tensor> scale, std::vector<int64_t> select,
                       std::vector<int64_t> bone_parent, std::vector<int64_t> axis_partner,
                       std::vector<int64_t> normal) {
-  const ModalitiesParams p = make_modalities_params(x, select, bone_parent, axis_partner, normal);
-  check_modalities_scale(x, scale);
-  Tensor xc = torch::stable::contiguous(x);
-  std::optional<Tensor> sc = scale.has_value() ? std::optional<Tensor>(torch::stable::contiguous(*scale)) : std::nullopt;
-  Tensor out = torch::stable::new_empty(xc, {p.N, p.num_out, 3, p.T, p.V, p.M});
-  const int64_t total = p.N * p.T * p.V * p.M;
-  if (total == 0) return out;
-  dispatch_float_types(xc.scalar_type(), [&](auto t_tag, auto a_tag) {
+  ModalitiesCall c = prepare_modalities_forward(x, scale, select, bone_parent, axis_partner, normal);
+  const ModalitiesParams& p = c.p;
+  if (p.N * p.T * p.V * p.M == 0) return c.out;
+  dispatch_float_types(c.x.scalar_type(), [&](auto t_tag, auto a_tag) {
     using T = decltype(t_tag);
     using A = decltype(a_tag);
-    const T* xp = static_cast<const T*>(xc.const_data_ptr());
-    const A* sp = sc.has_value() ? static_cast<const A*>(sc->const_data_ptr()) : nullptr;
-    T* op = static_cast<T*>(out.mutable_data_ptr());
+    const T* xp = static_cast<const T*>(c.x.const_data_ptr());
+    const A* sp = c.scale_ptr<A>();
+    T* op = static_cast<T*>(c.out.mutable_data_ptr());
     // One task per (n, m) sequence, computed in time-contiguous buffers (modalities_cpu_forward.h).
     torch::stable::parallel_for(0, p.N * p.M, 1, [&](int64_t begin, int64_t end) {
       forward_range(p, xp, sp, op, begin, end);
     });
   });
-  return out;
+  return c.out;
 }
 
 Tensor modalities_backward_cpu(Tensor grad_out, Tensor x, std::optional<Tensor> scale, std::vector<int64_t> select,
                                std::vector<int64_t> bone_parent, std::vector<int64_t> axis_partner,
                                std::vector<int64_t> normal) {
-  const ModalitiesParams p = make_modalities_params(x, select, bone_parent, axis_partner, normal);
-  check_modalities_scale(x, scale);
-  STD_TORCH_CHECK(grad_out.dim() == 6 && grad_out.size(0) == p.N && grad_out.size(1) == p.num_out &&
-                      grad_out.size(2) == 3 && grad_out.size(3) == p.T && grad_out.size(4) == p.V &&
-                      grad_out.size(5) == p.M && grad_out.scalar_type() == x.scalar_type(),
-                  "skelfast::modalities_backward: grad_out must have shape (N, G, 3, T, V, M) and x's dtype");
-  Tensor xc = torch::stable::contiguous(x);
-  Tensor gc = torch::stable::contiguous(grad_out);
-  std::optional<Tensor> sc = scale.has_value() ? std::optional<Tensor>(torch::stable::contiguous(*scale)) : std::nullopt;
-  Tensor gx = torch::stable::new_empty(xc, {p.N, 3, p.T, p.V, p.M});
+  ModalitiesCall c = prepare_modalities_backward(grad_out, x, scale, select, bone_parent, axis_partner, normal);
+  const ModalitiesParams& p = c.p;
   const int64_t frames = p.N * p.T * p.M;
-  if (frames == 0 || p.V == 0) return gx;
-  dispatch_float_types(xc.scalar_type(), [&](auto t_tag, auto a_tag) {
+  if (frames == 0 || p.V == 0) return c.out;
+  dispatch_float_types(c.x.scalar_type(), [&](auto t_tag, auto a_tag) {
     using T = decltype(t_tag);
     using A = decltype(a_tag);
-    const T* xp = static_cast<const T*>(xc.const_data_ptr());
-    const T* gp = static_cast<const T*>(gc.const_data_ptr());
-    const A* sp = sc.has_value() ? static_cast<const A*>(sc->const_data_ptr()) : nullptr;
-    T* op = static_cast<T*>(gx.mutable_data_ptr());
+    const T* xp = static_cast<const T*>(c.x.const_data_ptr());
+    const T* gp = static_cast<const T*>(c.grad->const_data_ptr());
+    const A* sp = c.scale_ptr<A>();
+    T* op = static_cast<T*>(c.out.mutable_data_ptr());
     torch::stable::parallel_for(0, frames, 64, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) modalities_backward_frame<T, A>(p, xp, sp, gp, op, i);
     });
   });
-  return gx;
+  return c.out;
 }
 
 }  // namespace

@@ -39,42 +39,28 @@ void dispatch_cuda_types(ScalarType st, Fn&& fn) {
 Tensor modalities_cuda(Tensor x, std::optional<Tensor> scale, std::vector<int64_t> select,
                        std::vector<int64_t> bone_parent, std::vector<int64_t> axis_partner,
                        std::vector<int64_t> normal) {
-  const ModalitiesParams p = make_modalities_params(x, select, bone_parent, axis_partner, normal);
-  check_modalities_scale(x, scale);
-  Tensor xc = torch::stable::contiguous(x);
-  std::optional<Tensor> sc = scale.has_value() ? std::optional<Tensor>(torch::stable::contiguous(*scale)) : std::nullopt;
-  Tensor out = torch::stable::new_empty(xc, {p.N, p.num_out, 3, p.T, p.V, p.M});
-  dispatch_cuda_types(xc.scalar_type(), [&](auto tag) {
+  ModalitiesCall c = prepare_modalities_forward(x, scale, select, bone_parent, axis_partner, normal);
+  dispatch_cuda_types(c.x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    check_cuda(launch_modalities_fwd<T>(p, static_cast<const T*>(xc.const_data_ptr()),
-                                        sc ? static_cast<const acc_t<T>*>(sc->const_data_ptr()) : nullptr,
-                                        static_cast<T*>(out.mutable_data_ptr()), current_stream(xc)),
+    check_cuda(launch_modalities_fwd<T>(c.p, static_cast<const T*>(c.x.const_data_ptr()), c.scale_ptr<acc_t<T>>(),
+                                        static_cast<T*>(c.out.mutable_data_ptr()), current_stream(c.x)),
                "modalities");
   });
-  return out;
+  return c.out;
 }
 
 Tensor modalities_backward_cuda(Tensor grad_out, Tensor x, std::optional<Tensor> scale, std::vector<int64_t> select,
                                 std::vector<int64_t> bone_parent, std::vector<int64_t> axis_partner,
                                 std::vector<int64_t> normal) {
-  const ModalitiesParams p = make_modalities_params(x, select, bone_parent, axis_partner, normal);
-  check_modalities_scale(x, scale);
-  STD_TORCH_CHECK(grad_out.dim() == 6 && grad_out.size(0) == p.N && grad_out.size(1) == p.num_out &&
-                      grad_out.scalar_type() == x.scalar_type(),
-                  "skelfast::modalities_backward: grad_out must have shape (N, G, 3, T, V, M) and x's dtype");
-  Tensor xc = torch::stable::contiguous(x);
-  Tensor gc = torch::stable::contiguous(grad_out);
-  std::optional<Tensor> sc = scale.has_value() ? std::optional<Tensor>(torch::stable::contiguous(*scale)) : std::nullopt;
-  Tensor gx = torch::stable::new_empty(xc, {p.N, 3, p.T, p.V, p.M});
-  dispatch_cuda_types(xc.scalar_type(), [&](auto tag) {
+  ModalitiesCall c = prepare_modalities_backward(grad_out, x, scale, select, bone_parent, axis_partner, normal);
+  dispatch_cuda_types(c.x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    check_cuda(launch_modalities_bwd<T>(p, static_cast<const T*>(xc.const_data_ptr()),
-                                        sc ? static_cast<const acc_t<T>*>(sc->const_data_ptr()) : nullptr,
-                                        static_cast<const T*>(gc.const_data_ptr()),
-                                        static_cast<T*>(gx.mutable_data_ptr()), current_stream(xc)),
+    check_cuda(launch_modalities_bwd<T>(c.p, static_cast<const T*>(c.x.const_data_ptr()), c.scale_ptr<acc_t<T>>(),
+                                        static_cast<const T*>(c.grad->const_data_ptr()),
+                                        static_cast<T*>(c.out.mutable_data_ptr()), current_stream(c.x)),
                "modalities_backward");
   });
-  return gx;
+  return c.out;
 }
 
 }  // namespace
