@@ -4,7 +4,6 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 
 from skelfast.data import synthetic
 from skelfast.data.ntu import parse_sample_name
@@ -54,6 +53,9 @@ def test_generation_is_deterministic(tmp_path):
     assert synthetic.class_names(3) == ["wave right hand", "raise both arms", "bend forward"]
     with pytest.raises(ValueError, match="num_classes"):
         synthetic.generate(str(tmp_path / "d"), num_classes=1)
+    assert synthetic.generate(str(tmp_path / "a"), num_classes=3, samples_per_class=2, seed=11) == a   # rerun: same set
+    with pytest.raises(ValueError, match=r"already contains \d+ other .skeleton"):
+        synthetic.generate(str(tmp_path / "a"), num_classes=3, samples_per_class=2, seed=99)
 
 
 def test_ensure_prepared_is_idempotent(tiny_synthetic):
@@ -76,33 +78,31 @@ def test_prepared_synthetic_shoulders_face_plus_x(tiny_synthetic):
     assert on_x.mean() > 0.9
 
 
-def _softmax_probe(xt, yt, xv, yv, steps=300):
-    torch.manual_seed(0)
-    xt, xv = torch.from_numpy(xt.reshape(len(xt), -1)), torch.from_numpy(xv.reshape(len(xv), -1))
+def _ridge_probe(xt, yt, xv, yv, lam=100.0):
+    """Linear probe: ridge regression on standardised flattened joints to centred one-hot targets,
+    solved in the dual (n x n) form. Deterministic and fast (no iterative training)."""
+    xt = xt.reshape(len(xt), -1).astype(np.float64)
+    xv = xv.reshape(len(xv), -1).astype(np.float64)
     mu, sd = xt.mean(0), xt.std(0) + 1e-3
     xt, xv = (xt - mu) / sd, (xv - mu) / sd
-    yt, yv = torch.as_tensor(yt), torch.as_tensor(yv)
     C = int(max(yt.max(), yv.max())) + 1
-    W = torch.zeros(xt.shape[1], C, requires_grad=True)
-    b = torch.zeros(C, requires_grad=True)
-    opt = torch.optim.Adam([W, b], lr=1e-2)
-    for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(xt @ W + b, yt) + 1e-3 * (W ** 2).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        return ((xv @ W + b).argmax(1) == yv).float().mean().item()
+    a = np.linalg.solve(xt @ xt.T + lam * np.eye(len(xt)), np.eye(C)[yt] - 1.0 / C)
+    return float(((xv @ (xt.T @ a)).argmax(1) == yv).mean())
 
 
 def test_default_preset_is_learnable_but_not_trivial(tmp_path):
-    # the default preset (10 classes): a linear softmax probe on raw prepared joints must be well
-    # above chance (10%) and clearly below 100% on the xsub val split (measured: ~0.72-0.79 for seeds 0-2)
+    # the default preset (10 classes): a linear probe on raw prepared joints must be well above
+    # chance (10%) and clearly below 100% on the xsub val split (measured: 0.75-0.77 for seeds 0-4)
     out = synthetic.ensure_prepared(str(tmp_path), num_classes=10, samples_per_class=30, seed=0, workers=2)
-    load = lambda s: (np.load(os.path.join(out, f"{s}_data.npy")), pickle.load(open(os.path.join(out, f"{s}_label.pkl"), "rb"))[1])
+
+    def load(split):
+        labels = pickle.load(open(os.path.join(out, f"{split}_label.pkl"), "rb"))[1]
+        return np.load(os.path.join(out, f"{split}_data.npy")), np.asarray(labels)
+
     (xt, yt), (xv, yv) = load("train"), load("val")
-    acc = _softmax_probe(xt, yt, xv, yv)
-    assert 0.4 < acc < 0.95, acc
+    acc = _ridge_probe(xt, yt, xv, yv)
+    assert 0.4 < acc < 0.92, acc
+    assert _ridge_probe(xt, yt, xt, yt) > acc          # sanity: the probe fits its own training data better
 
 
 def test_ensure_prepared_rejects_unknown_benchmark_before_generating(tmp_path):
