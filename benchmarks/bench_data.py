@@ -7,7 +7,8 @@
    (`skelfast.data.augment.batched_two_views`) on CPU, and on CUDA when available.
 
 Timings are median / p20 / p80 over repeats (time.perf_counter; CUDA events on GPU, via
-benchmarks/_harness.py). Results are upserted into benchmarks/results/<device_slug>_data.csv.
+benchmarks/_harness.py). Rows (ops `data_reader`, `augment_2views`) are upserted into the
+shared per-device CSV of the harness, benchmarks/results/<device_slug>.csv.
 
 Usage: python -m benchmarks.bench_data [--quick] [--files N] [--device cpu|cuda] [--out-dir DIR] [--no-write]
        (or python benchmarks/bench_data.py ...). --quick finishes in well under 30 s.
