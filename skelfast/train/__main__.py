@@ -1,0 +1,139 @@
+"""`python -m skelfast.train [pretrain|distill|linear|knn|finetune] ...`; no command = the whole
+synthetic pipeline (pretrain -> distill -> linear, see train/pipeline.py).
+
+Layer: training CLI. Every command takes --config (a preset name or YAML path) and any number of
+`--set key.sub=value` overrides; the resolved config is saved as config.yaml in the run folder.
+Input problems (config keys, data folder, checkpoint kind, batch vs queue size) are reported as one
+clear error line before training starts.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+COMMAND_PRESET = {"pretrain": "ikem6", "distill": "student6to3", "linear": "linear", "knn": "knn",
+                  "finetune": "finetune", "pipeline": "quick"}
+
+
+def _common(p: argparse.ArgumentParser, preset: str) -> None:
+    p.add_argument("--config", default=preset, help=f"preset name or YAML file (default {preset})")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set optim.lr=0.05 (repeatable)")
+    p.add_argument("--out", default=None, help="run.out_dir: parent folder of run folders")
+    p.add_argument("--name", default=None, help="run.name: the run folder name")
+    p.add_argument("--data", default=None, help="data.root: a prepared folder (default: synthetic data)")
+    p.add_argument("--device", default=None, help="run.device: auto | cpu | cuda | cuda:N")
+    p.add_argument("--backend", choices=("skelfast", "reference"), default=None,
+                   help="model.backend: fused ops (default) or the plain-PyTorch reference")
+    p.add_argument("--amp", choices=("none", "bf16"), default=None, help="run.amp: bf16 autocast")
+    p.add_argument("--compile", action="store_true", help="run.compile: torch.compile the encoders")
+    p.add_argument("--cuda-graphs", action="store_true", help="run.cuda_graphs: CUDA graphs (GPU)")
+    p.add_argument("--epochs", type=int, default=None, help="optim.epochs")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m skelfast.train", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command")
+    p = sub.add_parser("pretrain", help="MoCo pretraining, phases 1 and 2 (method.md §5)")
+    _common(p, "ikem6")
+    p.add_argument("--resume", default=None, help="checkpoint or run folder to continue")
+    p = sub.add_parser("distill", help="relational 6->3 / 3->1 distillation (method.md §6)")
+    _common(p, "student6to3")
+    p.add_argument("--teacher", default=None, help="pretrain checkpoint (file or run folder) of the teacher")
+    p.add_argument("--resume", default=None)
+    p = sub.add_parser("linear", help="linear evaluation on cached frozen features (method.md §7)")
+    _common(p, "linear")
+    p.add_argument("--checkpoint", default=None, help="pretrain / distill checkpoint (file or run folder)")
+    p.add_argument("--view", default=None, help="joint|motion|bone|acceleration|rotation_axis|omega|3views|all")
+    p.add_argument("--random-init", action="store_true", help="evaluate a randomly initialised encoder")
+    p = sub.add_parser("knn", help="k-NN evaluation of frozen features")
+    _common(p, "knn")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--view", default=None)
+    p.add_argument("--k", type=int, default=None)
+    p.add_argument("--random-init", action="store_true")
+    p = sub.add_parser("finetune", help="fine-tuning / semi-supervised evaluation")
+    _common(p, "finetune")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--view", default=None)
+    p.add_argument("--label-fraction", type=float, default=None, help="0.01 | 0.1 | 1.0 (seeded per-class subset)")
+    p.add_argument("--resume", default=None)
+    p = sub.add_parser("pipeline", help="pretrain -> distill -> linear on synthetic data (the default command)")
+    _common(p, "quick")
+    return ap
+
+
+def _sets_from_flags(a) -> List[str]:
+    s = []
+    for flag, key in (("out", "run.out_dir"), ("name", "run.name"), ("data", "data.root"), ("device", "run.device"),
+                      ("backend", "model.backend"), ("amp", "run.amp"), ("epochs", "optim.epochs")):
+        v = getattr(a, flag, None)
+        if v is not None:
+            s.append(f"{key}={v}")
+    if a.compile:
+        s.append("run.compile=true")
+    if a.cuda_graphs:
+        s.append("run.cuda_graphs=true")
+    if a.no_progress:
+        s.append("run.progress=false")
+    return s
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["pipeline"] + argv
+    a = _parser().parse_args(argv)
+    if a.command is None:
+        a = _parser().parse_args(["pipeline"])
+    from .checkpoint import CheckpointError
+    from .config import ConfigError, load_config
+    from .data import DataError
+
+    try:
+        # flags after --set so that explicit flags win
+        cfg = load_config(a.config, a.sets + _sets_from_flags(a))
+        if a.command == "pretrain":
+            from .pretrain import run_pretrain
+            res = run_pretrain(cfg, resume=a.resume)
+        elif a.command == "distill":
+            from .distill import run_distill
+            res = run_distill(cfg, teacher=a.teacher, resume=a.resume)
+        elif a.command == "linear":
+            from .linear import run_linear
+            res = run_linear(cfg, a.checkpoint, a.view, a.random_init or None)
+        elif a.command == "knn":
+            from .knn import run_knn
+            if a.k is not None:
+                cfg["knn"]["k"] = a.k
+            res = run_knn(cfg, a.checkpoint, a.view, a.random_init or None)
+        elif a.command == "finetune":
+            from .finetune import run_finetune
+            if a.label_fraction is not None:
+                cfg["finetune"]["label_fraction"] = a.label_fraction
+            res = run_finetune(cfg, a.checkpoint, a.view, resume=a.resume)
+        else:
+            from .pipeline import run_pipeline
+            res = run_pipeline(cfg)
+    except (ConfigError, CheckpointError, DataError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        from .distributed import cleanup, init_distributed
+        try:
+            import torch.distributed as dist
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
+        except Exception:  # noqa: BLE001
+            pass
+    if isinstance(res, dict) and res.get("interrupted"):
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Features for users: load a checkpoint, embed raw joints, get per-stream and fused embeddings.
+
+Layer: training (public API).
+
+    from skelfast.train.api import Embedder
+    emb = Embedder.from_checkpoint("runs/pipeline_.../distill/last.pt")   # or a run folder
+    out = emb(x, frames)        # x (N, 3, T, V, M) raw joints (the prepared layout), frames (N,) or None
+    out["streams"]["joint"]     # (N, 256) pooled backbone feature of the joint stream
+    out["fused"]                # (N, S*256): per-stream unit features concatenated, renormalised
+
+The modalities (motion, bone, ..., method.md §3) are computed inside from the raw joints. The
+encoders run in eval mode without gradients, exactly as in linear evaluation (§7).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint
+from .features import eval_model_from_checkpoint, stream_features
+
+__all__ = ["Embedder"]
+
+
+class Embedder(nn.Module):
+    """Frozen encoders of a pretraining or distillation checkpoint as a feature extractor."""
+
+    def __init__(self, model: nn.Module, source: str):
+        super().__init__()
+        self.model = model.eval()
+        self.source = source
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device: str = "cpu", backend: str = "skelfast") -> "Embedder":
+        """A `pretrain` or `distill` checkpoint file (or run folder) -> Embedder on `device`."""
+        ck = load_checkpoint(path, expect_commands=("pretrain", "distill"))
+        # num_class is irrelevant (the heads are not used); 1 keeps the unused heads tiny
+        model, source = eval_model_from_checkpoint(ck, num_class=1, backend=backend)
+        return cls(model, source).to(device)
+
+    @property
+    def streams(self) -> Sequence[str]:
+        """Names of the embedding streams ('fused' for the 3->1 fused student)."""
+        return ("fused",) if self.model.fused else tuple(self.model.streams)
+
+    @property
+    def dim(self) -> int:
+        """Per-stream embedding size (hidden_dim, 256 with the official settings)."""
+        return self.model.encoders[0].hidden_dim
+
+    def train(self, mode: bool = True):
+        return super().train(False)    # always eval (BN running statistics, no dropout)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, frames: Optional[torch.Tensor] = None) -> Dict[str, object]:
+        """x (N, 3, T, V, M) float raw joints, frames (N,) raw frame counts (None = T, time scale 1)
+        -> {'streams': {name: (N, H)}, 'fused': (N, S*H) unit rows}."""
+        if x.dim() != 5 or x.shape[1] != 3:
+            raise ValueError(f"x must be (N, 3, T, V, M) raw joints, got {tuple(x.shape)}")
+        dev = next(self.model.parameters()).device
+        x = x.to(dev, torch.float32)
+        if frames is None:
+            frames = torch.full((x.shape[0],), x.shape[2], dtype=torch.int64, device=dev)
+        f = stream_features(self.model, x, frames.to(dev))                  # (S, N, H)
+        streams = {name: f[i] for i, name in enumerate(self.streams)}
+        unit = F.normalize(f, dim=-1)
+        fused = F.normalize(unit.transpose(0, 1).reshape(x.shape[0], -1), dim=-1)
+        return {"streams": streams, "fused": fused}

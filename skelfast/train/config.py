@@ -1,0 +1,224 @@
+"""Training configs: YAML presets deep-merged over `configs/defaults.yaml`, `--set a.b=v` overrides,
+validation with errors that name the key, and the resolved config saved with every run.
+
+Layer: training (pure Python + PyYAML). `defaults.yaml` is the schema: every key a config may
+have is listed there with a default, and a value must have the type of its default (ints are
+accepted for floats; a null default accepts anything). Presets in `skelfast/configs/` carry the
+official hyperparameters (method.md §5.2, §6.1, §6.2, §7).
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+import yaml
+
+__all__ = ["ConfigError", "CONFIG_DIR", "presets", "load_config", "merge", "parse_set", "apply_sets",
+           "validate", "save_config", "get", "set_key", "preset_path"]
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+class ConfigError(ValueError):
+    """A config problem found before training starts (unknown key, wrong type, bad value)."""
+
+
+def presets() -> List[str]:
+    """Names of the shipped presets (files in skelfast/configs without the .yaml)."""
+    return sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml") and f != "defaults.yaml")
+
+
+def preset_path(name_or_path: str) -> str:
+    """A preset name ('ikem6') or a YAML path -> the file path; raises ConfigError if absent."""
+    if os.path.exists(name_or_path):
+        return name_or_path
+    path = os.path.join(CONFIG_DIR, name_or_path + ("" if name_or_path.endswith(".yaml") else ".yaml"))
+    if os.path.exists(path):
+        return path
+    raise ConfigError(f"config {name_or_path!r} is neither a file nor a preset; presets: {presets()}")
+
+
+def _read_yaml(path: str) -> Dict[str, Any]:
+    with open(path) as fh:
+        try:
+            data = yaml.safe_load(fh)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: malformed YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def defaults() -> Dict[str, Any]:
+    return _read_yaml(os.path.join(CONFIG_DIR, "defaults.yaml"))
+
+
+def _expand_dotted(d: Mapping[str, Any]) -> Dict[str, Any]:
+    """{'optim.lr': 1} -> {'optim': {'lr': 1}} (presets may use dotted keys, e.g. in `pipeline`)."""
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        v = _expand_dotted(v) if isinstance(v, Mapping) else v
+        parts = str(k).split(".")
+        cur = out
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        if isinstance(v, dict) and isinstance(cur.get(parts[-1]), dict):
+            cur[parts[-1]] = merge(cur[parts[-1]], v)
+        else:
+            cur[parts[-1]] = v
+    return out
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> Dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else in `over` replaces."""
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_set(item: str) -> Dict[str, Any]:
+    """'optim.lr=0.05' -> {'optim': {'lr': 0.05}}; the value is parsed as YAML ('[1, 2]', 'null', 'true')."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=0.05")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set {item!r}: malformed key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: cannot parse value {raw!r}: {e}") from None
+    return _expand_dotted({key: value})
+
+
+def apply_sets(cfg: Mapping[str, Any], sets: Iterable[str]) -> Dict[str, Any]:
+    for s in sets or ():
+        cfg = merge(cfg, parse_set(s))
+    return dict(cfg)
+
+
+def _type_ok(default: Any, value: Any) -> bool:
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, list):
+        return isinstance(value, (list, tuple))
+    return True
+
+
+def _check(schema: Mapping[str, Any], cfg: Mapping[str, Any], prefix: str = "") -> None:
+    for k, v in cfg.items():
+        name = f"{prefix}{k}"
+        if k not in schema:
+            close = difflib.get_close_matches(str(k), [str(s) for s in schema], n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys here: {sorted(schema)}"
+            raise ConfigError(f"unknown config key {name!r}{hint}")
+        d = schema[k]
+        if isinstance(d, Mapping):
+            if not isinstance(v, Mapping):
+                raise ConfigError(f"config key {name!r} must be a mapping (section), got {v!r}")
+            _check(d, v, name + ".")
+        elif not _type_ok(d, v):
+            raise ConfigError(f"config key {name!r} must be of type {type(d).__name__} (like its default "
+                              f"{d!r}), got {type(v).__name__} {v!r}")
+
+
+PRETRAIN_MODELS = ("crossclr3", "ikem6")
+DISTILL_MODELS = ("student6to3", "student3to1")
+
+
+def validate(cfg: Mapping[str, Any]) -> None:
+    """Keys and types against defaults.yaml, then value checks; raises ConfigError naming the key."""
+    schema = defaults()
+    pipeline = cfg.get("pipeline")
+    _check(schema, {k: v for k, v in cfg.items() if k != "pipeline"})
+    if pipeline is not None:
+        if not isinstance(pipeline, Mapping):
+            raise ConfigError("config key 'pipeline' must map stage names to override mappings")
+        for stage, over in pipeline.items():
+            if stage not in ("pretrain", "distill", "linear", "knn"):
+                raise ConfigError(f"unknown pipeline stage 'pipeline.{stage}'; expected pretrain, distill, linear, knn")
+            _check(schema, _expand_dotted(over or {}), f"pipeline.{stage}.")
+    o, r, d = cfg["optim"], cfg["run"], cfg["data"]
+    if o["lr"] <= 0:
+        raise ConfigError(f"optim.lr must be > 0, got {o['lr']}")
+    if o["epochs"] < 1:
+        raise ConfigError(f"optim.epochs must be >= 1, got {o['epochs']}")
+    if any(not isinstance(s, int) or isinstance(s, bool) for s in o["step"]):
+        raise ConfigError(f"optim.step must be a list of epoch numbers, got {o['step']!r}")
+    for key in ("batch_size", "eval_batch_size"):
+        if d[key] < 1:
+            raise ConfigError(f"data.{key} must be >= 1, got {d[key]}")
+    if r["amp"] not in ("none", "bf16"):
+        raise ConfigError(f"run.amp must be 'none' or 'bf16', got {r['amp']!r}")
+    if r["save_every"] < 1:
+        raise ConfigError(f"run.save_every must be >= 1, got {r['save_every']}")
+    if cfg["model"]["backend"] not in ("skelfast", "reference"):
+        raise ConfigError(f"model.backend must be 'skelfast' or 'reference', got {cfg['model']['backend']!r}")
+    if not 0 < cfg["finetune"]["label_fraction"] <= 1:
+        raise ConfigError(f"finetune.label_fraction must be in (0, 1], got {cfg['finetune']['label_fraction']}")
+    if cfg["model"]["queue_size"] % d["batch_size"] != 0 and cfg["model"]["name"] in PRETRAIN_MODELS + DISTILL_MODELS:
+        raise ConfigError(f"data.batch_size={d['batch_size']} does not divide model.queue_size="
+                          f"{cfg['model']['queue_size']}: MoCo enqueues whole batches (method.md §5.1 asserts K mod N = 0)")
+
+
+def load_config(preset: Optional[str] = None, sets: Iterable[str] = (), base: Optional[Mapping[str, Any]] = None,
+                check: bool = True) -> Dict[str, Any]:
+    """defaults.yaml <- `base` <- preset file <- `--set` items; validated unless check=False."""
+    cfg = defaults()
+    if base is not None:
+        cfg = merge(cfg, base)
+    if preset:
+        cfg = merge(cfg, _expand_dotted(_read_yaml(preset_path(preset))))
+    cfg = apply_sets(cfg, sets)
+    if check:
+        validate(cfg)
+    return cfg
+
+
+def save_config(cfg: Mapping[str, Any], run_dir: str) -> str:
+    """Write the resolved config as `run_dir/config.yaml` (atomically); returns the path."""
+    path = os.path.join(run_dir, "config.yaml")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        yaml.safe_dump(_plain(cfg), fh, sort_keys=False)
+    os.replace(tmp, path)
+    return path
+
+
+def _plain(x):
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def get(cfg: Mapping[str, Any], dotted: str) -> Any:
+    cur: Any = cfg
+    for p in dotted.split("."):
+        cur = cur[p]
+    return cur
+
+
+def set_key(cfg: Dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = cfg
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value

@@ -1,0 +1,92 @@
+"""Frozen-encoder features: an evaluation model from a checkpoint, and cached pooled features.
+
+Layer: training. method.md §7 'Cheap exact speed-up': the encoders are frozen, in eval mode, and
+the inputs are not augmented, so the pooled 256-d features of every stream can be computed once
+per split and reused by every linear head / view / k-NN query. Features are cached as
+`features_<split>.pt` in the run folder: {'feats': (S, Ns, H) float32, 'labels': (Ns,)}.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .data import Split
+from .loops import autocast
+from .models import LINEAR_OF, build_linear, load_encoders
+
+__all__ = ["eval_model_from_checkpoint", "stream_features", "extract_features", "cached_features",
+           "view_indices"]
+
+
+def eval_model_from_checkpoint(ck: Optional[Mapping[str, Any]], num_class: int, backend: str = "skelfast",
+                               random_init: bool = False, model_cfg: Optional[Mapping[str, Any]] = None,
+                               source_name: Optional[str] = None, train_backbone: bool = False) -> Tuple[nn.Module, str]:
+    """(LinearEval model, source model name) for a pretraining / distillation checkpoint.
+
+    random_init=True keeps the freshly initialised encoders (the random-init baseline) but uses the
+    checkpoint's (or model_cfg's) architecture.
+    """
+    if ck is not None:
+        source_name = ck["model_name"]
+        if source_name not in LINEAR_OF:
+            raise CheckpointError(f"{ck.get('path', 'checkpoint')}: model {source_name!r} has no encoders to "
+                                  f"evaluate; expected a pretrain or distill checkpoint ({sorted(LINEAR_OF)})")
+        model_cfg = ck["config"]["model"]
+    if source_name is None or model_cfg is None:
+        raise ValueError("need a checkpoint, or source_name and model_cfg for a random-init model")
+    model = build_linear(source_name, model_cfg, num_class, backend, train_backbone=train_backbone)
+    if ck is not None and not random_init:
+        load_encoders(model, source_name, ck["model"])
+    return model, source_name
+
+
+def view_indices(model: nn.Module, view: str) -> Tuple[int, ...]:
+    """Stream indices of `view` (method.md §7 'Views'); raises ValueError with the accepted views."""
+    return tuple(model.view_streams(view))
+
+
+@torch.no_grad()
+def stream_features(model: nn.Module, x: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """Pooled backbone features of every stream of a LinearEval: x (N, 3, T, V, M) -> (S, N, H)."""
+    xs = model.make_inputs(x, frames, model.streams)                  # (S, N, 3, T, V, M)
+    if model.fused:
+        inputs = [xs.transpose(0, 1).flatten(1, 2)]                   # (N, 3S, T, V, M), [J, Mo, B]
+    else:
+        inputs = list(xs)
+    return torch.stack([enc.backbone(xi).float() for enc, xi in zip(model.encoders, inputs)])
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, split: Split, device: torch.device, batch_size: int = 128,
+                     amp: str = "none", progress=None) -> Dict[str, torch.Tensor]:
+    """Features of every sample of `split` in order: {'feats': (S, Ns, H), 'labels': (Ns,)} (CPU)."""
+    model.eval().to(device)
+    feats = []
+    n = len(split)
+    for lo in range(0, n, batch_size):
+        idx = np.arange(lo, min(lo + batch_size, n))
+        x, _, f = split.batch(idx, device)
+        with autocast(device, amp):
+            feats.append(stream_features(model, x, f).cpu())
+        if progress is not None:
+            progress.update(len(idx))
+    return {"feats": torch.cat(feats, 1), "labels": torch.from_numpy(split.labels.copy())}
+
+
+def cached_features(model: nn.Module, split: Split, device: torch.device, cache_dir: Optional[str],
+                    tag: str, batch_size: int = 128, amp: str = "none") -> Dict[str, torch.Tensor]:
+    """extract_features with an on-disk cache `cache_dir/features_<tag>_<split>.pt` (None = no cache)."""
+    path = os.path.join(cache_dir, f"features_{tag}_{split.name}.pt") if cache_dir else None
+    if path and os.path.exists(path):
+        return torch.load(path, map_location="cpu", weights_only=True)
+    out = extract_features(model, split, device, batch_size, amp)
+    if path:
+        tmp = path + ".tmp"
+        torch.save(out, tmp)
+        os.replace(tmp, path)
+    return out

@@ -1,0 +1,102 @@
+"""Config -> model: skelfast.models.build with the config's model section and §11 parity flags,
+and the checkpoint-to-encoder mappings used by distillation, linear evaluation and the API.
+
+Layer: training. The pretraining/distillation model names map onto linear-evaluation models
+(method.md §7 'Model'):
+
+    ikem6 -> linear6 (teacher encoders encoders_q.g)      crossclr3 -> linear3
+    student6to3 -> linear_student6to3 (students.s)        student3to1 -> linear_student3to1 (fused)
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+import torch.nn as nn
+
+from ..models import build
+from .checkpoint import CheckpointError
+
+__all__ = ["PRETRAIN_MODELS", "DISTILL_MODELS", "LINEAR_OF", "TEACHER_OF", "build_model", "build_linear",
+           "encoder_weights", "load_encoders"]
+
+PRETRAIN_MODELS = ("crossclr3", "ikem6")
+DISTILL_MODELS = ("student6to3", "student3to1")
+LINEAR_OF = {"ikem6": "linear6", "crossclr3": "linear3", "student6to3": "linear_student6to3",
+             "student3to1": "linear_student3to1"}
+# The pretraining model whose query encoders a distillation model's teacher is (method.md §6).
+TEACHER_OF = {"student6to3": "ikem6", "student3to1": "crossclr3"}
+# Where a model's evaluable encoders live in its state dict.
+ENCODER_PREFIX = {"ikem6": "encoders_q.", "crossclr3": "encoders_q.", "student6to3": "students.",
+                  "student3to1": "students."}
+
+
+def _parity(cfg: Mapping[str, Any]) -> Dict[str, Any]:
+    p = dict(cfg["parity"])
+    if p.get("lock_keys") is not None:
+        p["lock_keys"] = tuple(p["lock_keys"])
+    return p
+
+
+def build_model(cfg: Mapping[str, Any], name: Optional[str] = None, backend: Optional[str] = None) -> nn.Module:
+    """The pretraining / distillation model of cfg['model'] (plus parity flags)."""
+    m = cfg["model"]
+    name = name or m["name"]
+    if name not in PRETRAIN_MODELS + DISTILL_MODELS:
+        raise ValueError(f"model.name={name!r} is not a pretraining or distillation model; expected one of "
+                         f"{PRETRAIN_MODELS + DISTILL_MODELS}")
+    kw = dict(hidden_channels=m["hidden_channels"], hidden_dim=m["hidden_dim"], feature_dim=m["feature_dim"],
+              queue_size=m["queue_size"], tau=m["tau"], topk=m["topk"], dropout=m["dropout"])
+    if name in PRETRAIN_MODELS:
+        kw["momentum"] = m["momentum"]
+    if m["true_timeline"] is not None:
+        kw["true_timeline"] = m["true_timeline"]
+    return build(name, backend=backend or m["backend"], **kw, **_parity(cfg))
+
+
+def build_linear(source_name: str, model_cfg: Mapping[str, Any], num_class: int, backend: str = "skelfast",
+                 train_backbone: bool = False) -> nn.Module:
+    """The LinearEval model evaluating `source_name`'s encoders (method.md §7).
+
+    train_backbone=True (fine-tuning) makes every parameter trainable and keeps the backbones in
+    train mode; otherwise only the fc heads train and the backbones stay in eval mode (§7).
+    """
+    if source_name not in LINEAR_OF:
+        raise CheckpointError(f"cannot evaluate model {source_name!r}; expected one of {sorted(LINEAR_OF)}")
+    kw = dict(hidden_channels=model_cfg["hidden_channels"], hidden_dim=model_cfg["hidden_dim"],
+              dropout=model_cfg["dropout"], num_class=num_class)
+    if model_cfg.get("true_timeline") is not None:
+        kw["true_timeline"] = model_cfg["true_timeline"]
+    if train_backbone:
+        kw["backbone_eval"] = False
+    model = build(LINEAR_OF[source_name], backend=backend, **kw)
+    if train_backbone:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    return model
+
+
+def encoder_weights(source_name: str, state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """`encoders.i.*` backbone weights (heads dropped) from a pretraining / distillation state dict."""
+    prefix = ENCODER_PREFIX[source_name]
+    out = {}
+    for k, v in state_dict.items():
+        if k.startswith(prefix):
+            rest = k[len(prefix):]
+            i, sub = rest.split(".", 1)
+            if sub.startswith("fc."):
+                continue   # the projection head is discarded (§7 'Model')
+            out[f"encoders.{i}.{sub}"] = v
+    if not out:
+        raise CheckpointError(f"state dict has no {prefix}* encoder weights for model {source_name!r}")
+    return out
+
+
+def load_encoders(linear_model: nn.Module, source_name: str, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load the backbones of `source_name` into a LinearEval; every non-fc key must be present."""
+    w = encoder_weights(source_name, state_dict)
+    missing, unexpected = linear_model.load_state_dict(w, strict=False)
+    missing = [k for k in missing if ".fc." not in k]
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint of {source_name!r} does not fit the evaluation model: missing "
+                              f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}")

@@ -1,0 +1,71 @@
+"""What every command does before training: processes, device, threads, seeds, data, run folder.
+
+Layer: training. Everything that can be wrong with the inputs (config, data folder, checkpoint)
+is checked here or in the command's setup, before the first step.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint
+from .data import Split, open_split, resolve_data_root
+from .distributed import DistInfo, init_distributed
+from .logging_utils import make_run_dir
+from .loops import resolve_device
+
+__all__ = ["Session", "start_session", "seed_everything", "resume_payload"]
+
+
+@dataclass
+class Session:
+    cfg: Dict[str, Any]
+    info: DistInfo
+    device: torch.device
+    data_root: str
+    run_dir: str
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed on every rank: identical initial weights and queues everywhere (DDP contract)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    random.seed(seed)
+
+
+def resume_payload(path: Optional[str], command: str) -> Optional[Dict[str, Any]]:
+    """The checkpoint to resume (a file or a run folder), checked to be from `command`."""
+    if not path:
+        return None
+    return load_checkpoint(path, expect_commands=(command,))
+
+
+def start_session(cfg: Dict[str, Any], command: str, model_name: str, run_dir: Optional[str] = None,
+                  need_data: bool = True) -> Session:
+    r = cfg["run"]
+    info = init_distributed(r["device"], cfg["distributed"]["backend"])
+    device = resolve_device(r["device"], info)
+    if r["num_threads"]:
+        torch.set_num_threads(int(r["num_threads"]))
+    if r["amp"] == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("run.amp=bf16 but this GPU does not support bfloat16")
+    seed_everything(r["seed"])
+    root = resolve_data_root(cfg) if need_data else ""
+    if run_dir is None:
+        run_dir = make_run_dir(cfg, command, model_name) if info.is_main else ""
+        if info.enabled and info.world > 1:
+            import torch.distributed as dist
+            obj = [run_dir]
+            dist.broadcast_object_list(obj, src=0)
+            run_dir = obj[0]
+    os.makedirs(run_dir, exist_ok=True)
+    return Session(cfg, info, device, root, run_dir)
+
+
+def open_train_split(session: Session) -> Split:
+    return open_split(session.data_root, session.cfg["data"]["train_split"])

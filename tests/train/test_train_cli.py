@@ -1,0 +1,125 @@
+"""CLI smoke runs of every command on tiny synthetic data, and the up-front input errors."""
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+from skelfast.train.__main__ import main
+from skelfast.train.checkpoint import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def chain(synth_cache, tmp_path_factory):
+    """pretrain (1 epoch phase 1 + 1 epoch phase 2) -> distill, shared by the evaluation smoke tests."""
+    from conftest import tiny_sets
+    out = tmp_path_factory.mktemp("chain")
+    base = tiny_sets(synth_cache, out / "runs")
+    rc = main(["pretrain", "--config", "ikem6", "--name", "pre", "--epochs", "2",
+               *sum([["--set", s] for s in base + ["pretrain.cross_epoch=1", "optim.step=[1]"]], [])])
+    assert rc == 0
+    pre = str(out / "runs" / "pre")
+    rc = main(["distill", "--config", "student6to3", "--teacher", pre, "--name", "dis", "--epochs", "1",
+               *sum([["--set", s] for s in base], [])])
+    assert rc == 0
+    return base, pre, str(out / "runs" / "dis"), out
+
+
+def _sets(items):
+    return sum([["--set", s] for s in items], [])
+
+
+def test_pretrain_outputs(chain):
+    base, pre, _, _ = chain
+    for f in ("config.yaml", "last.pt", "epoch_0002.pt", "train.log", "metrics.jsonl", "loss.png"):
+        assert os.path.exists(os.path.join(pre, f)), f
+    assert os.listdir(os.path.join(pre, "tb")), "TensorBoard event file"
+    cfg = yaml.safe_load(open(os.path.join(pre, "config.yaml")))
+    assert cfg["model"]["hidden_channels"] == 4 and cfg["pretrain"]["cross_epoch"] == 1
+    ck = load_checkpoint(pre)
+    assert ck["model_name"] == "ikem6" and ck["epoch"] == 2 and ck["step"] == 0
+    # 40 samples, xsub train part / batch 8 steps per epoch; the queue pointer advanced by 8 per step
+    steps = ck["global_step"]
+    assert steps >= 2
+    assert ck["model"]["queues._extra_state"]["ptr"] == (steps * 8) % 32
+    tags = {json.loads(l)["tag"] for l in open(os.path.join(pre, "metrics.jsonl"))}
+    assert {"train/loss", "train/loss_joint", "train/loss_omega", "train/lr"} <= tags
+    # phase 2 changes the loss composition (context + IKEM): the IKEM heads moved from their init
+    assert ck["optimizer"]["state"], "SGD momentum buffers are saved"
+
+
+def test_distill_outputs(chain):
+    _, pre, dis, _ = chain
+    ck = load_checkpoint(dis)
+    assert ck["model_name"] == "student6to3" and ck["command"] == "distill"
+    tck = load_checkpoint(pre)
+    # the frozen teacher equals the pretrained query encoders
+    for k, v in ck["model"].items():
+        if k.startswith("teacher.") and "num_batches_tracked" not in k and "running" not in k:
+            assert torch.equal(v, tck["model"]["encoders_q." + k[len("teacher."):]]), k
+
+
+@pytest.mark.parametrize("view", ["all", "joint", "3views"])
+def test_linear(chain, view):
+    base, pre, _, out = chain
+    rc = main(["linear", "--checkpoint", pre, "--view", view, "--name", f"lin_{view}", "--epochs", "10",
+               *_sets(base + ["linear.eval_every=5"])])
+    assert rc == 0
+    res = json.load(open(out / "runs" / f"lin_{view}" / "results.json"))
+    assert 0 <= res["last_top1"] <= 100 and res["best_top1"] >= res["last_top1"]
+    assert res["best_top5"] >= res["best_top1"]
+    assert [c["epoch"] for c in res["curve"]] == [5, 10]
+    assert os.path.exists(out / "runs" / f"lin_{view}" / "accuracy.png")
+    assert os.path.exists(out / "runs" / f"lin_{view}" / "features_model_train.pt")
+
+
+def test_linear_student_and_knn(chain):
+    base, _, dis, out = chain
+    assert main(["linear", "--checkpoint", dis, "--name", "lin_s", "--epochs", "5", *_sets(base)]) == 0
+    assert main(["knn", "--checkpoint", dis, "--name", "knn_s", "--k", "3", *_sets(base)]) == 0
+    res = json.load(open(out / "runs" / "knn_s" / "results.json"))
+    assert res["k"] == 3 and 0 <= res["top1"] <= res["top5"] <= 100
+
+
+def test_finetune_semi_supervised(chain):
+    base, pre, _, out = chain
+    rc = main(["finetune", "--checkpoint", pre, "--view", "joint", "--label-fraction", "0.5", "--name", "ft",
+               "--epochs", "1", *_sets(base + ["data.batch_size=4"])])
+    assert rc == 0
+    res = json.load(open(out / "runs" / "ft" / "results.json"))
+    used, total = map(int, res["labels"].split("/"))
+    assert used < total and used >= 4        # half of every class, at least one per class
+    ck = load_checkpoint(out / "runs" / "ft" if False else str(out / "runs" / "ft"))
+    assert ck["command"] == "finetune"
+
+
+def test_errors_before_training(chain, tiny, tmp_path, capsys):
+    base, pre, dis, _ = chain
+    # a data folder that was never prepared
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["pretrain", "--data", str(empty), *_sets(tiny())]) == 2
+    assert "never prepared" in capsys.readouterr().err
+    # a batch size that does not divide the queue
+    assert main(["pretrain", *_sets(tiny(**{"data.batch_size": 6}))]) == 2
+    assert "does not divide" in capsys.readouterr().err
+    # unknown and mistyped keys name the key
+    assert main(["pretrain", *_sets(tiny(**{"optim.lrr": 0.1}))]) == 2
+    assert "optim.lrr" in capsys.readouterr().err
+    assert main(["pretrain", *_sets(tiny(**{"optim.epochs": "many"}))]) == 2
+    assert "optim.epochs" in capsys.readouterr().err
+    # a checkpoint from another model: a distillation checkpoint is no teacher
+    assert main(["distill", "--teacher", dis, *_sets(tiny())]) == 2
+    assert "ikem6" in capsys.readouterr().err
+    # an ikem6 teacher for the 3->1 student (needs crossclr3)
+    assert main(["distill", "--config", "student3to1", "--teacher", pre, *_sets(tiny())]) == 2
+    assert "crossclr3" in capsys.readouterr().err
+    # a missing checkpoint, and resuming a pretrain run as a distillation
+    assert main(["linear", "--checkpoint", str(tmp_path / "nope.pt"), *_sets(tiny())]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["distill", "--resume", pre, *_sets(tiny())]) == 2
+    assert "pretrain" in capsys.readouterr().err
+    # a view the model does not have
+    assert main(["linear", "--checkpoint", dis, "--view", "omega", *_sets(tiny())]) == 2
+    assert "omega" in capsys.readouterr().err

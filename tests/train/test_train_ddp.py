@@ -1,0 +1,90 @@
+"""DDP on CPU with 2 gloo processes (torch.multiprocessing.spawn).
+
+Contracts (skelfast/train/distributed.py):
+1. the real `pretrain` Trainer under DDP keeps every rank's queues, queue pointers and weights
+   identical (keys are all-gathered before the enqueue);
+2. with per-sample-independent layers (dropout 0, BN on running statistics) a 2-process run with
+   per-rank batch b equals a single-process run with global batch 2b: same queues, same weights
+   after a phase-1 and a phase-2 step.
+"""
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from skelfast.train.config import load_config
+from skelfast.train.pretrain import PretrainTask, build_pretrain_trainer
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BNEvalTask(PretrainTask):
+    """Pretraining with every BatchNorm on its running statistics (per-sample-independent forward)."""
+
+    def step_loss(self, ddp_model, model, *args):
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return super().step_loss(ddp_model, model, *args)
+
+
+def _snapshot(trainer):
+    m = trainer.model
+    return {"queue": m.queues.queue.clone(), "ptr": m.queues.ptr,
+            "params": {k: v.detach().clone() for k, v in m.state_dict().items() if isinstance(v, torch.Tensor)}}
+
+
+def _worker(rank, world, port, sets, out_dir, bn_eval):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = load_config("ikem6", sets)
+    tr = build_pretrain_trainer(cfg, task_cls=BNEvalTask if bn_eval else None)
+    res = tr.fit()
+    assert not res["interrupted"]
+    torch.save(_snapshot(tr), os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def _sets(tiny, name, batch):
+    return tiny(**{"data.batch_size": batch, "optim.epochs": 2, "pretrain.cross_epoch": 1,
+                   "run.max_steps_per_epoch": 1, "run.name": name, "run.plots": False, "run.tensorboard": False})
+
+
+def _spawn(sets, out_dir, bn_eval):
+    mp.spawn(_worker, args=(2, _free_port(), sets, str(out_dir), bn_eval), nprocs=2, join=True)
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def test_ddp_queues_identical_across_ranks(tiny, tmp_path):
+    r0, r1 = _spawn(_sets(tiny, "ddp", 8), tmp_path, bn_eval=False)
+    assert torch.equal(r0["queue"], r1["queue"])
+    assert r0["ptr"] == r1["ptr"] == 16 % 32              # 2 steps of the global batch 8
+    for k in r0["params"]:
+        if "running" in k or "num_batches" in k:
+            continue                                      # BN statistics are rank-local by design
+        assert torch.equal(r0["params"][k], r1["params"][k]), k
+
+
+def test_ddp_matches_single_process_same_global_batch(tiny, tmp_path):
+    r0, r1 = _spawn(_sets(tiny, "ddp_eq", 8), tmp_path, bn_eval=True)
+    torch.set_num_threads(1)
+    single = build_pretrain_trainer(load_config("ikem6", _sets(tiny, "single", 8)), task_cls=BNEvalTask)
+    single.fit()
+    s = _snapshot(single)
+    assert torch.equal(r0["queue"], r1["queue"])
+    assert r0["ptr"] == s["ptr"] == 16
+    # the gathered keys land in global-batch order: same queue as the single process
+    torch.testing.assert_close(r0["queue"], s["queue"], atol=2e-5, rtol=1e-4)
+    changed = 0
+    for k, v in s["params"].items():
+        if k.startswith(("encoders_q", "ikem_heads")) and v.is_floating_point():
+            torch.testing.assert_close(r0["params"][k], v, atol=2e-5, rtol=1e-4, msg=k)
+            changed += 1
+    assert changed > 0

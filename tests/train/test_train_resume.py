@@ -1,0 +1,97 @@
+"""Checkpoints: Ctrl-C mid-epoch saves and exits cleanly, --resume continues bit-for-bit (CPU), and
+a crash while writing never corrupts last.pt."""
+import os
+import signal
+
+import pytest
+import torch
+
+from skelfast.train import checkpoint as ckmod
+from skelfast.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from skelfast.train.config import load_config
+from skelfast.train.pretrain import PretrainTask, run_pretrain
+
+
+def _cfg(tiny, name):
+    # dropout on, so the restored torch RNG state matters; phase 2 from epoch 2 (the phase switch
+    # happens after the resume point); 2 steps per epoch
+    sets = tiny(**{"model.dropout": 0.3, "pretrain.cross_epoch": 1, "optim.epochs": 3, "optim.step": [2],
+                   "run.max_steps_per_epoch": 2, "run.name": name, "run.plots": False})
+    return load_config("ikem6", sets)
+
+
+def _assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), f"{k} differs"
+        else:
+            assert a[k] == b[k], k
+
+
+def test_ctrl_c_then_resume_is_bit_exact(tiny, monkeypatch):
+    full = run_pretrain(_cfg(tiny, "full"))
+    assert not full["interrupted"]
+
+    orig = PretrainTask.after_step
+    count = {"n": 0}
+
+    def interrupting(self, model, result, info):
+        orig(self, model, result, info)
+        count["n"] += 1
+        if count["n"] == 3:                     # epoch 2, after its first step (mid-epoch)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(PretrainTask, "after_step", interrupting)
+    part = run_pretrain(_cfg(tiny, "part"))
+    assert part["interrupted"]
+    ck = load_checkpoint(part["run_dir"])
+    assert (ck["epoch"], ck["step"], ck["global_step"]) == (1, 1, 3)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handler restored
+    monkeypatch.setattr(PretrainTask, "after_step", orig)
+
+    res = run_pretrain(None, resume=part["run_dir"])
+    assert not res["interrupted"]
+    a, b = load_checkpoint(full["checkpoint"]), load_checkpoint(res["checkpoint"])
+    assert (b["epoch"], b["step"], b["global_step"]) == (3, 0, 6)
+    _assert_same_state(a["model"], b["model"])           # weights, BN stats, queues, queue pointers
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k]["momentum_buffer"], sb[k]["momentum_buffer"])
+    # the loss history of the resumed run continues the interrupted one step for step
+    la = [h["value"] for h in a["history"] if h["tag"] == "train/loss"]
+    lb = [h["value"] for h in b["history"] if h["tag"] == "train/loss"]
+    assert la == lb and len(la) == 6
+
+
+def test_atomic_save_survives_a_crash(tmp_path, monkeypatch):
+    path = str(tmp_path / "last.pt")
+    save_checkpoint(path, {"command": "pretrain", "model_name": "ikem6", "config": {}, "model": {"w": torch.ones(3)}})
+
+    def crashing_save(obj, fh, *a, **k):
+        fh.write(b"half a checkpoint")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ckmod.torch, "save", crashing_save)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint(path, {"command": "pretrain", "model_name": "ikem6", "config": {}, "model": {}})
+    monkeypatch.undo()
+    ck = load_checkpoint(path)
+    assert torch.equal(ck["model"]["w"], torch.ones(3))
+    assert [f for f in os.listdir(tmp_path) if f != "last.pt"] == []      # no temp file left behind
+
+
+def test_load_checks_kind(tmp_path):
+    path = str(tmp_path / "c.pt")
+    save_checkpoint(path, {"command": "distill", "model_name": "student6to3", "config": {}, "model": {}})
+    with pytest.raises(CheckpointError, match="student6to3"):
+        load_checkpoint(path, expect_models=("ikem6",))
+    with pytest.raises(CheckpointError, match="distill"):
+        load_checkpoint(path, expect_commands=("pretrain",))
+    torch.save({"encoder_q.fc.weight": torch.zeros(1)}, tmp_path / "official.pt")
+    with pytest.raises(CheckpointError, match="not a skelfast training checkpoint"):
+        load_checkpoint(str(tmp_path / "official.pt"))
+    (tmp_path / "garbage.pt").write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(str(tmp_path / "garbage.pt"))
