@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .ntu import (DATASETS, check_dataset_benchmark, in_dataset, is_training, label_of, load_ignore_list,
+from .ntu import (check_dataset_benchmark, in_dataset, is_training, label_of, load_ignore_list,
                   normalise_benchmark, parse_sample_name)
 from .preprocess import NUM_FRAMES, preprocess_sample
 from .skeleton_reader import read_skeleton
