@@ -84,7 +84,7 @@ def wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device, sync_bn: bo
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True,
-                                               broadcast_buffers=False)
+                                               broadcast_buffers=False)  # rank-local BN statistics
 
 
 def barrier(info: DistInfo) -> None:

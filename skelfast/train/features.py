@@ -20,7 +20,7 @@ from .loops import autocast
 from .models import LINEAR_OF, build_linear, load_encoders
 
 __all__ = ["eval_model_from_checkpoint", "stream_features", "extract_features", "cached_features",
-           "view_indices"]
+           "view_indices", "calibrate_bn"]
 
 
 def eval_model_from_checkpoint(ck: Optional[Mapping[str, Any]], num_class: int, backend: str = "skelfast",
@@ -90,3 +90,29 @@ def cached_features(model: nn.Module, split: Split, device: torch.device, cache_
         torch.save(out, tmp)
         os.replace(tmp, path)
     return out
+
+
+@torch.no_grad()
+def calibrate_bn(model: nn.Module, split: Split, device: torch.device, batch_size: int = 128) -> None:
+    """Estimate every BatchNorm's running mean/variance on `split` (cumulative average, no gradient).
+
+    Used for the random-init baseline only: a freshly initialised ST-GCN (weights N(0, 0.02), §4.2)
+    run in eval mode with the initial running statistics (mean 0, var 1) shrinks activations by
+    about 10x per block, so its pooled features are ~1e-9 and carry nothing but rounding noise. With
+    statistics from the training data the random encoder is a meaningful baseline.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None                 # cumulative moving average over the whole split
+    model.to(device)
+    for enc in model.encoders:
+        enc.train()
+    n = len(split)
+    for lo in range(0, n, batch_size):
+        idx = np.arange(lo, min(lo + batch_size, n))
+        x, _, f = split.batch(idx, device)
+        stream_features(model, x, f)
+    for m in bns:
+        m.momentum = 0.1
+    model.eval()

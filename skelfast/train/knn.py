@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .checkpoint import load_checkpoint
 from .config import save_config
 from .data import open_split
-from .features import cached_features, eval_model_from_checkpoint, view_indices
+from .features import cached_features, calibrate_bn, eval_model_from_checkpoint, view_indices
 from .linear import topk_accuracy
 from .logging_utils import RunLogger, format_table
 from .session import start_session
@@ -72,6 +72,8 @@ def run_knn(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Optiona
     tr_split, te_split = open_split(sess.data_root, d["train_split"]), open_split(sess.data_root, d["test_split"])
     model, source = eval_model_from_checkpoint(ck, tr_split.num_classes, cfg["model"]["backend"], random_init)
     streams = view_indices(model, view)
+    if random_init:
+        calibrate_bn(model, tr_split, sess.device, d["eval_batch_size"])
     tag = "random" if random_init else "model"
     tr = cached_features(model, tr_split, sess.device, sess.run_dir, tag, d["eval_batch_size"], cfg["run"]["amp"])
     te = cached_features(model, te_split, sess.device, sess.run_dir, tag, d["eval_batch_size"], cfg["run"]["amp"])

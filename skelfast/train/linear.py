@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import save_config
 from .data import open_split
-from .features import cached_features, eval_model_from_checkpoint, view_indices
+from .features import cached_features, calibrate_bn, eval_model_from_checkpoint, view_indices
 from .logging_utils import RunLogger, format_table, plot_table
 from .loops import lr_at
 from .session import start_session
@@ -40,7 +40,7 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> Dict
 
 def train_linear_heads(train: Mapping[str, torch.Tensor], test: Mapping[str, torch.Tensor], streams: Sequence[int],
                        num_class: int, optim: Mapping[str, Any], batch_size: int, eval_every: int, seed: int,
-                       log=None) -> Dict[str, Any]:
+                       log=None, standardize: bool = False) -> Dict[str, Any]:
     """Softmax regression on cached features with the logit average of `streams` (method.md §7).
 
     train/test: {'feats': (S, N, H), 'labels': (N,)}. Returns last/best top-1/top-5, the per-eval
@@ -49,6 +49,12 @@ def train_linear_heads(train: Mapping[str, torch.Tensor], test: Mapping[str, tor
     idx = list(streams)
     Xtr, ytr = train["feats"][idx].float(), train["labels"].long()
     Xte, yte = test["feats"][idx].float(), test["labels"].long()
+    mu = sd = None
+    if standardize:
+        # z-score with training statistics (a common linear-probe variant, e.g. MAE's BN without
+        # affine); folded into the returned heads, so the saved model needs no extra layer
+        mu, sd = Xtr.mean(1, keepdim=True), Xtr.std(1, keepdim=True) + 1e-6
+        Xtr, Xte = (Xtr - mu) / sd, (Xte - mu) / sd
     s, N, H = Xtr.shape
     g = torch.Generator().manual_seed(seed)
     W = (torch.randn(s, num_class, H, generator=g) * 0.02).requires_grad_()
@@ -81,15 +87,19 @@ def train_linear_heads(train: Mapping[str, torch.Tensor], test: Mapping[str, tor
         if e % eval_every == 0 or e == epochs:
             with torch.no_grad():
                 acc = topk_accuracy(logits(Xte), yte)
-            curve.append({"epoch": e, "loss": float(loss), "top1": acc[1], "top5": acc[5]})
+            curve.append({"epoch": e, "loss": float(loss.detach()), "top1": acc[1], "top5": acc[5]})
             if acc[1] > best["top1"]:
                 best = {"top1": acc[1], "top5": acc[5], "epoch": e}
             if log:
-                log(f"  linear epoch {e}: loss {float(loss):.4f}, test top-1 {acc[1]:.2f}, top-5 {acc[5]:.2f}")
+                log(f"  linear epoch {e}: loss {float(loss.detach()):.4f}, test top-1 {acc[1]:.2f}, top-5 {acc[5]:.2f}")
     last = curve[-1]
+    Wf, bf = W.detach(), b.detach()
+    if standardize:        # logits of (x - mu)/sd under W, b == logits of x under W/sd, b - W (mu/sd)
+        Wf = Wf / sd.transpose(1, 2)
+        bf = bf - torch.einsum("sch,sh->sc", Wf, mu[:, 0])
     return {"last_top1": last["top1"], "last_top5": last["top5"], "best_top1": best["top1"],
             "best_top5": best["top5"], "best_epoch": best["epoch"], "curve": curve,
-            "W": W.detach(), "b": b.detach(), "streams": idx}
+            "W": Wf, "b": bf, "streams": idx}
 
 
 def evaluate_checkpoint(cfg: Dict[str, Any], ck: Optional[Dict[str, Any]], views: Sequence[str], run_dir: str,
@@ -104,6 +114,8 @@ def evaluate_checkpoint(cfg: Dict[str, Any], ck: Optional[Dict[str, Any]], views
                                                model_cfg, source_name)
     for v in views:
         view_indices(model, v)      # an unknown view fails before the features are computed
+    if random_init:
+        calibrate_bn(model, train_split, device, d["eval_batch_size"])
     amp = cfg["run"]["amp"]
     tr = cached_features(model, train_split, device, run_dir, tag, d["eval_batch_size"], amp)
     te = cached_features(model, test_split, device, run_dir, tag, d["eval_batch_size"], amp)
@@ -112,7 +124,7 @@ def evaluate_checkpoint(cfg: Dict[str, Any], ck: Optional[Dict[str, Any]], views
         log(f"linear evaluation of {tag} ({source}), view {v!r}: {tr['feats'].shape[1]} train / "
             f"{te['feats'].shape[1]} test samples, {num_class} classes")
         res = train_linear_heads(tr, te, view_indices(model, v), num_class, cfg["optim"], d["batch_size"],
-                                 cfg["linear"]["eval_every"], cfg["run"]["seed"], log)
+                                 cfg["linear"]["eval_every"], cfg["run"]["seed"], log, cfg["linear"]["standardize"])
         results[v] = res
     # write the heads of the first view into the model (the saved linear checkpoint)
     res = results[views[0]]

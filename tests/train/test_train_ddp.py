@@ -85,6 +85,7 @@ def test_ddp_matches_single_process_same_global_batch(tiny, tmp_path):
     changed = 0
     for k, v in s["params"].items():
         if k.startswith(("encoders_q", "ikem_heads")) and v.is_floating_point():
-            torch.testing.assert_close(r0["params"][k], v, atol=2e-5, rtol=1e-4, msg=k)
+            # fp32 reduction order differs (gradients all-reduced vs one batch): relative tolerance
+            torch.testing.assert_close(r0["params"][k], v, atol=1e-4, rtol=1e-3, msg=k)
             changed += 1
     assert changed > 0
