@@ -107,6 +107,41 @@ def _quiet_stderr():
         os.close(saved)
 
 
+_CEILINGS: Dict[tuple, float] = {}
+
+
+def copy_bandwidth_gbs(device: torch.device, mbytes: int = 256) -> float:
+    """Read+write bandwidth of a large clone (GB/s), measured once per run: the memory roofline."""
+    key = ("copy", str(device), mbytes)
+    if key not in _CEILINGS:
+        x = torch.empty(mbytes * 2**20 // 4, dtype=torch.float32, device=device).normal_()
+        stats = measure(lambda: x.clone(), device, warmup=2, min_reps=5, min_time_s=0.3)
+        _CEILINGS[key] = 2 * x.numel() * 4 / (stats.p50 * 1e-3) / 1e9
+    return _CEILINGS[key]
+
+
+def gemm_tflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
+    """Dense matmul rate (TFLOP/s) at n x n x n, measured once per run: the compute roofline for
+    that dtype on this device (TF32/bf16 tensor cores on GPU follow torch's matmul settings)."""
+    key = ("gemm", str(device), dtype, n)
+    if key not in _CEILINGS:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        stats = measure(lambda: a @ b, device, warmup=2, min_reps=5, min_time_s=0.3)
+        _CEILINGS[key] = 2 * n**3 / (stats.p50 * 1e-3) / 1e12
+    return _CEILINGS[key]
+
+
+def floor_us(bytes_moved: float = 0.0, flops: float = 0.0, device: Optional[torch.device] = None,
+             dtype: torch.dtype = torch.float32) -> float:
+    """performance.md §2 floor: max(bytes / copy bandwidth, FLOPs / GEMM rate), in microseconds,
+    with both ceilings measured on this device in this run."""
+    device = device or torch.device("cpu")
+    t_mem = bytes_moved / (copy_bandwidth_gbs(device, 64) * 1e9) if bytes_moved else 0.0
+    t_flop = flops / (gemm_tflops(device, dtype) * 1e12) if flops else 0.0
+    return max(t_mem, t_flop) * 1e6
+
+
 def check_close(name: str, got, want, atol: float, rtol: float) -> None:
     """Raise if a provider's output differs from the reference (no number for a wrong kernel)."""
     if isinstance(got, (tuple, list)):

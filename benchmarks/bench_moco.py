@@ -22,7 +22,6 @@ from skelfast.reference.moco import enqueue_, momentum_update_
 from skelfast.reference.stgcn import STGCN
 
 from . import _harness as H
-from .bench_modalities import copy_bandwidth_gbs
 
 M_MOMENTUM = 0.999
 
@@ -120,7 +119,7 @@ def main(argv=None):
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    bw = copy_bandwidth_gbs(device, 64 if args.quick else 256)
+    bw = H.copy_bandwidth_gbs(device, 64 if args.quick else 256)
     rows = bench_momentum(1 if args.quick else 6, device, args.quick, bw)
     rows += bench_enqueue(6, 128, 4096 if args.quick else 32768, 128, device, args.quick)
     H.print_table(rows, ["op", "provider", "shape", "p50_ms", "p20_ms", "p80_ms", "speedup_vs_reference",

@@ -23,13 +23,6 @@ from . import _harness as H
 T, V, M = 50, 25, 2
 
 
-def copy_bandwidth_gbs(device: torch.device, mbytes: int = 256) -> float:
-    """Read+write bandwidth of a large clone: the roofline ceiling on this machine, this run."""
-    x = torch.empty(mbytes * 2**20 // 4, dtype=torch.float32, device=device).normal_()
-    stats = H.measure(lambda: x.clone(), device, warmup=2, min_reps=5, min_time_s=0.3)
-    return 2 * x.numel() * 4 / (stats.p50 * 1e-3) / 1e9
-
-
 def make_inputs(N: int, device: torch.device, seed: int):
     g = torch.Generator().manual_seed(seed)
     views = [torch.randn(N, 3, T, V, M, generator=g).to(device) for _ in range(2)]
@@ -62,7 +55,7 @@ def providers(device: torch.device):
 
 
 def run(sizes, device: torch.device, quick: bool):
-    bw = copy_bandwidth_gbs(device, 64 if quick else 256)
+    bw = H.copy_bandwidth_gbs(device, 64 if quick else 256)
     print(f"device: {H.device_name(device)}; measured copy bandwidth {bw:.1f} GB/s (read+write)")
     rows = []
     for N in sizes:
