@@ -74,6 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 10 GPU, 3 CPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     ap.add_argument("--cpu-bf16", action="store_true", help="also time bf16 autocast on CPU")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory run (one extra step per row)")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
     device = torch.device(a.device)
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
             step = make_step(case, prov, a.N, a.K, a.hidden_channels, device, hidden_dim=a.hidden_dim)
             st = H.measure(step, device, warmup=1 if device.type == "cpu" else 3, min_reps=reps,
                            min_time_s=0.0 if device.type == "cpu" else 1.0, max_reps=reps if device.type == "cpu" else 200)
-            mem = H.peak_memory_mb(step, device)
+            mem = float("nan") if a.no_memory else H.peak_memory_mb(step, device)
             if prov == "reference":
                 ref_ms = st.p50
             proj_h = st.p50 * 1e-3 * STEPS_PER_EPOCH * EPOCHS[case] / 3600

@@ -34,6 +34,7 @@ class Embedder(nn.Module):
         self.source = source
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self.eval()
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "cpu", backend: str = "skelfast") -> "Embedder":

@@ -96,7 +96,8 @@ def any_flag(flag: bool, info: DistInfo) -> bool:
     """True on every rank if `flag` is True on any rank (e.g. Ctrl-C seen by one process)."""
     if not info.enabled or info.world == 1:
         return flag
-    t = torch.tensor([1 if flag else 0])
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([1 if flag else 0], device=dev)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 

@@ -95,7 +95,7 @@ def train_linear_heads(train: Mapping[str, torch.Tensor], test: Mapping[str, tor
     last = curve[-1]
     Wf, bf = W.detach(), b.detach()
     if standardize:        # logits of (x - mu)/sd under W, b == logits of x under W/sd, b - W (mu/sd)
-        Wf = Wf / sd.transpose(1, 2)
+        Wf = Wf / sd
         bf = bf - torch.einsum("sch,sh->sc", Wf, mu[:, 0])
     return {"last_top1": last["top1"], "last_top5": last["top5"], "best_top1": best["top1"],
             "best_top5": best["top5"], "best_epoch": best["epoch"], "curve": curve,

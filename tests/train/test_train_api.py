@@ -1,0 +1,61 @@
+"""The user feature API: Embedder.from_checkpoint(...)(raw joints) -> per-stream and fused embeddings."""
+import pytest
+import torch
+
+from skelfast.train.api import Embedder
+from skelfast.train.checkpoint import CheckpointError
+from skelfast.train.config import load_config
+from skelfast.train.data import open_split, resolve_data_root
+from skelfast.train.features import extract_features
+from skelfast.train.pretrain import run_pretrain
+
+
+@pytest.fixture(scope="module")
+def pretrained(synth_cache, tmp_path_factory):
+    from conftest import tiny_sets
+    out = tmp_path_factory.mktemp("api")
+    cfg = load_config("ikem6", tiny_sets(synth_cache, out, **{"optim.epochs": 1, "run.name": "pre",
+                                                               "run.max_steps_per_epoch": 1}))
+    return run_pretrain(cfg)["checkpoint"], cfg
+
+
+def test_embedder_streams_and_fused(pretrained):
+    ckpt, cfg = pretrained
+    emb = Embedder.from_checkpoint(ckpt)
+    assert emb.streams == ("joint", "motion", "bone", "acceleration", "rotation_axis", "omega")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, 50, 25, 2, generator=g)
+    frames = torch.tensor([50, 80, 120, 200, 300])
+    out = emb(x, frames)
+    assert set(out["streams"]) == set(emb.streams)
+    for f in out["streams"].values():
+        assert f.shape == (5, emb.dim) == (5, 16) and torch.isfinite(f).all()
+    assert out["fused"].shape == (5, 6 * 16)
+    torch.testing.assert_close(out["fused"].norm(dim=1), torch.ones(5))
+    # deterministic (eval mode, no dropout) and per-sample (batch composition does not matter)
+    again = emb(x[:2], frames[:2])
+    torch.testing.assert_close(again["fused"], out["fused"][:2], atol=1e-5, rtol=1e-5)
+    # the time scale 50/F is used (ikem6: true_timeline): other frame counts change motion features
+    other = emb(x[:2], torch.tensor([50, 50]))
+    assert not torch.allclose(other["streams"]["motion"][1], out["streams"]["motion"][1])
+    assert emb.training is False and not emb.train().training
+
+
+def test_embedder_matches_linear_eval_features(pretrained, synth_cache):
+    """The API and linear evaluation see the same features (same encoders, same eval mode)."""
+    ckpt, cfg = pretrained
+    emb = Embedder.from_checkpoint(ckpt)
+    split = open_split(resolve_data_root(cfg), "val")
+    feats = extract_features(emb.model, split, torch.device("cpu"), batch_size=64)["feats"]
+    x, _, f = split.batch(torch.arange(4).numpy(), torch.device("cpu"))
+    out = emb(x, f)
+    torch.testing.assert_close(out["streams"]["bone"], feats[2, :4], atol=1e-5, rtol=1e-5)
+
+
+def test_embedder_rejects_bad_input(pretrained, tmp_path):
+    ckpt, _ = pretrained
+    emb = Embedder.from_checkpoint(ckpt)
+    with pytest.raises(ValueError, match=r"\(N, 3, T, V, M\)"):
+        emb(torch.randn(2, 50, 25, 3))
+    with pytest.raises(CheckpointError):
+        Embedder.from_checkpoint(str(tmp_path / "missing.pt"))
