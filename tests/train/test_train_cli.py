@@ -123,3 +123,30 @@ def test_errors_before_training(chain, tiny, tmp_path, capsys):
     # a view the model does not have
     assert main(["linear", "--checkpoint", dis, "--view", "omega", *_sets(tiny())]) == 2
     assert "omega" in capsys.readouterr().err
+
+
+def test_backend_reference_and_bf16_smoke(tiny):
+    """--backend reference and --amp bf16 run (CPU autocast) and give a finite loss."""
+    sets = tiny(**{"optim.epochs": 1, "run.max_steps_per_epoch": 1, "run.name": "bf16"})
+    assert main(["pretrain", "--backend", "reference", "--amp", "bf16", *_sets(sets)]) == 0
+    ck = load_checkpoint(os.path.join(sets[[s.split("=")[0] for s in sets].index("run.out_dir")].split("=", 1)[1],
+                                      "bf16"))
+    assert ck["config"]["model"]["backend"] == "reference" and ck["config"]["run"]["amp"] == "bf16"
+    loss = [h["value"] for h in ck["history"] if h["tag"] == "train/loss"]
+    assert len(loss) == 1 and torch.isfinite(torch.tensor(loss)).all()
+
+
+def test_no_argument_pipeline_smoke(tiny, tmp_path, capsys):
+    """`python -m skelfast.train` (the pipeline) end to end with one step per stage."""
+    sets = tiny(**{"run.max_steps_per_epoch": 1, "run.name": "pipe", "data.eval_batch_size": 64,
+                   "model.queue_size": 32, "model.feature_dim": 16})
+    sets += ["pipeline.pretrain.optim.epochs=2", "pipeline.pretrain.pretrain.cross_epoch=1",
+             "pipeline.distill.optim.epochs=1", "pipeline.linear.optim.epochs=5", "linear.eval_every=5"]
+    assert main(_sets(sets)) == 0
+    out = capsys.readouterr().out
+    assert "6-modality teacher" in out and "3-modality student" in out and "random-init" in out
+    run = os.path.join(sets[[s.split("=")[0] for s in sets].index("run.out_dir")].split("=", 1)[1], "pipe")
+    res = json.load(open(os.path.join(run, "results.json")))
+    assert len(res["rows"]) == 3 and res["chance"] == 25.0
+    for f in ("accuracy.png", "config.yaml", "pretrain/last.pt", "distill/last.pt", "pretrain/loss.png"):
+        assert os.path.exists(os.path.join(run, f)), f
