@@ -4,8 +4,9 @@ Layer: training. Stages (each in its own sub-folder of one run folder):
   1. pretrain  ikem6, phase 1 then phase 2 (method.md §5)
   2. distill   student6to3 from the pretrained teacher (§6.1)
   3. linear    linear evaluation (§7, view 'all') of the 6-modality teacher, the 3-modality student
-               and a randomly initialised 6-modality encoder of the same architecture (the baseline),
-               plus k-NN top-1 for each, printed as one table and saved as results.json / accuracy.png.
+               and randomly initialised encoders of the same two architectures (the baselines; BN
+               statistics from the training set, features.calibrate_bn), plus k-NN top-1 for each,
+               printed as one table and saved as results.json / accuracy.png.
 Stage settings are the top-level config with `pipeline.<stage>` overrides (configs/quick.yaml).
 """
 from __future__ import annotations
@@ -76,9 +77,12 @@ def run_pipeline(cfg: Dict[str, Any]) -> Dict[str, Any]:
     sck = load_checkpoint(dis["checkpoint"])
     rows = []
     d = lin_cfg["data"]
+    # each trained model next to a random-init encoder of its own architecture (same streams,
+    # same feature size), so the gap measures what training added
     entries = [("6-modality teacher (ikem6)", tck, False, "teacher"),
+               ("random-init 6-modality encoder", tck, True, "random"),
                ("3-modality student (student6to3)", sck, False, "student"),
-               ("random-init encoder (ikem6 arch.)", tck, True, "random")]
+               ("random-init 3-modality encoder", sck, True, "random_student")]
     tr_split, te_split = open_split(root, d["train_split"]), open_split(root, d["test_split"])
     for label, ck, rnd, tag in entries:
         torch.manual_seed(lin_cfg["run"]["seed"])   # the random-init baseline is seeded too

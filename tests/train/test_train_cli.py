@@ -147,6 +147,6 @@ def test_no_argument_pipeline_smoke(tiny, tmp_path, capsys):
     assert "6-modality teacher" in out and "3-modality student" in out and "random-init" in out
     run = os.path.join(sets[[s.split("=")[0] for s in sets].index("run.out_dir")].split("=", 1)[1], "pipe")
     res = json.load(open(os.path.join(run, "results.json")))
-    assert len(res["rows"]) == 3 and res["chance"] == 25.0
+    assert len(res["rows"]) == 4 and res["chance"] == 25.0
     for f in ("accuracy.png", "config.yaml", "pretrain/last.pt", "distill/last.pt", "pretrain/loss.png"):
         assert os.path.exists(os.path.join(run, f)), f
