@@ -86,6 +86,7 @@ def cached_features(model: nn.Module, split: Split, device: torch.device, cache_
         return torch.load(path, map_location="cpu", weights_only=True)
     out = extract_features(model, split, device, batch_size, amp)
     if path:
+        os.makedirs(cache_dir, exist_ok=True)
         tmp = path + ".tmp"
         torch.save(out, tmp)
         os.replace(tmp, path)
