@@ -314,7 +314,7 @@ def context_loss(q: torch.Tensor, k: torch.Tensor, queues: torch.Tensor, tau: fl
     """
     G = q.shape[0] if q.dim() == 3 else 0
     if G < 2:
-        raise ValueError("context_loss needs q of shape (G, N, D) with G >= 2")
+        raise ValueError("context_loss needs q of shape (G, N, D) with at least 2 modalities")
     if pair_weight is not None and tuple(pair_weight.shape) != (G, G):
         raise ValueError(f"pair_weight must have shape ({G}, {G}), got {tuple(pair_weight.shape)}")
     P = context_pair_losses(q, k, queues, tau, topk, context)
