@@ -10,8 +10,11 @@ STABLE_TORCH_LIBRARY_FRAGMENT(skelfast, m) {
   //   lse1[a, n] = LSE_j([lpos[a, n], S_a[n, j]] / tau)                     (A, N)
   //   lse2[p, n] = LSE_j(S_{pair_a[p]}[n, j] * S_{pair_b[p]}[n, j] / tau)     (P, N)
   //   topk_idx[m, n, :] = indices of the topk largest S_m[n, :] (descending)   (A + B, N, topk)
+  //   jac[a, n, :] = d lse1[a, n] / d qa[a, n, :] when jacobian (gradient in the forward, one extra
+  //                  GEMM per chunk instead of a recompute pass in backward), else an empty (0,) tensor.
   m.def("contrastive_lse(Tensor qa, Tensor lpos, Tensor queue_a, Tensor? col_scale, Tensor? qb, "
-        "Tensor? queue_b, int[] pair_a, int[] pair_b, float tau, int topk) -> (Tensor, Tensor, Tensor)");
+        "Tensor? queue_b, int[] pair_a, int[] pair_b, float tau, int topk, bool jacobian=False) -> "
+        "(Tensor, Tensor, Tensor, Tensor)");
   // Vector-Jacobian product of (lse1, lse2) with respect to qa and lpos (group B and the queues are
   // constants). Recomputes the similarities chunk by chunk (flash-style).
   m.def("contrastive_lse_backward(Tensor grad_lse1, Tensor grad_lse2, Tensor qa, Tensor lpos, Tensor queue_a, "

@@ -199,7 +199,7 @@ def test_mined_indices_match_reference_topk():
     x = make(G=3, K=64, seed=11)
     qc = x["q"]
     lpos = (qc * x["k"]).sum(-1)
-    _, _, idx = L.contrastive_lse(qc, lpos, x["queues"], None, None, None, [], [], 0.07, 5)
+    _, _, idx, _ = L.contrastive_lse(qc, lpos, x["queues"], None, None, None, [], [], 0.07, 5)
     want = torch.bmm(qc, x["queues"]).topk(5, dim=-1).indices
     assert torch.equal(idx, want)
 
@@ -272,7 +272,7 @@ def test_argument_errors():
 # ------------------------------------------------------------------------------------------------
 # The op itself: composite spec, gradcheck, opcheck, compile
 # ------------------------------------------------------------------------------------------------
-def op_args(seed=0, shared=False, with_b=True, scale=True, topk=2):
+def op_args(seed=0, shared=False, with_b=True, scale=True, topk=2, jacobian=False):
     g = torch.Generator().manual_seed(seed)
     A, B, N, Da, Db, K = 2, 2, 3, 6, 4, 20
     qa = unit(A, N, Da, g=g)
@@ -282,11 +282,13 @@ def op_args(seed=0, shared=False, with_b=True, scale=True, topk=2):
     qb = unit(B, N, Db, g=g) if with_b else None
     queue_b = unit(B, Db, K, dim=1, g=g) if with_b else None
     M = A + (B if with_b else 0)
-    pairs = [(0, 1)] + ([(0, 2), (3, 1), (2, 3)] if with_b else [])
-    return (qa, lpos, queue_a, col_scale, qb, queue_b, [p[0] for p in pairs], [p[1] for p in pairs], 0.3, topk)
+    pairs = [] if jacobian else [(0, 1)] + ([(0, 2), (3, 1), (2, 3)] if with_b else [])
+    return (qa, lpos, queue_a, col_scale, qb, queue_b, [p[0] for p in pairs], [p[1] for p in pairs], 0.3, topk,
+            jacobian)
 
 
-CONFIGS = [dict(), dict(shared=True), dict(with_b=False, scale=False, topk=0), dict(shared=True, with_b=False)]
+CONFIGS = [dict(), dict(shared=True), dict(with_b=False, scale=False, topk=0), dict(shared=True, with_b=False),
+           dict(jacobian=True), dict(shared=True, with_b=False, jacobian=True)]
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
@@ -303,22 +305,25 @@ def test_op_matches_composite_and_gradcheck(cfg):
     lpos = args[1].clone().requires_grad_(True)
 
     def f(qa, lpos):
-        l1, l2, _ = torch.ops.skelfast.contrastive_lse(qa, lpos, *args[2:])
+        l1, l2, _, _ = torch.ops.skelfast.contrastive_lse(qa, lpos, *args[2:])
         return l1, l2
 
     assert torch.autograd.gradcheck(f, (qa, lpos), eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("cfg", CONFIGS[:3], ids=["default", "shared", "plain"])
+@pytest.mark.parametrize("cfg", CONFIGS[:3] + CONFIGS[4:5], ids=["default", "shared", "plain", "jacobian"])
 def test_opcheck(cfg):
     args = list(op_args(**cfg))
     args[0] = args[0].requires_grad_(True)
     args[1] = args[1].requires_grad_(True)
     opcheck(torch.ops.skelfast.contrastive_lse.default, tuple(args))
     a = op_args(**cfg)
-    l1, l2, _ = torch.ops.skelfast.contrastive_lse(*a)
+    l1, l2, _, _ = torch.ops.skelfast.contrastive_lse(*a)
     opcheck(torch.ops.skelfast.contrastive_lse_backward.default,
             (torch.randn_like(l1), torch.randn_like(l2)) + tuple(a[:9]) + (l1, l2))
+    if cfg.get("jacobian"):  # the registered backward op (recompute path) agrees with the forward Jacobian
+        dq, _ = torch.ops.skelfast.contrastive_lse_backward(torch.ones_like(l1), torch.ones_like(l2), *a[:9], l1, l2)
+        torch.testing.assert_close(dq, torch.ops.skelfast.contrastive_lse(*a)[3])
 
 
 def test_gradcheck_public_losses():

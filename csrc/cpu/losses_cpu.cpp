@@ -7,6 +7,7 @@
 #include <torch/headeronly/util/Exception.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -120,6 +121,24 @@ SKELFAST_CLONES double row_sum_exp_prod(const float* a, const float* b, int64_t 
   return total;
 }
 
+// s_j <- exp(s_j * it - shift) * sc_j (sc may be null); returns the sum of the exps.
+SKELFAST_CLONES double row_exp_store(float* s, int64_t n, float it, float shift, const float* sc) {
+  vf acc = splat(0.f);
+  int64_t j = 0;
+  for (; j + kW <= n; j += kW) {
+    const vf e = vexp(loadu(s + j) * it - shift);
+    acc += e;
+    storeu(s + j, sc ? e * loadu(sc + j) : e);
+  }
+  double total = hsum(acc);
+  for (; j < n; ++j) {
+    const float e = losses::fast_expf(s[j] * it - shift);
+    total += e;
+    s[j] = sc ? e * sc[j] : e;
+  }
+  return total;
+}
+
 SKELFAST_CLONES float row_max(const float* s, int64_t n) {
   vf m = splat(-std::numeric_limits<float>::infinity());
   int64_t j = 0;
@@ -170,6 +189,15 @@ double row_sum_exp_prod(const double* a, const double* b, int64_t n, double it, 
     total += std::exp(v * it - shift);
   }
   *mx = mm;
+  return total;
+}
+double row_exp_store(double* s, int64_t n, double it, double shift, const double* sc) {
+  double total = 0.0;
+  for (int64_t j = 0; j < n; ++j) {
+    const double e = std::exp(s[j] * it - shift);
+    total += e;
+    s[j] = sc ? e * sc[j] : e;
+  }
   return total;
 }
 double row_max(const double* s, int64_t n) {
@@ -275,42 +303,69 @@ Problem make_problem(const Tensor& qa, const Tensor& lpos, const Tensor& queue_a
   return p;
 }
 
-// Columns [c0, c0 + cs) of a (G, D, K) queue, in the compute dtype (bf16/fp16 chunks are upcast:
-// fp32 accumulation).
-Tensor queue_chunk(Tensor queue, int64_t c0, int64_t cs, ScalarType ct) {
+// out-variant GEMMs through the dispatcher (stable ABI): no allocation per chunk.
+void mm_out(Tensor out, const Tensor& a, const Tensor& b) {
+  std::array<StableIValue, 3> stack{torch::stable::detail::from(a), torch::stable::detail::from(b),
+                                    torch::stable::detail::from(out)};
+  STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher("aten::mm", "out", stack.data(), TORCH_ABI_VERSION));
+}
+void bmm_out(Tensor out, const Tensor& a, const Tensor& b) {
+  std::array<StableIValue, 3> stack{torch::stable::detail::from(a), torch::stable::detail::from(b),
+                                    torch::stable::detail::from(out)};
+  STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher("aten::bmm", "out", stack.data(), TORCH_ABI_VERSION));
+}
+
+// Per-call buffers, reallocated only when the chunk width changes (the last, narrower chunk):
+// the op allocates O((A + B) * N * chunk) once instead of per chunk.
+struct Workspace {
+  int64_t cs = -1;
+  Tensor conv_a, conv_b;  // upcast queue chunks (bf16/fp16 queues only)
+  Tensor sa, sb;          // (A, N, cs), (B, N, cs) similarities (later exp weights or dS)
+  Tensor part;            // (A, N, Da) GEMM result accumulated into dq / the forward Jacobian
+};
+
+// Columns [c0, c0 + cs) of a (G, D, K) queue in the compute dtype (bf16/fp16 chunks are upcast
+// into a reused buffer: fp32 accumulation).
+Tensor queue_chunk(Tensor queue, int64_t c0, int64_t cs, ScalarType ct, Tensor& conv) {
   Tensor c = torch::stable::narrow(queue, 2, c0, cs);
-  if (c.scalar_type() != ct) c = torch::stable::to(c, std::optional<ScalarType>(ct));
-  return c;
+  if (c.scalar_type() == ct) return c;
+  if (conv.dim() != 3 || conv.size(2) != cs)
+    conv = torch::stable::new_empty(c, {c.size(0), c.size(1), cs}, std::optional<ScalarType>(ct));
+  torch::stable::copy_(conv, c);
+  return conv;
 }
 
-// S = q . chunk: (G, N, D) x (G or 1, D, cs) -> (G, N, cs) contiguous.
-Tensor chunk_sims(const Tensor& q, const Tensor& chunk, bool shared) {
+// out = q . chunk: (G, N, D) x (G or 1, D, cs) -> out (G, N, cs) contiguous.
+void chunk_sims(const Tensor& q, const Tensor& chunk, bool shared, Tensor& out) {
   const int64_t G = q.size(0), N = q.size(1), D = q.size(2), cs = chunk.size(2);
-  Tensor s;
   if (shared) {
-    s = torch::stable::matmul(torch::stable::reshape(q, {G * N, D}), torch::stable::select(chunk, 0, 0));
+    mm_out(torch::stable::view(out, {G * N, cs}), torch::stable::view(q, {G * N, D}), torch::stable::select(chunk, 0, 0));
   } else {
-    s = torch::stable::matmul(q, chunk);
+    bmm_out(out, q, chunk);
   }
-  s = torch::stable::contiguous(s);
-  return torch::stable::reshape(s, {G, N, cs});
 }
 
-// dq += dS . chunk^T: (G, N, cs) x (G or 1, cs, D) -> (G, N, D), accumulated into dq (contiguous).
+// acc += X . chunk^T: (G, N, cs) x (G or 1, cs, D) -> (G, N, D), through the reused `part` buffer.
 template <typename T>
-void accumulate_dq(T* dq, const Tensor& dS, const Tensor& chunk, bool shared) {
-  const int64_t G = dS.size(0), N = dS.size(1), cs = dS.size(2);
-  Tensor r;
+void accumulate_xqt(T* acc, const Tensor& X, const Tensor& chunk, bool shared, Tensor& part) {
+  const int64_t G = X.size(0), N = X.size(1), cs = X.size(2), D = chunk.size(1);
   if (shared) {
-    r = torch::stable::matmul(torch::stable::reshape(dS, {G * N, cs}),
-                              torch::stable::transpose(torch::stable::select(chunk, 0, 0), 0, 1));
+    mm_out(torch::stable::view(part, {G * N, D}), torch::stable::view(X, {G * N, cs}),
+           torch::stable::transpose(torch::stable::select(chunk, 0, 0), 0, 1));
   } else {
-    r = torch::stable::matmul(dS, torch::stable::transpose(chunk, 1, 2));
+    bmm_out(part, X, torch::stable::transpose(chunk, 1, 2));
   }
-  r = torch::stable::contiguous(r);
-  const T* rp = static_cast<const T*>(r.const_data_ptr());
-  const int64_t total = r.numel();
-  for (int64_t i = 0; i < total; ++i) dq[i] += rp[i];
+  const T* rp = static_cast<const T*>(part.const_data_ptr());
+  const int64_t total = G * N * D;
+  for (int64_t i = 0; i < total; ++i) acc[i] += rp[i];
+}
+
+void ensure_workspace(Workspace& ws, const Tensor& like, int64_t A, int64_t B, int64_t N, int64_t Da, int64_t cs) {
+  if (ws.cs == cs) return;
+  ws.cs = cs;
+  ws.sa = torch::stable::new_empty(like, {A, N, cs});
+  if (B > 0) ws.sb = torch::stable::new_empty(like, {B, N, cs});
+  if (ws.part.dim() != 3) ws.part = torch::stable::new_empty(like, {A, N, Da});
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -322,16 +377,19 @@ struct FwdState {
   std::vector<T> max1, max2;                       // running maxima of similarities / products
   std::vector<T> topv;                             // (M*N*topk)
   std::vector<int64_t> topi;
+  T* jac = nullptr;                                // (A, N, Da) sum_j e_j scale_j Q_j, or null
 };
 
 // One streaming pass over all queue chunks: accumulates the shifted sums (and the top-k when
-// do_topk). shift1 / shift2 hold the exponent shift of every row.
+// do_topk, and the unnormalised Jacobian of lse1 when st.jac). shift1 / shift2 hold the exponent
+// shift of every row.
 template <typename T>
 void forward_pass(const Problem& p, const Tensor& qa, const T* lpos, Tensor queue_a, const T* scale,
                   const std::optional<Tensor>& qb, std::optional<Tensor> queue_b, int64_t topk, bool do_topk,
                   FwdState<T>& st) {
   const int64_t A = p.A, N = p.N, P = p.P, M = p.M;
   const T it = static_cast<T>(1.0 / p.tau);
+  const bool mine = do_topk && topk > 0;
   st.sum1.assign(A * N, 0.0);
   st.sum2.assign(P * N, 0.0);
   st.max1.assign(A * N, -std::numeric_limits<T>::infinity());
@@ -340,21 +398,23 @@ void forward_pass(const Problem& p, const Tensor& qa, const T* lpos, Tensor queu
     st.sum1[i] = std::exp(static_cast<double>(lpos[i]) * (1.0 / p.tau) - st.shift1[i]);  // the positive logit
     st.max1[i] = lpos[i];
   }
-  if (do_topk && topk > 0) {
+  if (mine) {
     st.topv.assign(M * N * topk, -std::numeric_limits<T>::infinity());
     st.topi.assign(M * N * topk, 0);
   }
+  if (st.jac) std::fill(st.jac, st.jac + A * N * p.Da, T(0));
+  Workspace ws;
   for (int64_t c0 = 0; c0 < p.K; c0 += kChunk) {
     const int64_t cs = std::min(kChunk, p.K - c0);
-    Tensor ca = queue_chunk(queue_a, c0, cs, p.ct);
-    Tensor sa = chunk_sims(qa, ca, p.shared_a);
-    T* sap = static_cast<T*>(sa.mutable_data_ptr());
-    Tensor sb;
+    ensure_workspace(ws, qa, A, p.B, N, p.Da, cs);
+    Tensor ca = queue_chunk(queue_a, c0, cs, p.ct, ws.conv_a);
+    chunk_sims(qa, ca, p.shared_a, ws.sa);
+    T* sap = static_cast<T*>(ws.sa.mutable_data_ptr());
     const T* sbp = nullptr;
     if (p.B > 0) {
-      Tensor cb = queue_chunk(*queue_b, c0, cs, p.ct);
-      sb = chunk_sims(*qb, cb, false);
-      sbp = static_cast<const T*>(sb.const_data_ptr());
+      Tensor cb = queue_chunk(*queue_b, c0, cs, p.ct, ws.conv_b);
+      chunk_sims(*qb, cb, false, ws.sb);
+      sbp = static_cast<const T*>(ws.sb.const_data_ptr());
     }
     auto src = [&](int64_t m, int64_t n) -> const T* {
       return m < A ? sap + (m * N + n) * cs : sbp + ((m - A) * N + n) * cs;
@@ -364,15 +424,24 @@ void forward_pass(const Problem& p, const Tensor& qa, const T* lpos, Tensor queu
         for (int64_t a = 0; a < A; ++a) {
           T* s = sap + (a * N + n) * cs;
           if (scale) row_scale(s, scale + c0, cs);
-          T cmax = -std::numeric_limits<T>::infinity();
-          st.sum1[a * N + n] += row_sum_exp(s, cs, it, static_cast<T>(st.shift1[a * N + n]), &cmax);
-          st.max1[a * N + n] = std::max(st.max1[a * N + n], cmax);
-          if (do_topk && topk > 0) {
-            T* tv = st.topv.data() + (a * N + n) * topk;
-            if (cmax > tv[topk - 1]) topk_update(s, cs, c0, topk, tv, st.topi.data() + (a * N + n) * topk);
+          const int64_t r = a * N + n;
+          if (st.jac) {
+            // Gradient in the forward (performance.md §6 (5)): the exp weights replace the
+            // similarities in place, then one GEMM per chunk accumulates sum_j e_j scale_j Q_j.
+            const T cmax = row_max(s, cs);
+            st.max1[r] = std::max(st.max1[r], cmax);
+            if (mine && cmax > st.topv[r * topk + topk - 1])
+              topk_update(s, cs, c0, topk, st.topv.data() + r * topk, st.topi.data() + r * topk);
+            st.sum1[r] += row_exp_store(s, cs, it, static_cast<T>(st.shift1[r]), scale ? scale + c0 : nullptr);
+            continue;
           }
+          T cmax = -std::numeric_limits<T>::infinity();
+          st.sum1[r] += row_sum_exp(s, cs, it, static_cast<T>(st.shift1[r]), &cmax);
+          st.max1[r] = std::max(st.max1[r], cmax);
+          if (mine && cmax > st.topv[r * topk + topk - 1])
+            topk_update(s, cs, c0, topk, st.topv.data() + r * topk, st.topi.data() + r * topk);
         }
-        if (do_topk && topk > 0) {
+        if (mine) {
           for (int64_t m = A; m < M; ++m) {
             const T* s = src(m, n);
             T* tv = st.topv.data() + (m * N + n) * topk;
@@ -385,13 +454,16 @@ void forward_pass(const Problem& p, const Tensor& qa, const T* lpos, Tensor queu
         }
       }
     });
+    if (st.jac) accumulate_xqt<T>(st.jac, ws.sa, ca, p.shared_a, ws.part);
   }
 }
 
-std::tuple<Tensor, Tensor, Tensor> contrastive_lse_cpu(Tensor qa, Tensor lpos, Tensor queue_a,
-                                                       std::optional<Tensor> col_scale, std::optional<Tensor> qb,
-                                                       std::optional<Tensor> queue_b, std::vector<int64_t> pair_a,
-                                                       std::vector<int64_t> pair_b, double tau, int64_t topk) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> contrastive_lse_cpu(Tensor qa, Tensor lpos, Tensor queue_a,
+                                                               std::optional<Tensor> col_scale,
+                                                               std::optional<Tensor> qb, std::optional<Tensor> queue_b,
+                                                               std::vector<int64_t> pair_a,
+                                                               std::vector<int64_t> pair_b, double tau, int64_t topk,
+                                                               bool jacobian) {
   Problem p = make_problem(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau);
   STD_TORCH_CHECK(topk >= 0 && topk <= p.K, "skelfast::contrastive_lse: topk must be in [0, K=", p.K, "], got ", topk);
   Tensor qac = torch::stable::contiguous(qa);
@@ -402,13 +474,15 @@ std::tuple<Tensor, Tensor, Tensor> contrastive_lse_cpu(Tensor qa, Tensor lpos, T
   Tensor lse1 = torch::stable::new_empty(qac, {p.A, p.N});
   Tensor lse2 = torch::stable::new_empty(qac, {p.P, p.N});
   Tensor idx = torch::stable::new_empty(qac, {p.M, p.N, topk}, std::optional<ScalarType>(ScalarType::Long));
-  if (p.N == 0) return {lse1, lse2, idx};
+  Tensor jac = jacobian ? torch::stable::new_empty(qac, {p.A, p.N, p.Da}) : torch::stable::new_empty(qac, {0});
+  if (p.N == 0) return {lse1, lse2, idx, jac};
   auto run = [&](auto tag) {
     using T = decltype(tag);
     const T* lp = static_cast<const T*>(lpc.const_data_ptr());
     const T* sc = scc.has_value() ? static_cast<const T*>(scc->const_data_ptr()) : nullptr;
     const double it = 1.0 / p.tau;
     FwdState<T> st;
+    st.jac = jacobian ? static_cast<T*>(jac.mutable_data_ptr()) : nullptr;
     // Pass 1: static shift 1/tau (performance.md §1.4) plus the top-k.
     st.shift1.assign(p.A * p.N, it);
     st.shift2.assign(p.P * p.N, it);
@@ -439,9 +513,16 @@ std::tuple<Tensor, Tensor, Tensor> contrastive_lse_cpu(Tensor qa, Tensor lpos, T
     for (int64_t i = 0; i < p.A * p.N; ++i) l1[i] = static_cast<T>(losses::lse_from_sum(st.shift1[i], st.sum1[i]));
     for (int64_t i = 0; i < p.P * p.N; ++i) l2[i] = static_cast<T>(losses::lse_from_sum(st.shift2[i], st.sum2[i]));
     if (topk > 0) std::memcpy(idx.mutable_data_ptr(), st.topi.data(), sizeof(int64_t) * p.M * p.N * topk);
+    if (st.jac) {
+      // d lse1 / d qa[a, n] = sum_j e_j scale_j Q_j / (tau * Z[a, n]) with the same shift in e and Z.
+      for (int64_t i = 0; i < p.A * p.N; ++i) {
+        const T f = static_cast<T>(it / st.sum1[i]);
+        for (int64_t d = 0; d < p.Da; ++d) st.jac[i * p.Da + d] *= f;
+      }
+    }
   };
   if (p.ct == ScalarType::Double) run(double{}); else run(float{});
-  return {lse1, lse2, idx};
+  return {lse1, lse2, idx, jac};
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -492,20 +573,23 @@ std::tuple<Tensor, Tensor> contrastive_lse_backward_cpu(Tensor grad_lse1, Tensor
                              std::exp(static_cast<double>(lp[i]) / p.tau - static_cast<double>(l1[i])));
     }
     const int64_t A = p.A, N = p.N;
+    Workspace ws;
+    Tensor dS;
     for (int64_t c0 = 0; c0 < p.K; c0 += kChunk) {
       const int64_t cs = std::min(kChunk, p.K - c0);
-      Tensor ca = queue_chunk(queue_a, c0, cs, p.ct);
-      Tensor sa = chunk_sims(qac, ca, p.shared_a);
-      T* sap = static_cast<T*>(sa.mutable_data_ptr());
-      Tensor sb;
+      if (ws.cs != cs) dS = torch::stable::new_empty(qac, {A, N, cs});
+      ensure_workspace(ws, qac, A, p.B, N, p.Da, cs);
+      Tensor ca = queue_chunk(queue_a, c0, cs, p.ct, ws.conv_a);
+      chunk_sims(qac, ca, p.shared_a, ws.sa);
+      T* sap = static_cast<T*>(ws.sa.mutable_data_ptr());
       const T* sbp = nullptr;
       if (p.B > 0) {
-        Tensor cb = queue_chunk(*queue_b, c0, cs, p.ct);
-        sb = chunk_sims(*qbc, cb, false);
-        sbp = static_cast<const T*>(sb.const_data_ptr());
+        Tensor cb = queue_chunk(*queue_b, c0, cs, p.ct, ws.conv_b);
+        chunk_sims(*qbc, cb, false, ws.sb);
+        sbp = static_cast<const T*>(ws.sb.const_data_ptr());
       }
-      Tensor dS = torch::stable::new_zeros(qac, {A, N, cs});
       T* dsp = static_cast<T*>(dS.mutable_data_ptr());
+      std::fill(dsp, dsp + A * N * cs, T(0));
       auto src = [&](int64_t m, int64_t n) -> const T* {
         return m < A ? sap + (m * N + n) * cs : sbp + ((m - A) * N + n) * cs;
       };
@@ -531,7 +615,7 @@ std::tuple<Tensor, Tensor> contrastive_lse_backward_cpu(Tensor grad_lse1, Tensor
           }
         }
       });
-      accumulate_dq<T>(dq, dS, ca, p.shared_a);
+      accumulate_xqt<T>(dq, dS, ca, p.shared_a, ws.part);
     }
   };
   if (p.ct == ScalarType::Double) run(double{}); else run(float{});

@@ -50,7 +50,8 @@ TAU = ref.TAU
 # ------------------------------------------------------------------------------------------------
 def contrastive_lse(qa: torch.Tensor, lpos: torch.Tensor, queue_a: torch.Tensor, col_scale: Optional[torch.Tensor],
                     qb: Optional[torch.Tensor], queue_b: Optional[torch.Tensor], pair_a: Sequence[int],
-                    pair_b: Sequence[int], tau: float, topk: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    pair_b: Sequence[int], tau: float, topk: int,
+                    jacobian: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Streaming log-sum-exps over queues (see the module docstring).
 
     Args:
@@ -61,11 +62,18 @@ def contrastive_lse(qa: torch.Tensor, lpos: torch.Tensor, queue_a: torch.Tensor,
         qb: None or (B, N, Db) constant sources (teacher), queue_b: (B, Db, K).
         pair_a, pair_b: P pairs of source indices in [0, A+B) (sources A.. are qb's).
         tau: temperature > 0; topk: columns mined per source and row (0 = none).
+        jacobian: also return jac[a, n] = d lse1[a, n] / d qa[a, n] (A, N, Da), computed in the
+            forward pass with one extra GEMM per chunk; backward then needs no recompute pass
+            (performance.md §6 (5)). Only with no pairs (P = 0).
     Returns:
-        lse1 (A, N), lse2 (P, N) in qa's dtype; idx (A+B, N, topk) int64, descending similarity.
+        lse1 (A, N), lse2 (P, N) in qa's dtype; idx (A+B, N, topk) int64, descending similarity;
+        jac (A, N, Da), or an empty (0,) tensor.
     """
+    if jacobian and len(pair_a):
+        raise ValueError("contrastive_lse: jacobian=True needs an empty pair list")
     impl = _backend.resolve(qa.device)
-    args = (qa, lpos, queue_a, col_scale, qb, queue_b, list(pair_a), list(pair_b), float(tau), int(topk))
+    args = (qa, lpos, queue_a, col_scale, qb, queue_b, list(pair_a), list(pair_b), float(tau), int(topk),
+            bool(jacobian))
     if impl == "torch":
         return contrastive_lse_composite(*args)
     if impl == "triton":
@@ -87,7 +95,7 @@ def _sources(qa, queue_a, col_scale, qb, queue_b):
     return torch.cat([sa, torch.bmm(qb, queue_b.to(ct))], dim=0)
 
 
-def contrastive_lse_composite(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau, topk):
+def contrastive_lse_composite(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau, topk, jacobian=False):
     """Materialised PyTorch version of skelfast::contrastive_lse (same outputs, O(N K) memory)."""
     S = _sources(qa, queue_a, col_scale, qb, queue_b)
     A = qa.shape[0]
@@ -97,7 +105,14 @@ def contrastive_lse_composite(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a,
     lse2 = torch.logsumexp(S[pa] * S[pb] / tau, dim=-1) if len(pair_a) else qa.new_zeros((0, qa.shape[1]))
     idx = S.detach().topk(topk, dim=-1).indices if topk > 0 else torch.zeros(S.shape[:2] + (0,), dtype=torch.long,
                                                                               device=qa.device)
-    return lse1, lse2, idx
+    jac = qa.new_empty((0,))
+    if jacobian:
+        p = torch.softmax(torch.cat([lpos.unsqueeze(-1), S[:qa.shape[0]]], dim=-1) / tau, dim=-1)[..., 1:]
+        if col_scale is not None:
+            p = p * col_scale
+        Q = queue_a.to(qa.dtype)
+        jac = (torch.einsum("ank,dk->and", p, Q[0]) if Q.shape[0] == 1 else torch.bmm(p, Q.transpose(1, 2))) / tau
+    return lse1, lse2, idx, jac
 
 
 def _contrastive_lse_backward_composite(grad_lse1, grad_lse2, qa, lpos, queue_a, col_scale, qb, queue_b, pair_a,
@@ -106,7 +121,7 @@ def _contrastive_lse_backward_composite(grad_lse1, grad_lse2, qa, lpos, queue_a,
     with torch.enable_grad():
         qg = qa.detach().requires_grad_(True)
         lg = lpos.detach().requires_grad_(True)
-        l1, l2, _ = contrastive_lse_composite(qg, lg, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau, 0)
+        l1, l2, _, _ = contrastive_lse_composite(qg, lg, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau, 0)
         dq, dl = torch.autograd.grad([l1, l2], [qg, lg], [grad_lse1, grad_lse2], allow_unused=True)
     return (torch.zeros_like(qa) if dq is None else dq), (torch.zeros_like(lpos) if dl is None else dl)
 
@@ -123,12 +138,12 @@ def _fake_checks(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau,
 
 def _register() -> None:
     @torch.library.register_fake("skelfast::contrastive_lse")
-    def _fake(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau, topk):
+    def _fake(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau, topk, jacobian=False):
         _fake_checks(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau, topk)
-        A, N, _ = qa.shape
+        A, N, Da = qa.shape
         M = A + (qb.shape[0] if qb is not None else 0)
         return (qa.new_empty((A, N)), qa.new_empty((len(pair_a), N)),
-                qa.new_empty((M, N, topk), dtype=torch.long))
+                qa.new_empty((M, N, topk), dtype=torch.long), qa.new_empty((A, N, Da) if jacobian else (0,)))
 
     @torch.library.register_fake("skelfast::contrastive_lse_backward")
     def _fake_bwd(grad_lse1, grad_lse2, qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau, lse1, lse2):
@@ -136,28 +151,39 @@ def _register() -> None:
         return qa.new_empty(qa.shape), lpos.new_empty(lpos.shape)
 
     def _setup_context(ctx, inputs, output):
-        qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau, topk = inputs
-        lse1, lse2, idx = output
-        ctx.mark_non_differentiable(idx)
-        ctx.args = (list(pair_a), list(pair_b), tau)
-        ctx.save_for_backward(qa, lpos, queue_a, col_scale, qb, queue_b, lse1, lse2)
+        qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau, topk = inputs[:10]
+        jacobian = inputs[10] if len(inputs) > 10 else False
+        lse1, lse2, idx, jac = output
+        ctx.mark_non_differentiable(idx, jac)
+        ctx.args = (list(pair_a), list(pair_b), tau, bool(jacobian))
+        if jacobian:  # gradient already formed in the forward: keep only (A, N, Da) and (A, N) tensors
+            ctx.save_for_backward(lpos, lse1, jac)
+        else:
+            ctx.save_for_backward(qa, lpos, queue_a, col_scale, qb, queue_b, lse1, lse2)
 
-    def _backward(ctx, grad_lse1, grad_lse2, _grad_idx):
-        qa, lpos, queue_a, col_scale, qb, queue_b, lse1, lse2 = ctx.saved_tensors
-        pair_a, pair_b, tau = ctx.args
-        grad_lse1 = torch.zeros_like(lse1) if grad_lse1 is None else grad_lse1.contiguous()
-        grad_lse2 = torch.zeros_like(lse2) if grad_lse2 is None else grad_lse2.contiguous()
-        dq, dl = torch.ops.skelfast.contrastive_lse_backward(grad_lse1, grad_lse2, qa, lpos, queue_a, col_scale, qb,
-                                                            queue_b, pair_a, pair_b, tau, lse1, lse2)
+    def _backward(ctx, grad_lse1, grad_lse2, _grad_idx, _grad_jac):
+        pair_a, pair_b, tau, jacobian = ctx.args
+        if jacobian:
+            lpos, lse1, jac = ctx.saved_tensors
+            if grad_lse1 is None:
+                return (None,) * 11
+            dq = grad_lse1.unsqueeze(-1) * jac
+            dl = grad_lse1 * torch.exp(lpos / tau - lse1) / tau
+        else:
+            qa, lpos, queue_a, col_scale, qb, queue_b, lse1, lse2 = ctx.saved_tensors
+            grad_lse1 = torch.zeros_like(lse1) if grad_lse1 is None else grad_lse1.contiguous()
+            grad_lse2 = torch.zeros_like(lse2) if grad_lse2 is None else grad_lse2.contiguous()
+            dq, dl = torch.ops.skelfast.contrastive_lse_backward(grad_lse1, grad_lse2, qa, lpos, queue_a, col_scale, qb,
+                                                                queue_b, pair_a, pair_b, tau, lse1, lse2)
         return (dq if ctx.needs_input_grad[0] else None, dl if ctx.needs_input_grad[1] else None,
-                None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None)
 
     torch.library.register_autograd("skelfast::contrastive_lse", _backward, setup_context=_setup_context)
 
 
-def _triton_forward(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau, topk):
+def _triton_forward(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau, topk, jacobian=False):
     from ..triton.losses import contrastive_lse_forward
-    return contrastive_lse_forward(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau, topk)
+    return contrastive_lse_forward(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau, topk, jacobian)
 
 
 def _triton_backward(grad_lse1, grad_lse2, qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau, lse1, lse2):
@@ -218,6 +244,11 @@ def _use_reference(*ts: torch.Tensor) -> bool:
     return _backend.resolve(ts[0].device) == "torch" or not hasattr(torch.ops.skelfast, "contrastive_lse")
 
 
+def _wants_grad(q: torch.Tensor) -> bool:
+    """Form the query gradient in the forward pass (no recompute) when a backward will follow."""
+    return torch.is_grad_enabled() and q.requires_grad
+
+
 def _gather_cols(queue: torch.Tensor, idx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """queue (D, K), idx (...,) -> columns (..., D) in dtype (constants: detached)."""
     return queue.detach().t()[idx.reshape(-1)].to(dtype).reshape(idx.shape + (queue.shape[0],))
@@ -241,7 +272,7 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tau: float =
     ct = _compute_dtype(q, k)
     qc, kc = q.to(ct), k.to(ct)
     lpos = (qc * kc).sum(-1)                                                  # (G, N)
-    lse1, _, _ = contrastive_lse(qc, lpos, queue.detach(), None, None, None, [], [], tau, 0)
+    lse1 = contrastive_lse(qc, lpos, queue.detach(), None, None, None, [], [], tau, 0, _wants_grad(qc))[0]
     return (lse1 - lpos / tau).mean(-1)
 
 
@@ -282,7 +313,7 @@ def context_pair_losses(q: torch.Tensor, k: torch.Tensor, queues: torch.Tensor, 
     queues = queues.detach()
     lpos = (qc * kc).sum(-1)                                                  # (G, N)
     pa, pb, where = _context_pairs(G) if context else ([], [], None)
-    lse1, lse2, idx = contrastive_lse(qc, lpos, queues, None, None, None, pa, pb, tau, topk)
+    lse1, lse2, idx, _ = contrastive_lse(qc, lpos, queues, None, None, None, pa, pb, tau, topk)
     # Positives: Lg[x, y, n, t] = q_x[n] . Q_x[:, idx_y[n, t]] (x's similarity at y's mined column).
     cols = torch.stack([_gather_cols(queues[x], idx, ct) for x in range(G)])  # (G_x, G_y, N, topk, D)
     Lg = torch.einsum("xnd,xyntd->xynt", qc, cols)
@@ -356,7 +387,7 @@ def ikem_loss(u: torch.Tensor, k: torch.Tensor, queues: torch.Tensor, tau: float
     norms = torch.linalg.vector_norm(Qc[0], dim=0, dtype=ct)
     col_scale = 1.0 / norms.clamp_min(1e-12)
     lpos = torch.einsum("gnc,nc->gn", uc, kappa)                             # (G, N)
-    lse1, _, _ = contrastive_lse(uc, lpos, Qc, col_scale, None, None, [], [], tau, 0)
+    lse1 = contrastive_lse(uc, lpos, Qc, col_scale, None, None, [], [], tau, 0, _wants_grad(uc))[0]
     return (lse1 - lpos / tau).mean(-1)
 
 
@@ -415,7 +446,7 @@ def relational_distill_loss(teacher_q: torch.Tensor, student_s: torch.Tensor, te
     lpos = torch.einsum("snc,nc->sn", sc, t)                                  # (S, N)
     pa = [s for s in range(S) for _ in range(G)]
     pb = [S + x for _ in range(S) for x in range(G)]
-    lse1, lse2, idx = contrastive_lse(sc, lpos, QT.unsqueeze(0), None, tqc, Qs, pa, pb, tau, topk)
+    lse1, lse2, idx, _ = contrastive_lse(sc, lpos, QT.unsqueeze(0), None, tqc, Qs, pa, pb, tau, topk)
     idx_t = idx[S:]                                                           # (G, N, topk) teacher-mined
     Lt = torch.stack([torch.einsum("nd,ntd->nt", tqc[x], _gather_cols(Qs[x], idx_t[x], ct)) for x in range(G)])
     Ls = torch.einsum("snc,xntc->xsnt", sc, _gather_cols(QT, idx_t, ct))      # (G, S, N, topk)
