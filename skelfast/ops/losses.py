@@ -192,8 +192,25 @@ def _triton_backward(grad_lse1, grad_lse2, qa, lpos, queue_a, col_scale, qb, que
                                     tau, lse1, lse2)
 
 
+_cuda_lib: Optional[torch.library.Library] = None
+
+
+def _register_cuda() -> None:
+    """There is no compiled CUDA kernel for this op: its CUDA key always runs the Triton launcher
+    (semi-fused, performance.md §6), or the materialised composite when triton is missing."""
+    global _cuda_lib
+    _cuda_lib = torch.library.Library("skelfast", "IMPL")
+    if _backend._triton_importable():
+        _cuda_lib.impl("contrastive_lse", _triton_forward, "CUDA")
+        _cuda_lib.impl("contrastive_lse_backward", _triton_backward, "CUDA")
+    else:
+        _cuda_lib.impl("contrastive_lse", contrastive_lse_composite, "CUDA")
+        _cuda_lib.impl("contrastive_lse_backward", _contrastive_lse_backward_composite, "CUDA")
+
+
 if _extension.has_cpu_kernels() and hasattr(torch.ops.skelfast, "contrastive_lse"):
     _register()
+    _register_cuda()
     _backend.register_triton_kernel("contrastive_lse", _triton_forward)
     _backend.register_triton_kernel("contrastive_lse_backward", _triton_backward)
 
