@@ -227,8 +227,8 @@ def test_non_unit_inputs_fall_back_exactly(dtype):
 
 
 def test_chunk_boundaries():
-    """K larger than one CPU chunk (2048) and not a multiple of it."""
-    x = make(G=2, N=4, D=8, K=2048 + 37, seed=9)
+    """K larger than one CPU chunk (8192) and not a multiple of it."""
+    x = make(G=2, N=4, D=8, K=8192 + 37, seed=9)
     check(lambda q: ops.phase2_loss(q, None, x["k"], x["queues"], topk=3),
           lambda q: R.phase2_loss(q, None, x["k"], x["queues"], topk=3), [x["q"]], torch.float64)
 

@@ -23,9 +23,11 @@ namespace {
 using torch::stable::Tensor;
 using torch::headeronly::ScalarType;
 
-// Queue columns per chunk: the per-chunk similarity block of one source is N x kChunk (1 MiB at
-// N=128, fp32), small enough to stay in L2 while the row loops read it several times.
-constexpr int64_t kChunk = 2048;
+// Queue columns per chunk: the per-chunk similarity block of one source is N x kChunk (4 MiB at
+// N=128, fp32; one row is 32 KiB, so a row of every source stays in L2 during the row loops).
+// Measured on 2 cores: 8192-column chunks run the GEMMs 1.3-1.5x faster than 2048-column ones
+// (especially the K-reduction dS . Q^T), at O(N * 8192) memory per source.
+constexpr int64_t kChunk = 8192;
 
 // ------------------------------------------------------------------------------------------------
 // Row primitives. float: explicit 16-lane GCC vector code, compiled for AVX-512, AVX2 and the

@@ -28,6 +28,7 @@ inputs that are not unit-normalised give correct (not silently wrong) results.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import List, Optional, Sequence, Tuple
 
@@ -200,7 +201,8 @@ def _register_cuda() -> None:
     (semi-fused, performance.md §6), or the materialised composite when triton is missing."""
     global _cuda_lib
     _cuda_lib = torch.library.Library("skelfast", "IMPL")
-    if _backend._triton_importable():
+    # find_spec, not import: importing triton here would fix its TRITON_INTERPRET mode too early.
+    if importlib.util.find_spec("triton") is not None:
         _cuda_lib.impl("contrastive_lse", _triton_forward, "CUDA")
         _cuda_lib.impl("contrastive_lse_backward", _triton_backward, "CUDA")
     else:
