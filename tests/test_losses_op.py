@@ -354,3 +354,20 @@ def test_streaming_memory_is_o_n_chunk():
         u = x["u"].clone().requires_grad_(True)
         peaks.append(peak_memory_mb(lambda: fn(q, u, x["k"], x["queues"]).backward(), torch.device("cpu")))
     assert peaks[0] < peaks[1] / 8, peaks
+
+
+def test_deterministic_and_non_contiguous_inputs():
+    """Bitwise-repeatable on CPU; permuted (non-contiguous) queries and queues give the same result."""
+    x = make(G=3, K=64, dtype=torch.float32, seed=8)
+    a = ops.phase2_loss(x["q"], x["u"], x["k"], x["queues"], topk=2)
+    b = ops.phase2_loss(x["q"], x["u"], x["k"], x["queues"], topk=2)
+    assert torch.equal(a, b)
+    q_nc = x["q"].transpose(0, 1).contiguous().transpose(0, 1)          # (G, N, D) view of (N, G, D)
+    Q_nc = x["queues"].transpose(1, 2).contiguous().transpose(1, 2)     # column-major queues
+    assert not q_nc.is_contiguous() and not Q_nc.is_contiguous()
+    c = ops.phase2_loss(q_nc, x["u"], x["k"], Q_nc, topk=2)
+    torch.testing.assert_close(c, a)
+    QT = nrm(torch.randn(3 * 16, 64), dim=0)
+    s = nrm(torch.randn(2, 8, 48), dim=-1)
+    torch.testing.assert_close(ops.relational_distill_loss(q_nc, s, Q_nc, QT.t().contiguous().t()),
+                               ops.relational_distill_loss(x["q"], s, x["queues"], QT))
