@@ -41,6 +41,18 @@ def _status_mb(key: str) -> float:
         return int(re.search(key + r":\s+(\d+)", fh.read()).group(1)) / 1024.0
 
 
+def _mmap_large_allocations() -> None:
+    """glibc keeps freed blocks below its (dynamic) mmap threshold in the heap, so a later peak can
+    reuse them without raising the RSS. A fixed 128 KiB threshold makes every large tensor its own
+    mmap, returned on free: the RSS high-water mark then tracks the live-memory peak."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def rss_peak_mb(fn: Callable[[], object]) -> float:
     """Rise of the peak resident set during fn() (Linux; NaN elsewhere)."""
     try:
@@ -151,6 +163,7 @@ def main(argv=None):
     parser.add_argument("--out-dir", default=None, help="CSV folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    _mmap_large_allocations()
     Ks = [int(k) for k in args.K.split(",")] if args.K else ([4096] if args.quick else [4096, 32768, 65536])
     print(f"skelfast {skelfast.__version__}, torch {torch.__version__}, {H.device_name(device)}, "
           f"threads {torch.get_num_threads()}, backends {ops.available_backends()}")
