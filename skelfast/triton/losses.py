@@ -4,7 +4,11 @@ performance.md §6. Per queue chunk, the similarities of every source come from 
 all exponentials, sums, maxima and the backward dS in one pass over the chunk, so the only N x K
 scale memory is one chunk (never the N x K logits, masks or log-softmaxes of the reference).
 
-Kernels (one program per (source or pair, row)):
+Phase-1 InfoNCE (and any D <= 256 problem without pairs or mining) uses `_nce_fused_kernel`
+instead: fully fused, tl.dot on queue tiles, gradient formed in the forward, split-K partials
+combined in a fixed order, nothing N x K in memory.
+
+Semi-fused kernels (one program per (source or pair, row)):
 - `_lse_rows_fwd_kernel`: sum_j exp(x_j * y_j / tau - shift) and max_j x_j * y_j over the chunk,
   with y = 1 for base rows (lse1) and y = the partner similarity for context pairs (lse2); optional
   store of the exp weights (gradient-in-forward mode).
@@ -91,6 +95,98 @@ def _lse_rows_bwd_kernel(S_ptr, dS_ptr, g1_ptr, lse1_ptr, csr_ptr, pidx_ptr, par
     tl.store(dS_ptr + r * CS + cols, d, mask=mask)
 
 
+@triton.jit
+def _nce_fused_kernel(q_ptr, Q_ptr, scale_ptr, shift_ptr, sum_ptr, max_ptr, U_ptr,
+                      N, D, K, k_per_split, sQg, sQd, sQk, it,
+                      HAS_SCALE: tl.constexpr, JAC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      BLOCK_D: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr):
+    """Fully fused queue InfoNCE (performance.md §6 "Single InfoNCE"): grid (row blocks, sources,
+    K splits). Streams BLOCK_D x BLOCK_K queue tiles, S = q . Q by tl.dot, e = exp(S/tau - shift),
+    accumulates the row sums, maxima and (JAC) U = sum_j e_j scale_j Q_j with a second tl.dot; the
+    splits are combined in a fixed order on the host (deterministic, no atomics)."""
+    pid_n = tl.program_id(0)
+    g = tl.program_id(1)
+    split = tl.program_id(2)
+    num_g = tl.num_programs(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    dcols = tl.arange(0, BLOCK_D)
+    dmask = dcols < D
+    q = tl.load(q_ptr + (g * N + rows[:, None]) * D + dcols[None, :], mask=rmask[:, None] & dmask[None, :],
+                other=0.0).to(ACC)
+    shift = tl.load(shift_ptr + g * N + rows, mask=rmask, other=0.0).to(ACC)
+    acc = tl.zeros([BLOCK_N], dtype=ACC)
+    mx = tl.full([BLOCK_N], float("-inf"), dtype=ACC)
+    U = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
+    k0 = split * k_per_split
+    k1 = tl.minimum(k0 + k_per_split, K)
+    for c in range(k0, k1, BLOCK_K):
+        kc = c + tl.arange(0, BLOCK_K)
+        kmask = kc < k1
+        Qt = tl.load(Q_ptr + g * sQg + dcols[:, None] * sQd + kc[None, :] * sQk,
+                     mask=dmask[:, None] & kmask[None, :], other=0.0).to(ACC)
+        s = tl.dot(q, Qt, input_precision=PRECISION, out_dtype=ACC)
+        if HAS_SCALE:
+            sc = tl.load(scale_ptr + kc, mask=kmask, other=0.0).to(ACC)
+            s = s * sc[None, :]
+        e = tl.where(kmask[None, :], tl.exp(s * it - shift[:, None]), 0.0)
+        acc += tl.sum(e, axis=1)
+        mx = tl.maximum(mx, tl.max(tl.where(kmask[None, :], s, float("-inf")), axis=1))
+        if JAC:
+            if HAS_SCALE:
+                e = e * sc[None, :]
+            U += tl.dot(e, tl.trans(Qt), input_precision=PRECISION, out_dtype=ACC)
+    out = (split * num_g + g) * N + rows
+    tl.store(sum_ptr + out, acc, mask=rmask)
+    tl.store(max_ptr + out, mx, mask=rmask)
+    if JAC:
+        tl.store(U_ptr + out[:, None] * D + dcols[None, :], U, mask=rmask[:, None] & dmask[None, :])
+
+
+FUSED_MAX_D = 256  # one BLOCK_D register tile per program; larger (IKEM's 768) uses the semi-fused path
+
+
+def _fused_ok(pb: "_Problem", topk: int, fused: Optional[bool]) -> bool:
+    if fused is False:
+        return False
+    ok = pb.P == 0 and pb.B == 0 and topk == 0 and pb.Da <= FUSED_MAX_D
+    if fused and not ok:
+        raise ValueError("fused InfoNCE kernel: needs no pairs, no group B, topk=0 and Da <= 256")
+    return ok
+
+
+def _fused_pass(pb: "_Problem", qa, lpos, queue_a, col_scale, tau, shift1, jac, block_k=None, splits=None):
+    A, N, Da, K = pb.A, pb.N, pb.Da, pb.K
+    it = 1.0 / tau
+    BLOCK_N = 64 if N > 32 else 16
+    BLOCK_K = block_k or 64
+    BLOCK_D = max(16, triton.next_power_of_2(Da))
+    nblk = triton.cdiv(N, BLOCK_N)
+    if splits is None:  # about 4 waves of 132 SMs at N=128, A=6; at least 2 tiles per split
+        splits = max(1, min(triton.cdiv(K, 2 * BLOCK_K), triton.cdiv(528, nblk * A)))
+    k_per_split = triton.cdiv(triton.cdiv(K, splits), BLOCK_K) * BLOCK_K
+    splits = triton.cdiv(K, k_per_split)
+    dev = qa.device
+    psum = torch.empty((splits, A, N), dtype=pb.ct, device=dev)
+    pmax = torch.empty_like(psum)
+    pU = torch.empty((splits, A, N, Da), dtype=pb.ct, device=dev) if jac is not None else psum
+    Q = queue_a
+    sQg = 0 if pb.shared else Q.stride(0)
+    # fp32: tf32x3 keeps fp32-level similarities on tensor cores (plain TF32 would shift logits by
+    # ~1e-3 / tau); fp64 runs in IEEE.
+    precision = "ieee" if pb.ct == torch.float64 else "tf32x3"
+    _nce_fused_kernel[(nblk, A, splits)](
+        qa, Q, col_scale if col_scale is not None else qa, shift1, psum, pmax, pU,
+        N, Da, K, k_per_split, sQg, Q.stride(1), Q.stride(2), it,
+        HAS_SCALE=col_scale is not None, JAC=jac is not None, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, BLOCK_D=BLOCK_D,
+        ACC=_acc(pb.ct), PRECISION=precision)
+    sum1 = torch.exp(lpos * it - shift1) + psum.sum(0)
+    max1 = torch.maximum(lpos, pmax.amax(0))
+    if jac is not None:
+        jac.copy_(pU.sum(0))
+    return sum1, max1
+
+
 def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
@@ -175,17 +271,32 @@ def _pass(pb: _Problem, qa, lpos, queue_a, col_scale, qb, queue_b, tau, topk, sh
 
 
 def contrastive_lse_forward(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a: Sequence[int], pair_b: Sequence[int],
-                            tau: float, topk: int, jacobian: bool = False, chunk: Optional[int] = None):
-    """Same contract as torch.ops.skelfast.contrastive_lse (see skelfast/ops/losses.py)."""
+                            tau: float, topk: int, jacobian: bool = False, chunk: Optional[int] = None,
+                            fused: Optional[bool] = None, block_k: Optional[int] = None, splits: Optional[int] = None):
+    """Same contract as torch.ops.skelfast.contrastive_lse (see skelfast/ops/losses.py).
+
+    Plain InfoNCE problems (no pairs, no group B, topk=0, Da <= 256: phase 1) run the fully fused
+    tl.dot kernel; everything else the semi-fused chunk path. `fused` forces a path (tests);
+    `chunk`, `block_k`, `splits` are tuning / test knobs.
+    """
     pb = _Problem(qa, queue_a, qb, queue_b, pair_a, pair_b, chunk)
     qa, lpos = qa.contiguous(), lpos.contiguous()
     qb = qb.contiguous() if qb is not None else None
+    if col_scale is not None:
+        col_scale = col_scale.contiguous()
     it = 1.0 / tau
     dev = qa.device
     jac = torch.zeros((pb.A, pb.N, pb.Da), dtype=pb.ct, device=dev) if jacobian else None
     shift1 = torch.full((pb.A, pb.N), it, dtype=pb.ct, device=dev)
     shift2 = torch.full((pb.P, pb.N), it, dtype=pb.ct, device=dev)
-    sum1, max1, sum2, max2, topi = _pass(pb, qa, lpos, queue_a, col_scale, qb, queue_b, tau, topk, shift1, shift2, jac)
+    use_fused = _fused_ok(pb, topk, fused)
+    if use_fused:
+        sum1, max1 = _fused_pass(pb, qa, lpos, queue_a, col_scale, tau, shift1, jac, block_k, splits)
+        sum2 = max2 = shift2
+        topi = None
+    else:
+        sum1, max1, sum2, max2, topi = _pass(pb, qa, lpos, queue_a, col_scale, qb, queue_b, tau, topk, shift1, shift2,
+                                             jac)
     ex1, ex2 = max1 * it, max2 * it
     bad = ((ex1 - shift1).abs() > SHIFT_WINDOW).any() | ((ex2 - shift2).abs() > SHIFT_WINDOW).any()
     bad = bad | ~torch.isfinite(ex1).all() | ~torch.isfinite(ex2).all()
@@ -193,9 +304,12 @@ def contrastive_lse_forward(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a: S
         shift1, shift2 = ex1, ex2
         if jac is not None:
             jac.zero_()
-        sum1, _, sum2, _, _ = _pass(pb, qa, lpos, queue_a, col_scale, qb, queue_b, tau, 0, shift1, shift2, jac)
+        if use_fused:
+            sum1, _ = _fused_pass(pb, qa, lpos, queue_a, col_scale, tau, shift1, jac, block_k, splits)
+        else:
+            sum1, _, sum2, _, _ = _pass(pb, qa, lpos, queue_a, col_scale, qb, queue_b, tau, 0, shift1, shift2, jac)
     lse1 = shift1 + torch.log(sum1)
-    lse2 = shift2 + torch.log(sum2)
+    lse2 = shift2 + torch.log(sum2) if pb.P else torch.zeros((0, pb.N), dtype=pb.ct, device=dev)
     idx = topi if topk > 0 else torch.zeros((pb.M, pb.N, 0), dtype=torch.long, device=dev)
     if jac is not None:
         jac *= (it / sum1).unsqueeze(-1)
