@@ -265,6 +265,10 @@ def test_argument_errors():
         torch.ops.skelfast.contrastive_lse(q, lpos, Q, None, None, None, [0], [0], 0.1, 0)
     with pytest.raises(RuntimeError, match="topk"):
         torch.ops.skelfast.contrastive_lse(q, lpos, Q, None, None, None, [], [], 0.1, 65)
+    with pytest.raises(RuntimeError, match="jacobian"):
+        torch.ops.skelfast.contrastive_lse(q, lpos, Q, None, None, None, [0], [1], 0.1, 0, True)
+    with pytest.raises(ValueError, match="jacobian"):
+        L.contrastive_lse(q, lpos, Q, None, None, None, [0], [1], 0.1, 0, True)
     with pytest.raises(RuntimeError, match="queue_a"):
         torch.ops.skelfast.contrastive_lse(q, lpos, Q[:2], None, None, None, [], [], 0.1, 0)
 

@@ -468,6 +468,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> contrastive_lse_cpu(Tensor qa, Tensor
                                                                bool jacobian) {
   Problem p = make_problem(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau);
   STD_TORCH_CHECK(topk >= 0 && topk <= p.K, "skelfast::contrastive_lse: topk must be in [0, K=", p.K, "], got ", topk);
+  STD_TORCH_CHECK(!jacobian || p.P == 0, "skelfast::contrastive_lse: jacobian=True needs an empty pair list");
   Tensor qac = torch::stable::contiguous(qa);
   Tensor lpc = torch::stable::contiguous(lpos);
   std::optional<Tensor> qbc, scc;

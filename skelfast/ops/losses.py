@@ -141,6 +141,7 @@ def _register() -> None:
     @torch.library.register_fake("skelfast::contrastive_lse")
     def _fake(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau, topk, jacobian=False):
         _fake_checks(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau, topk)
+        torch._check(not jacobian or len(pair_a) == 0, lambda: "jacobian=True needs an empty pair list")
         A, N, Da = qa.shape
         M = A + (qb.shape[0] if qb is not None else 0)
         return (qa.new_empty((A, N)), qa.new_empty((len(pair_a), N)),
