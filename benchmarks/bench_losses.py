@@ -8,6 +8,11 @@ Providers: `reference` (eager), `reference+compile` (torch.compile of the same r
 `skelfast` (streaming op: C++ on CPU; Triton on GPU when selected). Every provider's loss and
 gradients are checked against the eager reference before timing.
 
+Floor: `floor_us` is the GEMM floor (forward similarities + query-gradient GEMMs at the fp32 GEMM
+rate measured in the same run); `pct_of_floor` = floor / median time. On CPU these losses are
+GEMM-bound, so this is the relevant roofline; on GPU see performance.md §3(b), §6 for the
+memory/exp floors.
+
 Peak memory: `peak_mem_mb` is the shared harness measure (torch profiler allocation events, above
 the inputs). `rss_peak_mb` is the rise of the process's peak resident set (VmHWM, reset through
 /proc/self/clear_refs) during one call: it sees every byte, including C++ workspaces. Both are in
@@ -66,6 +71,26 @@ def rss_peak_mb(fn: Callable[[], object]) -> float:
         return float("nan")
 
 
+def gemm_rate_flops(device: torch.device) -> float:
+    """fp32 GEMM rate of this machine, this run (the binding unit of these losses on CPU)."""
+    a = torch.randn(768, 768, device=device)
+    b = torch.randn(768, 8192, device=device)
+    stats = H.measure(lambda: a @ b, device, warmup=2, min_reps=5, min_time_s=0.3)
+    return 2 * 768 * 768 * 8192 / (stats.p50 * 1e-3)
+
+
+def gemm_flops(case: str, K: int) -> float:
+    """FLOPs of the GEMMs any implementation needs for forward + query gradient (similarities
+    once, their transpose product once): the compute floor of a case."""
+    if case == "phase1":
+        return 2 * (2 * G * N * D * K)
+    if case == "phase2":
+        return 2 * (2 * G * N * D * K + 2 * G * N * G * D * K)
+    if case == "distill":
+        return 2 * G * N * D * K + 2 * (2 * S * N * G * D * K)
+    raise ValueError(case)
+
+
 def make_inputs(case: str, K: int, device: torch.device, seed: int = 0) -> Dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
 
@@ -116,6 +141,8 @@ def full_step(fn, x, grad_names):
 
 def run(cases, Ks, provider_names, device, quick):
     rows = []
+    rate = gemm_rate_flops(device)
+    print(f"fp32 GEMM rate (768x768x8192): {rate / 1e9:.1f} GFLOP/s", flush=True)
     for case in cases:
         for K in Ks:
             x = make_inputs(case, K, device)
@@ -137,8 +164,11 @@ def run(cases, Ks, provider_names, device, quick):
                 results[name] = (stats, peak, rss)
                 print(f"  {case} K={K} {name}: {stats.p50:.1f} ms, peak {peak:.1f} MiB (harness), "
                       f"{rss:.1f} MiB (rss)", flush=True)
+            floor_us = gemm_flops(case, K) / rate * 1e6
             for name, (stats, peak, rss) in results.items():
                 row = H.base_row(f"losses_{case}", device)
+                row.update(floor_us=round(floor_us, 1), pct_of_floor=100 * floor_us / (stats.p50 * 1e3),
+                           throughput=gemm_flops(case, K) / (stats.p50 * 1e-3) / 1e9, throughput_unit="GFLOP/s")
                 row.update(provider=name, mode="full", shape=f"N={N},D={D},K={K},G={G}" + (f",S={S}" if case == "distill" else ""),
                            dtype="float32", p50_ms=stats.p50, p20_ms=stats.p20, p80_ms=stats.p80,
                            peak_mem_mb=round(peak, 2), rss_peak_mb=round(rss, 2))
@@ -169,7 +199,7 @@ def main(argv=None):
           f"threads {torch.get_num_threads()}, backends {ops.available_backends()}")
     rows = run(args.cases.split(","), Ks, args.providers.split(","), device, args.quick)
     H.print_table(rows, ["op", "provider", "shape", "p50_ms", "p20_ms", "p80_ms", "speedup_vs_reference",
-                         "speedup_vs_compile", "peak_mem_mb", "mem_ratio_vs_reference", "rss_peak_mb"])
+                         "speedup_vs_compile", "pct_of_floor", "peak_mem_mb", "mem_ratio_vs_reference", "rss_peak_mb"])
     path = H.write_rows(rows, "losses", device, args.out_dir)
     print(f"wrote {path}")
     return 0
