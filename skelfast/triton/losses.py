@@ -149,7 +149,9 @@ FUSED_MAX_D = 256  # one BLOCK_D register tile per program; larger (IKEM's 768) 
 def _fused_ok(pb: "_Problem", topk: int, fused: Optional[bool]) -> bool:
     if fused is False:
         return False
-    ok = pb.P == 0 and pb.B == 0 and topk == 0 and pb.Da <= FUSED_MAX_D
+    # fp64 tl.dot is not available on every GPU: fp64 (tests) takes the semi-fused path there.
+    ok = (pb.P == 0 and pb.B == 0 and topk == 0 and pb.Da <= FUSED_MAX_D
+          and (pb.ct == torch.float32 or pb.device.type != "cuda"))
     if fused and not ok:
         raise ValueError("fused InfoNCE kernel: needs no pairs, no group B, topk=0 and Da <= 256")
     return ok
@@ -179,7 +181,7 @@ def _fused_pass(pb: "_Problem", qa, lpos, queue_a, col_scale, tau, shift1, jac, 
         qa, Q, col_scale if col_scale is not None else qa, shift1, psum, pmax, pU,
         N, Da, K, k_per_split, sQg, Q.stride(1), Q.stride(2), it,
         HAS_SCALE=col_scale is not None, JAC=jac is not None, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, BLOCK_D=BLOCK_D,
-        ACC=_acc(pb.ct), PRECISION=precision)
+        ACC=_acc(pb.ct), PRECISION=precision, num_warps=8 if BLOCK_D >= 128 else 4)
     sum1 = torch.exp(lpos * it - shift1) + psum.sum(0)
     max1 = torch.maximum(lpos, pmax.amax(0))
     if jac is not None:
@@ -204,6 +206,7 @@ class _Problem:
         self.K = queue_a.shape[2]
         self.shared = queue_a.shape[0] == 1 and self.A != 1
         self.ct = qa.dtype
+        self.device = qa.device
         self.chunk = min(chunk or DEFAULT_CHUNK, self.K)
         dev = qa.device
         self.src_base = torch.arange(self.A, dtype=torch.int32, device=dev)
