@@ -19,7 +19,7 @@ the inputs). `rss_peak_mb` is the rise of the process's peak resident set (VmHWM
 the printed table; the CSV keeps the harness measure in peak_mem_mb.
 
 Usage: python -m benchmarks.bench_losses [--quick] [--cases phase1,phase2,distill] [--K 4096,32768]
-       [--providers reference,reference+compile,skelfast] [--device cuda]
+       [--providers reference,reference+compile,skelfast] [--queue-dtype bfloat16] [--device cuda]
 """
 from __future__ import annotations
 
@@ -91,19 +91,26 @@ def gemm_flops(case: str, K: int) -> float:
     raise ValueError(case)
 
 
-def make_inputs(case: str, K: int, device: torch.device, seed: int = 0) -> Dict[str, torch.Tensor]:
+def make_inputs(case: str, K: int, device: torch.device, seed: int = 0,
+                queue_dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:
+    """Unit features and queues. With a bf16/fp16 queue_dtype, skelfast reads the low-precision
+    queues while the references (whose bmm needs one dtype) get the same rounded values in fp32."""
     g = torch.Generator().manual_seed(seed)
 
     def unit(*shape, dim=-1):
         return nrm(torch.randn(*shape, generator=g), dim=dim).to(device)
 
-    x = {"q": unit(G, N, D), "k": unit(G, N, D), "queues": unit(G, D, K, dim=1)}
+    x = {"q": unit(G, N, D), "k": unit(G, N, D), "queues": unit(G, D, K, dim=1).to(queue_dtype)}
     if case == "phase2":
         x["u"] = unit(G, N, G * D)
     if case == "distill":
         x["s"] = unit(S, N, G * D)
-        x["QT"] = unit(G * D, K, dim=0)
+        x["QT"] = unit(G * D, K, dim=0).to(queue_dtype)
     return x
+
+
+def reference_view(x: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    return {name: (t.float() if name in ("queues", "QT") else t) for name, t in x.items()}
 
 
 def loss_fn(case: str, lib):
@@ -119,13 +126,15 @@ def loss_fn(case: str, lib):
 
 def providers(case: str, names: List[str]):
     out = {}
-    ref_fn, grad_names = loss_fn(case, R)
+    ref_fn0, grad_names = loss_fn(case, R)
     sk_fn, _ = loss_fn(case, ops)
+    # fp32 queues: reference_view returns the same tensors (no copy inside the timed call).
+    ref_fn = (lambda x, *a: ref_fn0(x["_ref"], *a))  # noqa: E731
     if "reference" in names:
         out["reference"] = ref_fn
     if "reference+compile" in names:
-        compiled = torch.compile(lambda *a: ref_fn(*a))
-        out["reference+compile"] = compiled
+        compiled_inner = torch.compile(lambda xr, *a: ref_fn0(xr, *a))
+        out["reference+compile"] = lambda x, *a: compiled_inner(x["_ref"], *a)
     if "skelfast" in names:
         out["skelfast"] = sk_fn
     return out, grad_names
@@ -139,13 +148,14 @@ def full_step(fn, x, grad_names):
     return loss.detach(), grads
 
 
-def run(cases, Ks, provider_names, device, quick):
+def run(cases, Ks, provider_names, device, quick, queue_dtype=torch.float32):
     rows = []
     rate = gemm_rate_flops(device)
     print(f"fp32 GEMM rate (768x768x8192): {rate / 1e9:.1f} GFLOP/s", flush=True)
     for case in cases:
         for K in Ks:
-            x = make_inputs(case, K, device)
+            x = make_inputs(case, K, device, queue_dtype=queue_dtype)
+            x["_ref"] = reference_view(x)
             provs, grad_names = providers(case, provider_names)
             want = None
             if "reference" in provs:
@@ -170,7 +180,8 @@ def run(cases, Ks, provider_names, device, quick):
                 row.update(floor_us=round(floor_us, 1), pct_of_floor=100 * floor_us / (stats.p50 * 1e3),
                            throughput=gemm_flops(case, K) / (stats.p50 * 1e-3) / 1e9, throughput_unit="GFLOP/s")
                 row.update(provider=name, mode="full", shape=f"N={N},D={D},K={K},G={G}" + (f",S={S}" if case == "distill" else ""),
-                           dtype="float32", p50_ms=stats.p50, p20_ms=stats.p20, p80_ms=stats.p80,
+                           dtype="float32" if queue_dtype == torch.float32 else f"float32,queue={str(queue_dtype)[6:]}",
+                           p50_ms=stats.p50, p20_ms=stats.p20, p80_ms=stats.p80,
                            peak_mem_mb=round(peak, 2), rss_peak_mb=round(rss, 2))
                 if "reference" in results:
                     row["speedup_vs_reference"] = results["reference"][0].p50 / stats.p50
@@ -190,6 +201,8 @@ def main(argv=None):
     parser.add_argument("--cases", default="phase1,phase2,distill")
     parser.add_argument("--K", default=None, help="comma-separated queue sizes (default 4096,32768,65536)")
     parser.add_argument("--providers", default="reference,reference+compile,skelfast")
+    parser.add_argument("--queue-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="dtype of the queues read by skelfast (references get the same values in fp32)")
     parser.add_argument("--out-dir", default=None, help="CSV folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -197,7 +210,8 @@ def main(argv=None):
     Ks = [int(k) for k in args.K.split(",")] if args.K else ([4096] if args.quick else [4096, 32768, 65536])
     print(f"skelfast {skelfast.__version__}, torch {torch.__version__}, {H.device_name(device)}, "
           f"threads {torch.get_num_threads()}, backends {ops.available_backends()}")
-    rows = run(args.cases.split(","), Ks, args.providers.split(","), device, args.quick)
+    rows = run(args.cases.split(","), Ks, args.providers.split(","), device, args.quick,
+               getattr(torch, args.queue_dtype))
     H.print_table(rows, ["op", "provider", "shape", "p50_ms", "p20_ms", "p80_ms", "speedup_vs_reference",
                          "speedup_vs_compile", "pct_of_floor", "peak_mem_mb", "mem_ratio_vs_reference", "rss_peak_mb"])
     path = H.write_rows(rows, "losses", device, args.out_dir)
