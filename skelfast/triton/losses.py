@@ -207,7 +207,10 @@ class _Problem:
         self.shared = queue_a.shape[0] == 1 and self.A != 1
         self.ct = qa.dtype
         self.device = qa.device
-        self.chunk = min(chunk or DEFAULT_CHUNK, self.K)
+        if chunk is None:  # keep the per-chunk buffers ((M + A) x N x chunk) near 64 MiB for large N
+            per_col = (self.M + self.A) * self.N * qa.element_size()
+            chunk = max(512, min(DEFAULT_CHUNK, (64 << 20) // max(1, per_col)))
+        self.chunk = min(chunk, self.K)
         dev = qa.device
         self.src_base = torch.arange(self.A, dtype=torch.int32, device=dev)
         self.pa = torch.tensor(list(pair_a), dtype=torch.int32, device=dev)
