@@ -375,3 +375,23 @@ def test_deterministic_and_non_contiguous_inputs():
     s = nrm(torch.randn(2, 8, 48), dim=-1)
     torch.testing.assert_close(ops.relational_distill_loss(q_nc, s, Q_nc, QT.t().contiguous().t()),
                                ops.relational_distill_loss(x["q"], s, x["queues"], QT))
+
+
+def test_torch_backend_falls_back_to_reference():
+    """SKELFAST_BACKEND=torch (or no compiled kernel): the public losses run the eager reference."""
+    x = make(G=3, S=2)
+    ops.set_backend("torch")
+    try:
+        got = [ops.phase2_loss(x["q"], x["u"], x["k"], x["queues"]), ops.info_nce(x["q"], x["k"], x["queues"]),
+               ops.relational_distill_loss(x["q"], x["s"], x["queues"], x["QT"])]
+        lse1, lse2, idx, _ = L.contrastive_lse(*op_args())
+    finally:
+        ops.set_backend("auto")
+    want = [R.phase2_loss(x["q"], x["u"], x["k"], x["queues"]), R.info_nce(x["q"], x["k"], x["queues"]),
+            R.relational_distill_loss(x["q"], x["s"], x["queues"], x["QT"])]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **TOL[torch.float64])
+    ref = torch.ops.skelfast.contrastive_lse(*op_args())
+    torch.testing.assert_close(lse1, ref[0], **TOL[torch.float64])
+    torch.testing.assert_close(lse2, ref[1], **TOL[torch.float64])
+    assert torch.equal(idx, ref[2])
