@@ -132,21 +132,27 @@ SKELFAST_CLONES double row_sum_exp_prod(const float* a, const float* b, int64_t 
   return total;
 }
 
-// s_j <- exp(s_j * it - shift) * sc_j (sc may be null); returns the sum of the exps.
-SKELFAST_CLONES double row_exp_store(float* s, int64_t n, float it, float shift, const float* sc) {
-  vf acc = splat(0.f);
+// s_j <- exp(s_j * it - shift) * sc_j (sc may be null); returns the sum of the exps and updates
+// *mx = max(*mx, max_j s_j) in the same pass.
+SKELFAST_CLONES double row_exp_store(float* s, int64_t n, float it, float shift, const float* sc, float* mx) {
+  vf acc = splat(0.f), m = splat(-std::numeric_limits<float>::infinity());
   int64_t j = 0;
   for (; j + kW <= n; j += kW) {
-    const vf e = vexp(loadu(s + j) * it - shift);
+    const vf v = loadu(s + j);
+    m = vmax(m, v);
+    const vf e = vexp(v * it - shift);
     acc += e;
     storeu(s + j, sc ? e * loadu(sc + j) : e);
   }
   double total = hsum(acc);
+  float mm = hmax(m);
   for (; j < n; ++j) {
+    mm = std::max(mm, s[j]);
     const float e = losses::fast_expf(s[j] * it - shift);
     total += e;
     s[j] = sc ? e * sc[j] : e;
   }
+  *mx = std::max(*mx, mm);
   return total;
 }
 
@@ -202,9 +208,10 @@ double row_sum_exp_prod(const double* a, const double* b, int64_t n, double it, 
   *mx = mm;
   return total;
 }
-double row_exp_store(double* s, int64_t n, double it, double shift, const double* sc) {
+double row_exp_store(double* s, int64_t n, double it, double shift, const double* sc, double* mx) {
   double total = 0.0;
   for (int64_t j = 0; j < n; ++j) {
+    *mx = std::max(*mx, s[j]);
     const double e = std::exp(s[j] * it - shift);
     total += e;
     s[j] = sc ? e * sc[j] : e;
@@ -440,11 +447,14 @@ void forward_pass(const Problem& p, const Tensor& qa, const T* lpos, Tensor queu
           if (st.jac) {
             // Gradient in the forward (performance.md §6 (5)): the exp weights replace the
             // similarities in place, then one GEMM per chunk accumulates sum_j e_j scale_j Q_j.
-            const T cmax = row_max(s, cs);
-            st.max1[r] = std::max(st.max1[r], cmax);
-            if (mine && cmax > st.topv[r * topk + topk - 1])
-              topk_update(s, cs, c0, topk, st.topv.data() + r * topk, st.topi.data() + r * topk);
-            st.sum1[r] += row_exp_store(s, cs, it, static_cast<T>(st.shift1[r]), scale ? scale + c0 : nullptr);
+            // Mining reads the similarities before they are overwritten (extra pass only then).
+            if (mine) {
+              const T cmax = row_max(s, cs);
+              if (cmax > st.topv[r * topk + topk - 1])
+                topk_update(s, cs, c0, topk, st.topv.data() + r * topk, st.topi.data() + r * topk);
+            }
+            st.sum1[r] += row_exp_store(s, cs, it, static_cast<T>(st.shift1[r]), scale ? scale + c0 : nullptr,
+                                        &st.max1[r]);
             continue;
           }
           T cmax = -std::numeric_limits<T>::infinity();
