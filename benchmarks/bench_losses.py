@@ -1,0 +1,223 @@
+"""Benchmark B2-B4: fused contrastive losses, forward + backward (method.md §5.3, §5.4, §6.1, §9.4).
+
+Cases (N=128, D=128, tau=0.07, top-1, unit-normalised random features and queues):
+- phase1:  6 queue InfoNCE terms (skelfast.ops.info_nce vs reference.info_nce), grads to q;
+- phase2:  30 context pairs + 6 IKEM terms (phase2_loss), grads to q and u (768-d);
+- distill: 18 teacher-student pairs (relational_distill_loss, 6 teachers, 3 students), grads to s.
+Providers: `reference` (eager), `reference+compile` (torch.compile of the same reference function),
+`skelfast` (streaming op: C++ on CPU; Triton on GPU when selected). Every provider's loss and
+gradients are checked against the eager reference before timing.
+
+Floor: `floor_us` is the GEMM floor (forward similarities + query-gradient GEMMs at the fp32 GEMM
+rate measured in the same run); `pct_of_floor` = floor / median time. On CPU these losses are
+GEMM-bound, so this is the relevant roofline; on GPU see performance.md §3(b), §6 for the
+memory/exp floors.
+
+Peak memory: `peak_mem_mb` is the shared harness measure (torch profiler allocation events, above
+the inputs). `rss_peak_mb` is the rise of the process's peak resident set (VmHWM, reset through
+/proc/self/clear_refs) during one call: it sees every byte, including C++ workspaces. Both are in
+the printed table; the CSV keeps the harness measure in peak_mem_mb.
+
+Usage: python -m benchmarks.bench_losses [--quick] [--cases phase1,phase2,distill] [--K 4096,32768]
+       [--providers reference,reference+compile,skelfast] [--queue-dtype bfloat16] [--device cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import re
+import sys
+from typing import Callable, Dict, List
+
+import torch
+
+import skelfast
+from skelfast import ops
+from skelfast.reference import losses as R
+from skelfast.reference.modalities import nrm
+
+from . import _harness as H
+
+N, D, G, S, TAU = 128, 128, 6, 3, 0.07
+
+
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as fh:
+        return int(re.search(key + r":\s+(\d+)", fh.read()).group(1)) / 1024.0
+
+
+def _mmap_large_allocations() -> None:
+    """glibc keeps freed blocks below its (dynamic) mmap threshold in the heap, so a later peak can
+    reuse them without raising the RSS. A fixed 128 KiB threshold makes every large tensor its own
+    mmap, returned on free: the RSS high-water mark then tracks the live-memory peak."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def rss_peak_mb(fn: Callable[[], object]) -> float:
+    """Rise of the peak resident set during fn() (Linux; NaN elsewhere)."""
+    try:
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset VmHWM to the current RSS
+        base = _status_mb("VmRSS")
+        fn()
+        return _status_mb("VmHWM") - base
+    except (OSError, AttributeError):
+        return float("nan")
+
+
+def gemm_rate_flops(device: torch.device) -> float:
+    """fp32 GEMM rate of this machine, this run (the binding unit of these losses on CPU)."""
+    a = torch.randn(768, 768, device=device)
+    b = torch.randn(768, 8192, device=device)
+    stats = H.measure(lambda: a @ b, device, warmup=2, min_reps=5, min_time_s=0.3)
+    return 2 * 768 * 768 * 8192 / (stats.p50 * 1e-3)
+
+
+def gemm_flops(case: str, K: int) -> float:
+    """FLOPs of the GEMMs any implementation needs for forward + query gradient (similarities
+    once, their transpose product once): the compute floor of a case."""
+    if case == "phase1":
+        return 2 * (2 * G * N * D * K)
+    if case == "phase2":
+        return 2 * (2 * G * N * D * K + 2 * G * N * G * D * K)
+    if case == "distill":
+        return 2 * G * N * D * K + 2 * (2 * S * N * G * D * K)
+    raise ValueError(case)
+
+
+def make_inputs(case: str, K: int, device: torch.device, seed: int = 0,
+                queue_dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:
+    """Unit features and queues. With a bf16/fp16 queue_dtype, skelfast reads the low-precision
+    queues while the references (whose bmm needs one dtype) get the same rounded values in fp32."""
+    g = torch.Generator().manual_seed(seed)
+
+    def unit(*shape, dim=-1):
+        return nrm(torch.randn(*shape, generator=g), dim=dim).to(device)
+
+    x = {"q": unit(G, N, D), "k": unit(G, N, D), "queues": unit(G, D, K, dim=1).to(queue_dtype)}
+    if case == "phase2":
+        x["u"] = unit(G, N, G * D)
+    if case == "distill":
+        x["s"] = unit(S, N, G * D)
+        x["QT"] = unit(G * D, K, dim=0).to(queue_dtype)
+    return x
+
+
+def reference_view(x: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    return {name: (t.float() if name in ("queues", "QT") else t) for name, t in x.items()}
+
+
+def loss_fn(case: str, lib):
+    """(function of the differentiable inputs, names of those inputs) for one case and library."""
+    if case == "phase1":
+        return (lambda x, q: lib.info_nce(q, x["k"], x["queues"], TAU).sum()), ["q"]
+    if case == "phase2":
+        return (lambda x, q, u: lib.phase2_loss(q, u, x["k"], x["queues"], TAU, 1)), ["q", "u"]
+    if case == "distill":
+        return (lambda x, s: lib.relational_distill_loss(x["q"], s, x["queues"], x["QT"], TAU, 1).sum()), ["s"]
+    raise ValueError(case)
+
+
+def providers(case: str, names: List[str]):
+    out = {}
+    ref_fn0, grad_names = loss_fn(case, R)
+    sk_fn, _ = loss_fn(case, ops)
+    # fp32 queues: reference_view returns the same tensors (no copy inside the timed call).
+    ref_fn = (lambda x, *a: ref_fn0(x["_ref"], *a))  # noqa: E731
+    if "reference" in names:
+        out["reference"] = ref_fn
+    if "reference+compile" in names:
+        compiled_inner = torch.compile(lambda xr, *a: ref_fn0(xr, *a))
+        out["reference+compile"] = lambda x, *a: compiled_inner(x["_ref"], *a)
+    if "skelfast" in names:
+        out["skelfast"] = sk_fn
+    return out, grad_names
+
+
+def full_step(fn, x, grad_names):
+    """One forward + backward; returns (loss, grads)."""
+    leaves = [x[n].detach().requires_grad_(True) for n in grad_names]
+    loss = fn(x, *leaves)
+    grads = torch.autograd.grad(loss, leaves)
+    return loss.detach(), grads
+
+
+def run(cases, Ks, provider_names, device, quick, queue_dtype=torch.float32):
+    rows = []
+    rate = gemm_rate_flops(device)
+    print(f"fp32 GEMM rate (768x768x8192): {rate / 1e9:.1f} GFLOP/s", flush=True)
+    for case in cases:
+        for K in Ks:
+            x = make_inputs(case, K, device, queue_dtype=queue_dtype)
+            x["_ref"] = reference_view(x)
+            provs, grad_names = providers(case, provider_names)
+            want = None
+            if "reference" in provs:
+                want = full_step(provs["reference"], x, grad_names)
+            results = {}
+            for name, fn in provs.items():
+                step = lambda: full_step(fn, x, grad_names)  # noqa: E731
+                got = step()  # warm-up (and compilation)
+                if want is not None:
+                    H.check_close(name, [got[0]] + list(got[1]), [want[0]] + list(want[1]), atol=1e-4, rtol=1e-4)
+                heavy = name != "skelfast" and K >= 16384
+                stats = H.measure(step, device, warmup=0 if heavy else 1, min_reps=2 if heavy or quick else 5,
+                                  min_time_s=0.0 if heavy else (0.2 if quick else 1.0))
+                peak = H.peak_memory_mb(step, device)
+                rss = rss_peak_mb(step) if device.type == "cpu" else float("nan")
+                results[name] = (stats, peak, rss)
+                print(f"  {case} K={K} {name}: {stats.p50:.1f} ms, peak {peak:.1f} MiB (harness), "
+                      f"{rss:.1f} MiB (rss)", flush=True)
+            floor_us = gemm_flops(case, K) / rate * 1e6
+            for name, (stats, peak, rss) in results.items():
+                row = H.base_row(f"losses_{case}", device)
+                row.update(floor_us=round(floor_us, 1), pct_of_floor=100 * floor_us / (stats.p50 * 1e3),
+                           throughput=gemm_flops(case, K) / (stats.p50 * 1e-3) / 1e9, throughput_unit="GFLOP/s")
+                row.update(provider=name, mode="full", shape=f"N={N},D={D},K={K},G={G}" + (f",S={S}" if case == "distill" else ""),
+                           dtype="float32" if queue_dtype == torch.float32 else f"float32,queue={str(queue_dtype)[6:]}",
+                           p50_ms=stats.p50, p20_ms=stats.p20, p80_ms=stats.p80,
+                           peak_mem_mb=round(peak, 2), rss_peak_mb=round(rss, 2))
+                if "reference" in results:
+                    row["speedup_vs_reference"] = results["reference"][0].p50 / stats.p50
+                    row["mem_ratio_vs_reference"] = results["reference"][1] / max(peak, 1e-9)
+                if "reference+compile" in results:
+                    row["speedup_vs_compile"] = results["reference+compile"][0].p50 / stats.p50
+                rows.append(row)
+            del x
+            gc.collect()
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="K=4096 only, short timing (smoke test)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--cases", default="phase1,phase2,distill")
+    parser.add_argument("--K", default=None, help="comma-separated queue sizes (default 4096,32768,65536)")
+    parser.add_argument("--providers", default="reference,reference+compile,skelfast")
+    parser.add_argument("--queue-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="dtype of the queues read by skelfast (references get the same values in fp32)")
+    parser.add_argument("--out-dir", default=None, help="CSV folder (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    _mmap_large_allocations()
+    Ks = [int(k) for k in args.K.split(",")] if args.K else ([4096] if args.quick else [4096, 32768, 65536])
+    print(f"skelfast {skelfast.__version__}, torch {torch.__version__}, {H.device_name(device)}, "
+          f"threads {torch.get_num_threads()}, backends {ops.available_backends()}")
+    rows = run(args.cases.split(","), Ks, args.providers.split(","), device, args.quick,
+               getattr(torch, args.queue_dtype))
+    H.print_table(rows, ["op", "provider", "shape", "p50_ms", "p20_ms", "p80_ms", "speedup_vs_reference",
+                         "speedup_vs_compile", "pct_of_floor", "peak_mem_mb", "mem_ratio_vs_reference", "rss_peak_mb"])
+    path = H.write_rows(rows, "losses", device, args.out_dir)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
