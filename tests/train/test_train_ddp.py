@@ -89,3 +89,22 @@ def test_ddp_matches_single_process_same_global_batch(tiny, tmp_path):
             torch.testing.assert_close(r0["params"][k], v, atol=1e-4, rtol=1e-3, msg=k)
             changed += 1
     assert changed > 0
+
+
+def test_torchrun_cli(tiny, tmp_path):
+    """`torchrun --nproc_per_node 2 -m skelfast.train pretrain`: one shared run folder, rank-0 files."""
+    import subprocess
+    import sys
+    sets = _sets(tiny, "trun", 8)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "skelfast.train", "pretrain"] + sum([["--set", s] for s in sets], [])
+    env = dict(os.environ, OMP_NUM_THREADS="1", SKELFAST_QUIET_IMPORT="1",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = [s.split("=", 1)[1] for s in sets if s.startswith("run.out_dir=")][0]
+    assert sorted(os.listdir(run)) == ["trun"]
+    from skelfast.train.checkpoint import load_checkpoint
+    ck = load_checkpoint(os.path.join(run, "trun"))
+    assert ck["epoch"] == 2 and ck["model"]["queues._extra_state"]["ptr"] == 16
+    assert proc.stdout.count("pretrain ikem6:") == 1          # rank 0 logs, once
