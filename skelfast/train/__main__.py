@@ -38,9 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m skelfast.train", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command")
-    p = sub.add_parser("pretrain", help="MoCo pretraining, phases 1 and 2 (method.md §5)")
+    p = sub.add_parser("pretrain", help="MoCo pretraining, phases 1 and 2 (method.md §5)",
+                       epilog="Multi-GPU / multi-node: torchrun --nproc_per_node=P -m skelfast.train pretrain ... "
+                              "data.batch_size is the global batch; keys of all ranks are all-gathered before "
+                              "the enqueue, so every rank keeps identical queues; BN is per rank unless "
+                              "--set distributed.sync_bn=true (GPU). Rank 0 logs and writes checkpoints.")
     _common(p, "ikem6")
-    p.add_argument("--resume", default=None, help="checkpoint or run folder to continue")
+    p.add_argument("--resume", default=None, help="checkpoint or run folder to continue (with its saved config; "
+                                                  "bit-for-bit on CPU)")
     p = sub.add_parser("distill", help="relational 6->3 / 3->1 distillation (method.md §6)")
     _common(p, "student6to3")
     p.add_argument("--teacher", default=None, help="pretrain checkpoint (file or run folder) of the teacher")

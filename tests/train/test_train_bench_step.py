@@ -1,0 +1,12 @@
+"""benchmarks/bench_step.py runs (quick sizes) and reports a step time and a projection per provider."""
+import pytest
+
+bench = pytest.importorskip("benchmarks.bench_step")
+
+
+def test_bench_step_quick(capsys):
+    assert bench.main(["--quick", "--cases", "phase2", "--providers", "reference,skelfast", "--no-write",
+                       "--no-memory", "--reps", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "phase2" in out and "reference" in out and "skelfast" in out
+    assert "samples/s" in out and " h" in out
