@@ -84,11 +84,13 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
 
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = [e for e in prof.events() if getattr(e, "cpu_memory_usage", 0)]
+    # Each allocation/free is attributed to the op that made it (self memory; an op's total would
+    # count its children again); integrate them in time order for the peak above the start.
+    events = [e for e in prof.events() if getattr(e, "self_cpu_memory_usage", 0)]
     events.sort(key=lambda e: e.time_range.start)
     current = peak = 0
     for e in events:
-        current += e.cpu_memory_usage
+        current += e.self_cpu_memory_usage
         peak = max(peak, current)
     return peak / 2**20
 

@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-bf16", action="store_true", help="also time bf16 autocast on CPU")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory run (one extra step per row)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--out-dir", default=None, help="CSV folder (default benchmarks/results)")
     a = ap.parse_args(argv)
     device = torch.device(a.device)
     if a.threads:
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
             print(f"projected official IKEM pretraining (150 + 150 epochs x {STEPS_PER_EPOCH} steps), {prov}: "
                   f"{sum(r['projected_h'] for r in p):.2f} h")
     if not a.no_write:
-        print("results:", H.write_rows(rows, "bench_step", device))
+        print("results:", H.write_rows(rows, "bench_step", device, a.out_dir))
     return 0
 
 

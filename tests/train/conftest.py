@@ -10,6 +10,8 @@ import torch
 
 from skelfast.data import synthetic
 
+from train_fixtures import tiny_sets
+
 torch.set_num_threads(1)
 
 
@@ -20,17 +22,6 @@ def synth_cache(tmp_path_factory):
     synthetic.ensure_prepared(os.path.join(str(root), "synthetic"), num_classes=4, samples_per_class=10, seed=0,
                               benchmark="xsub")
     return str(root)
-
-
-def tiny_sets(synth_cache, out_dir, **extra):
-    """--set items for a seconds-long run: 4-channel encoders, 16-d features, queue 32, batch 8."""
-    s = {"data.synthetic.num_classes": 4, "data.synthetic.samples_per_class": 10,
-         "data.synthetic.cache_dir": synth_cache, "data.batch_size": 8, "data.eval_batch_size": 64,
-         "model.hidden_channels": 4, "model.hidden_dim": 16, "model.feature_dim": 16, "model.queue_size": 32,
-         "model.dropout": 0.0, "run.out_dir": str(out_dir), "run.num_threads": 1, "run.progress": False,
-         "run.tensorboard": True, "run.plots": True}
-    s.update(extra)
-    return [f"{k}={v}" for k, v in s.items()]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from skelfast.train.pretrain import run_pretrain
 
 @pytest.fixture(scope="module")
 def pretrained(synth_cache, tmp_path_factory):
-    from conftest import tiny_sets
+    from train_fixtures import tiny_sets
     out = tmp_path_factory.mktemp("api")
     cfg = load_config("ikem6", tiny_sets(synth_cache, out, **{"optim.epochs": 1, "run.name": "pre",
                                                                "run.max_steps_per_epoch": 1}))

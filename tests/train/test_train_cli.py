@@ -13,7 +13,7 @@ from skelfast.train.checkpoint import load_checkpoint
 @pytest.fixture(scope="module")
 def chain(synth_cache, tmp_path_factory):
     """pretrain (1 epoch phase 1 + 1 epoch phase 2) -> distill, shared by the evaluation smoke tests."""
-    from conftest import tiny_sets
+    from train_fixtures import tiny_sets
     out = tmp_path_factory.mktemp("chain")
     base = tiny_sets(synth_cache, out / "runs")
     rc = main(["pretrain", "--config", "ikem6", "--name", "pre", "--epochs", "2",
