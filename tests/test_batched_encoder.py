@@ -9,6 +9,15 @@ from skelfast.reference.stgcn import STGCN
 pytestmark = pytest.mark.skipif(not (has_cpu_kernels() and hasattr(torch.ops.skelfast, "graph_conv")),
                                 reason="skelfast._C not built")
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add barrier spinning on a shared 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 TINY = dict(hidden_channels=4, hidden_dim=16, feature_dim=8)
 
 

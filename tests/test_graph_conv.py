@@ -18,6 +18,15 @@ pytestmark = pytest.mark.skipif(not (has_cpu_kernels() and hasattr(torch.ops.ske
                                 reason="skelfast._C not built")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add barrier spinning on a shared 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def make_args(B=2, G=1, Cin=5, Cout=7, T=6, topology="ntu25", dtype=torch.float64, device="cpu", seed=0,
               shared_importance=False):
     """Random inputs; E is perturbed from 1 so that its gradient and the per-group masks matter."""
