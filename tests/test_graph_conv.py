@@ -1,5 +1,6 @@
 """skelfast.ops.graph_conv (grouped ST-GCN spatial unit) vs the reference unit (method.md §4.1-§4.2)."""
 import os
+import sys
 
 import pytest
 import torch
@@ -221,3 +222,52 @@ def test_cuda_matches_cpu():
     x, w, b, A, E = [t.float() for t in make_args(B=4, G=3, Cin=16, Cout=32, T=13)]
     got = ops.graph_conv(*(t.cuda() for t in (x, w, b, A, E)), 3).cpu()
     torch.testing.assert_close(got, ops.graph_conv(x, w, b, A, E, 3), atol=1e-4, rtol=1e-4)
+
+
+def _import_triton_graph_conv():
+    if not torch.cuda.is_available() and "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("triton was imported before TRITON_INTERPRET=1 was set; run the triton tests on their own")
+    if not torch.cuda.is_available():
+        # must precede the first `import triton` (triton.language's own @jit helpers) and the
+        # decoration of skelfast's kernels
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    pytest.importorskip("triton")
+    import skelfast.triton.graph_conv as tgc
+    return tgc
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("G", [1, 2])
+def test_triton_forward_backward_matches_reference(dtype, G):
+    tgc = _import_triton_graph_conv()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, w, b, A, E = make_args(B=2, G=G, Cin=3, Cout=4, T=3, topology="coco17", dtype=dtype, device=device)
+    grad_out = torch.randn(2, G * 4, 3, 17, dtype=dtype, device=device)
+    want_out, want = grads(lambda x, w, b, E: reference_grouped(x, w, b, A, E, G), [x, w, b, E], grad_out)
+    tol = dict(atol=1e-11, rtol=1e-11) if dtype == torch.float64 else dict(atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(tgc.graph_conv_forward(x, w, b, A, E, G), want_out, **tol)
+    got = tgc.graph_conv_backward(grad_out, x, w, b, A, E, G)
+    for name, g1, g2 in zip(("x", "weight", "bias", "importance"), got, want):
+        torch.testing.assert_close(g1, g2, **tol, msg=lambda m: f"grad {name}: {m}")
+
+
+@pytest.mark.triton
+def test_triton_attached_to_op_autograd():
+    """The Triton kernels behind torch.ops.skelfast.graph_conv (attached to the CPU key under the
+    interpreter, as the CUDA key on GPUs): autograd through the op matches the reference."""
+    _import_triton_graph_conv()
+    from skelfast.ops import _backend
+    if torch.cuda.is_available():
+        pytest.skip("covered by the CUDA-key attachment on GPU machines")
+    x, w, b, A, E = make_args(B=1, G=2, Cin=2, Cout=3, T=2, topology="coco17", dtype=torch.float32)
+    grad_out = torch.randn(1, 6, 2, 17)
+    want_out, want = grads(lambda x, w, b, E: reference_grouped(x, w, b, A, E, 2), [x, w, b, E], grad_out)
+    _backend.attach_triton("CPU")
+    try:
+        out, got = grads(lambda x, w, b, E: ops.graph_conv(x, w, b, A, E, 2), [x, w, b, E], grad_out)
+    finally:
+        _backend.detach_triton()
+    torch.testing.assert_close(out, want_out, atol=2e-5, rtol=1e-5)
+    for g1, g2 in zip(got, want):
+        torch.testing.assert_close(g1, g2, atol=2e-5, rtol=1e-5)
