@@ -91,12 +91,22 @@ def _fake_checks(x, weight, bias, A, importance, groups):
         torch._check(bias.dim() == 1 and bias.shape[0] == weight.shape[0], lambda: "bias must be (G*K*Cout,)")
 
 
+def _is_channels_last(t: torch.Tensor) -> bool:
+    """The layout rule of the kernels: channels-last strides and not also standard-contiguous."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _empty_like_layout(x: torch.Tensor, shape) -> torch.Tensor:
+    fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+    return x.new_empty(shape).contiguous(memory_format=fmt) if fmt is torch.channels_last else x.new_empty(shape)
+
+
 def _register() -> None:
     @torch.library.register_fake("skelfast::graph_conv")
     def _graph_conv_fake(x, weight, bias, A, importance, groups):
         _fake_checks(x, weight, bias, A, importance, groups)
         cout = weight.shape[0] // (groups * A.shape[0])
-        return x.new_empty((x.shape[0], groups * cout, x.shape[2], x.shape[3]))
+        return _empty_like_layout(x, (x.shape[0], groups * cout, x.shape[2], x.shape[3]))
 
     @torch.library.register_fake("skelfast::graph_conv_backward")
     def _graph_conv_backward_fake(grad_out, x, weight, bias, A, importance, groups):
@@ -106,7 +116,7 @@ def _register() -> None:
             de = importance.new_empty(importance.shape)
         else:
             de = A.new_empty((groups, K, V, V), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
-        return (x.new_empty(x.shape), x.new_empty(weight.shape), x.new_empty((weight.shape[0],)), de)
+        return (_empty_like_layout(x, x.shape), x.new_empty(weight.shape), x.new_empty((weight.shape[0],)), de)
 
     def _setup_context(ctx, inputs, output):
         x, weight, bias, A, importance, groups = inputs
@@ -116,7 +126,9 @@ def _register() -> None:
 
     def _backward(ctx, grad_out):
         x, weight, bias, A, importance = ctx.saved_tensors
-        gx, gw, gb, ge = torch.ops.skelfast.graph_conv_backward(grad_out.contiguous(), x, weight, bias, A,
+        # grad_out in x's layout (channels-last or contiguous), as the kernels expect
+        fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+        gx, gw, gb, ge = torch.ops.skelfast.graph_conv_backward(grad_out.contiguous(memory_format=fmt), x, weight, bias, A,
                                                                 importance, ctx.groups)
         need = ctx.needs_input_grad
         return (gx if need[0] else None, gw if need[1] else None, gb if (need[2] and ctx.has_bias) else None,
