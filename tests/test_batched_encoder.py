@@ -110,9 +110,10 @@ def test_list_input_fp32_strided_odd_T():
         torch.testing.assert_close(pool[g], rp, atol=2e-5, rtol=1e-4)
 
 
-def test_unfused_path_and_no_edge_importance():
+@pytest.mark.parametrize("fused,memory_format", [(False, "auto"), (True, "contiguous"), (False, "channels_last")])
+def test_unfused_layouts_and_no_edge_importance(fused, memory_format):
     refs = make_refs(2, edge_importance=False)
-    batched = BatchedSTGCN.from_reference(refs, fused=False)
+    batched = BatchedSTGCN.from_reference(refs, fused=fused, memory_format=memory_format)
     x = make_x(2, T=5)
     got, want, grads, ref_grads = run_both(refs, batched, x)
     torch.testing.assert_close(got[0], want[0], atol=1e-10, rtol=1e-10)

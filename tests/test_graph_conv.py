@@ -4,6 +4,11 @@ import sys
 
 import pytest
 import torch
+
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    # The Triton tests below run under the interpreter on CPU; the variable must be set before the
+    # first `import triton` in the session (torch.compile's Inductor imports it too).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 import torch.nn.functional as F
 from torch.library import opcheck
 
@@ -271,3 +276,34 @@ def test_triton_attached_to_op_autograd():
     torch.testing.assert_close(out, want_out, atol=2e-5, rtol=1e-5)
     for g1, g2 in zip(got, want):
         torch.testing.assert_close(g1, g2, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("G", [1, 3])
+def test_channels_last_layout(dtype, G):
+    """Channels-last x takes the channels-last kernels: output and dx keep that layout and every
+    result matches the reference."""
+    x, w, b, A, E = make_args(B=3, G=G, Cin=5, Cout=6, T=4, dtype=dtype)
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(3, G * 6, 4, 25, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    out, got = grads(lambda x, w, b, E: ops.graph_conv(x, w, b, A, E, G), [xcl, w, b, E], grad_out)
+    want_out, want = grads(lambda x, w, b, E: reference_grouped(x, w, b, A, E, G), [x, w, b, E], grad_out)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    tol = dict(atol=1e-11, rtol=1e-11) if dtype == torch.float64 else dict(atol=3e-5, rtol=1e-5)
+    torch.testing.assert_close(out, want_out, **tol)
+    for g1, g2 in zip(got, want):
+        torch.testing.assert_close(g1, g2, **tol)
+    # a contiguous grad_out for a channels-last x is converted, not misread
+    out2, got2 = grads(lambda x, w, b, E: ops.graph_conv(x, w, b, A, E, G), [xcl, w, b, E], grad_out.contiguous())
+    torch.testing.assert_close(got2[0], want[0], **tol)
+
+
+def test_opcheck_channels_last():
+    x, w, b, A, E = make_args(B=2, G=2, Cin=3, Cout=4, T=3)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    args = (x, w.requires_grad_(True), b.requires_grad_(True), A, E.requires_grad_(True), 2)
+    opcheck(torch.ops.skelfast.graph_conv.default, args)
+    grad_out = torch.randn(2, 8, 3, 25, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    opcheck(torch.ops.skelfast.graph_conv_backward.default,
+            (grad_out,) + tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args))

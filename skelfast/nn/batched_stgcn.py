@@ -143,15 +143,20 @@ class BatchedSTGCN(nn.Module):
 
     Args mirror skelfast.reference.STGCN, plus num_models = G. `topology` may also be a (K, V, V)
     adjacency tensor. `fused=False` runs the spatial unit as grouped conv + einsum (plain PyTorch)
-    instead of the skelfast.ops.graph_conv op.
+    instead of the skelfast.ops.graph_conv op. `memory_format`: 'auto' runs the blocks channels-last
+    on CPU (oneDNN's grouped convolutions are 2-4x faster there than NCHW, and graph_conv has a
+    channels-last kernel) and contiguous NCHW elsewhere; 'channels_last' / 'contiguous' force one.
     """
 
     def __init__(self, num_models: int = 6, in_channels: int = 3, hidden_channels: int = 16, hidden_dim: int = 256,
                  head: Optional[str] = "mlp", feature_dim: int = 128, num_class: Optional[int] = None,
                  dropout: float = 0.5, topology: Union[str, Topology, torch.Tensor] = "ntu25",
                  edge_importance: bool = True, head_hidden: Optional[int] = None, init: Optional[str] = "official",
-                 fused: bool = True):
+                 fused: bool = True, memory_format: str = "auto"):
         super().__init__()
+        if memory_format not in ("auto", "channels_last", "contiguous"):
+            raise ValueError(f"memory_format must be 'auto', 'channels_last' or 'contiguous', got {memory_format!r}")
+        self.memory_format = memory_format
         G = self.num_models = num_models
         self.config = dict(in_channels=in_channels, hidden_channels=hidden_channels, hidden_dim=hidden_dim, head=head,
                            feature_dim=feature_dim, num_class=num_class, dropout=dropout, topology=topology,
@@ -192,6 +197,8 @@ class BatchedSTGCN(nn.Module):
         x = x.permute(1, 5, 0, 4, 2, 3).reshape(N * M, G * V * C, T)
         x = self.data_bn(x)
         x = x.view(N * M, G, V, C, T).permute(0, 1, 3, 4, 2).reshape(N * M, G * C, T, V)
+        if self.memory_format == "channels_last" or (self.memory_format == "auto" and x.device.type == "cpu"):
+            x = x.contiguous(memory_format=torch.channels_last)
         for i, block in enumerate(self.st_gcn_networks):
             importance = None if self.edge_importance is None else self.edge_importance[i]
             x = block(x, self.A, importance, self.fused)
@@ -259,7 +266,7 @@ class BatchedSTGCN(nn.Module):
         return self.load_state_dict(merged, strict=strict)
 
     @classmethod
-    def from_reference(cls, models: Sequence[STGCN], fused: bool = True) -> "BatchedSTGCN":
+    def from_reference(cls, models: Sequence[STGCN], fused: bool = True, memory_format: str = "auto") -> "BatchedSTGCN":
         """A batched encoder holding copies of the weights (and BN buffers) of G reference STGCNs."""
         m0 = models[0]
         blocks = m0.st_gcn_networks
@@ -274,7 +281,8 @@ class BatchedSTGCN(nn.Module):
         batched = cls(num_models=len(models), in_channels=m0.in_channels,
                       hidden_channels=blocks[0].tcn[2].out_channels, hidden_dim=m0.hidden_dim, head=head,
                       feature_dim=feature_dim, num_class=num_class, dropout=dropout, topology=m0.A,
-                      edge_importance=m0.edge_importance is not None, head_hidden=head_hidden, init=None, fused=fused)
+                      edge_importance=m0.edge_importance is not None, head_hidden=head_hidden, init=None, fused=fused,
+                      memory_format=memory_format)
         batched = batched.to(device=m0.A.device, dtype=next(m0.parameters()).dtype)
         batched.load_per_model_state_dicts([m.state_dict() for m in models])
         batched.train(m0.training)
