@@ -4,6 +4,7 @@ Providers (each checked against `reference` before it is timed):
   reference          G sequential skelfast.reference.STGCN encoders, eager fp32
   reference+compile  the same G-encoder loop under torch.compile (one graph)
   skelfast           skelfast.nn.BatchedSTGCN, fp32 (grouped convs + skelfast.ops.graph_conv)
+  skelfast+compile   the batched encoder under torch.compile (fuses BN/ReLU/add passes)
   skelfast-bf16      the same under bf16 autocast (GPU by default; --bf16-cpu adds it on CPU)
 Modes: forward (train mode, no_grad: the key-encoder / teacher pass) and forward+backward (the
 query-encoder pass). Dropout is 0 so outputs are comparable. Reports median/p20/p80 ms,
@@ -63,7 +64,8 @@ def providers(refs, batched, device: torch.device, bf16: bool) -> Dict[str, call
         return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
 
     compiled_seq = torch.compile(seq)
-    out = {"reference": seq, "reference+compile": compiled_seq, "skelfast": batched}
+    out = {"reference": seq, "reference+compile": compiled_seq, "skelfast": batched,
+           "skelfast+compile": torch.compile(batched)}
     if bf16:
         def lowp(x):
             with torch.autocast(device.type, dtype=torch.bfloat16):
