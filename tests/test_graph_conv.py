@@ -307,3 +307,31 @@ def test_opcheck_channels_last():
     grad_out = torch.randn(2, 8, 3, 25, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     opcheck(torch.ops.skelfast.graph_conv_backward.default,
             (grad_out,) + tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
+
+
+def _nvcc():
+    import shutil
+    from torch.utils.cpp_extension import CUDA_HOME
+    if CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
+        return os.path.join(CUDA_HOME, "bin", "nvcc")
+    return shutil.which("nvcc")
+
+
+@pytest.mark.parametrize("source", ["csrc/kernels/graph_conv.cu", "csrc/cuda/graph_conv_cuda.cu"])
+def test_cuda_sources_compile(source, tmp_path):
+    """The torch-free kernels and the stable-ABI binding compile with nvcc against the installed
+    torch headers (engineering.md §3), so a CPU-only box catches CUDA build breaks."""
+    import subprocess
+    from torch.utils.cpp_extension import include_paths
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [nvcc, "-std=c++20", "-arch=sm_80", "-c", "-I" + os.path.join(root, "csrc", "include"),
+           os.path.join(root, source), "-o", str(tmp_path / "x.o")]
+    if "/cuda/" in source:
+        cmd += ["-I" + p for p in include_paths()] + ["-DUSE_CUDA", "-DTORCH_STABLE_ONLY",
+                                                       "-DTORCH_TARGET_VERSION=0x020a000000000000",
+                                                       "--expt-relaxed-constexpr"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
