@@ -41,6 +41,19 @@ void dispatch_gc_cuda_types(ScalarType st, Fn&& fn) {
   }
 }
 
+// All tensors on x's CUDA device; one group's edge weights must fit the 48 KiB of shared memory.
+void check_cuda_inputs(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias, const Tensor& A,
+                       const std::optional<Tensor>& importance, const GraphConvDims& d) {
+  const auto dev = x.get_device_index();
+  STD_TORCH_CHECK(weight.is_cuda() && A.is_cuda() && weight.get_device_index() == dev && A.get_device_index() == dev &&
+                      (!bias.has_value() || (bias->is_cuda() && bias->get_device_index() == dev)) &&
+                      (!importance.has_value() || (importance->is_cuda() && importance->get_device_index() == dev)),
+                  "skelfast::graph_conv (CUDA): weight, bias, A and importance must be on x's device");
+  const int64_t acc_bytes = x.scalar_type() == ScalarType::Double ? 8 : 4;
+  STD_TORCH_CHECK(d.K * d.V * d.V * acc_bytes <= 48 * 1024,
+                  "skelfast::graph_conv (CUDA): K*V*V edge weights of one group must fit 48 KiB of shared memory");
+}
+
 GcShape to_shape(const GraphConvDims& d) { return {d.B, d.G, d.Cin, d.Cout, d.K, d.T, d.V}; }
 
 Tensor packed_weight_cuda(const Tensor& weight, const GraphConvDims& d) {
@@ -63,7 +76,7 @@ Tensor edge_weights(const Tensor& A_acc, const std::optional<Tensor>& E_acc, con
 Tensor graph_conv_cuda(Tensor x, Tensor weight, std::optional<Tensor> bias, Tensor A, std::optional<Tensor> importance,
                        int64_t groups) {
   const GraphConvDims d = graph_conv_dims(x, weight, bias, A, importance, groups);
-  STD_TORCH_CHECK(d.K * d.V * d.V <= 8 * 64 * 64, "skelfast::graph_conv (CUDA): K*V*V must be <= 32768");
+  check_cuda_inputs(x, weight, bias, A, importance, d);
   Tensor xc = torch::stable::contiguous(x);
   Tensor out = torch::stable::new_empty(xc, {d.B, d.G * d.Cout, d.T, d.V});
   if (out.numel() == 0) return out;
@@ -105,7 +118,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> graph_conv_backward_cuda(Tensor grad_
                                                                     std::optional<Tensor> bias, Tensor A,
                                                                     std::optional<Tensor> importance, int64_t groups) {
   const GraphConvDims d = graph_conv_dims(x, weight, bias, A, importance, groups);
-  STD_TORCH_CHECK(d.K * d.V * d.V <= 8 * 64 * 64, "skelfast::graph_conv (CUDA): K*V*V must be <= 32768");
+  check_cuda_inputs(x, weight, bias, A, importance, d);
   STD_TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == d.B && grad_out.size(1) == d.G * d.Cout &&
                       grad_out.size(2) == d.T && grad_out.size(3) == d.V && grad_out.scalar_type() == x.scalar_type(),
                   "skelfast::graph_conv_backward: grad_out must be (B, G*Cout, T, V) with x's dtype");

@@ -9,7 +9,7 @@ namespace skelfast {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kMaxKVV = 8 * 64 * 64;  // shared-memory budget for ae of one group (checked by the binding)
+constexpr size_t kMaxSmem = 48 * 1024;  // default dynamic shared-memory limit: ae of one group must fit
 
 inline unsigned grid_for(int64_t work) {
   const int64_t blocks = (work + kThreads - 1) / kThreads;
@@ -219,8 +219,8 @@ cudaError_t launch_gc_aggregate(const GcShape& s, int64_t g, const T* x, const a
                                 cudaStream_t stream) {
   const int64_t total = s.K * s.Cin * s.B * s.T * s.V;
   if (total == 0) return cudaSuccess;
-  if (s.K * s.V * s.V > kMaxKVV) return cudaErrorInvalidValue;
   const size_t smem = sizeof(acc_t<T>) * s.K * s.V * s.V;
+  if (smem > kMaxSmem) return cudaErrorInvalidValue;
   aggregate_kernel<T><<<grid_for(total), kThreads, smem, stream>>>(s, g, x, ae, z);
   return cudaGetLastError();
 }
@@ -256,8 +256,8 @@ cudaError_t launch_gc_aggregate_backward(const GcShape& s, int64_t g, const T* d
                                          cudaStream_t stream) {
   const int64_t total = s.B * s.Cin * s.T * s.V;
   if (total == 0) return cudaSuccess;
-  if (s.K * s.V * s.V > kMaxKVV) return cudaErrorInvalidValue;
   const size_t smem = sizeof(acc_t<T>) * s.K * s.V * s.V;
+  if (smem > kMaxSmem) return cudaErrorInvalidValue;
   aggregate_backward_kernel<T><<<grid_for(total), kThreads, smem, stream>>>(s, g, dz, ae, dx);
   return cudaGetLastError();
 }
