@@ -210,3 +210,21 @@ def test_cuda_graph_capture_training_step():
     torch.cuda.synchronize()
     eager = batched(x * 0.5)
     torch.testing.assert_close(out[1], eager[1], atol=1e-4, rtol=1e-4)
+
+
+def test_official_prefixed_checkpoint_roundtrip():
+    """Encoders stored under official module prefixes (encoder_q, encoder_q_motion, ...) load into
+    one batched encoder and are written back key-for-key."""
+    from skelfast.models.official import OFFICIAL_SUFFIX
+    refs = make_refs(3)
+    prefixes = ["encoder_q" + OFFICIAL_SUFFIX[m] for m in ("joint", "motion", "bone")]
+    ckpt = {f"{p}.{k}": v for p, r in zip(prefixes, refs) for k, v in r.state_dict().items()}
+    ckpt["queue"] = torch.zeros(8, 16)  # other official state is ignored
+    batched = BatchedSTGCN(num_models=3, **TINY, dropout=0.0).double()
+    batched.load_prefixed_state_dict(ckpt, prefixes)
+    back = batched.prefixed_state_dict(prefixes)
+    assert back.keys() == {k for k in ckpt if k != "queue"}
+    for k, v in back.items():
+        assert torch.equal(v, ckpt[k]), k
+    x = make_x(3, N=2, T=5)
+    torch.testing.assert_close(batched(x)[1][2], refs[2](x[2])[1], atol=1e-12, rtol=1e-12)

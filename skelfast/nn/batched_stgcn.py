@@ -265,6 +265,23 @@ class BatchedSTGCN(nn.Module):
                 raise KeyError(f"unexpected keys in per-model state dicts: {sorted(extra)[:5]}")
         return self.load_state_dict(merged, strict=strict)
 
+    def load_prefixed_state_dict(self, state_dict: Dict[str, torch.Tensor], prefixes: Sequence[str],
+                                 strict: bool = True):
+        """Load G encoders from one state dict holding them under `prefixes` (e.g. an official
+        IKEM checkpoint: ['encoder_q', 'encoder_q_motion', 'encoder_q_bone', ...], see
+        skelfast.models.official.OFFICIAL_SUFFIX); keys outside the prefixes are ignored."""
+        per = [{k[len(p) + 1:]: v for k, v in state_dict.items() if k.startswith(p + ".")} for p in prefixes]
+        for p, sd in zip(prefixes, per):
+            if not sd:
+                raise KeyError(f"no keys under prefix {p!r}")
+        return self.load_per_model_state_dicts(per, strict=strict)
+
+    def prefixed_state_dict(self, prefixes: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """The G encoders' state under `prefixes` (inverse of load_prefixed_state_dict)."""
+        if len(prefixes) != self.num_models:
+            raise ValueError(f"expected {self.num_models} prefixes, got {len(prefixes)}")
+        return {f"{p}.{k}": v for p, sd in zip(prefixes, self.per_model_state_dicts()) for k, v in sd.items()}
+
     @classmethod
     def from_reference(cls, models: Sequence[STGCN], fused: bool = True, memory_format: str = "auto") -> "BatchedSTGCN":
         """A batched encoder holding copies of the weights (and BN buffers) of G reference STGCNs."""
