@@ -228,3 +228,22 @@ def test_official_prefixed_checkpoint_roundtrip():
         assert torch.equal(v, ckpt[k]), k
     x = make_x(3, N=2, T=5)
     torch.testing.assert_close(batched(x)[1][2], refs[2](x[2])[1], atol=1e-12, rtol=1e-12)
+
+
+def test_dropout_train_runs_and_scales():
+    """With dropout active (p=0.5) the in-place block arithmetic still backpropagates; dropout
+    zeroes about half of a block's pre-activation elements (per element, not per channel)."""
+    refs = make_refs(2, dropout=0.5)
+    batched = BatchedSTGCN.from_reference(refs).train()
+    x = make_x(2, N=2, T=6)
+    head, pool = batched(x)
+    (head.sum() + pool.sum()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in batched.parameters())
+    blk = batched.st_gcn_networks[1]
+    y = blk.tcn[3](torch.randn(4, 8, 6, 25, dtype=torch.float64))
+    frac = (blk.tcn[4](y) == 0).double().mean().item()
+    assert 0.4 < frac < 0.6
+    batched.eval()
+    for r in refs:
+        r.eval()
+    torch.testing.assert_close(batched(x)[1][1], refs[1](x[1])[1], atol=1e-10, rtol=1e-10)
