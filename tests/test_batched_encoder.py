@@ -244,6 +244,7 @@ def test_dropout_train_runs_and_scales():
     frac = (blk.tcn[4](y) == 0).double().mean().item()
     assert 0.4 < frac < 0.6
     batched.eval()
-    for r in refs:
+    for r, sd in zip(refs, batched.per_model_state_dicts()):  # BN statistics moved during training
+        r.load_state_dict(sd)
         r.eval()
     torch.testing.assert_close(batched(x)[1][1], refs[1](x[1])[1], atol=1e-10, rtol=1e-10)
