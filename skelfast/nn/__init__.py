@@ -1,1 +1,4 @@
-"""skelfast.nn"""
+"""skelfast.nn: fast modules built on skelfast ops (batched multi-modality ST-GCN encoder)."""
+from .batched_stgcn import BatchedLinear, BatchedSTGCN, BatchedSTGCNBlock
+
+__all__ = ["BatchedSTGCN", "BatchedSTGCNBlock", "BatchedLinear"]

@@ -1,0 +1,379 @@
+"""G ST-GCN encoders (method.md §4.2) run as one network over stacked weights.
+
+Layer: model (PyTorch modules over skelfast ops). The G per-modality encoders of IKEM (6 query, 6
+key, the teacher; 3 in the 3-modality model) have identical architectures, so they are stacked
+along the channel axis: activations are (N*M, G*C, T, V) with group g owning channels
+[g*C, (g+1)*C); every convolution is a `groups=G` convolution, every BatchNorm runs over G*C
+channels (per-channel statistics, hence identical to G separate BNs), the spatial unit is the
+grouped `skelfast.ops.graph_conv`, and the heads are batched matmuls over stacked Linear weights.
+The outputs equal those of G independent `skelfast.reference.STGCN` with the same weights.
+
+Module names mirror the reference (`data_bn`, `st_gcn_networks.i.gcn.conv`, `.tcn.{0,2,3}`,
+`.residual.{0,1}`, `edge_importance.i`, `A`, `fc...`), and each stacked tensor holds the G
+per-model tensors either concatenated along dim 0 (conv/BN/data_bn: (G*X, ...)) or stacked as a new
+dim 0 (edge importance (G, K, V, V), head weights (G, out, in)). `per_model_state_dicts()` /
+`load_per_model_state_dicts()` convert to and from G reference state dicts (= official encoder
+layout, see skelfast.models.official), so checkpoints stay interchangeable.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops.graph_conv import graph_conv, graph_conv_composite
+from ..reference.graph import spatial_adjacency
+from ..reference.stgcn import STGCN, TEMPORAL_KERNEL, block_specs, weights_init_official
+from ..topology import Topology
+
+__all__ = ["BatchedLinear", "BatchedSTGCNBlock", "BatchedSTGCN"]
+
+
+class BatchedLinear(nn.Module):
+    """G independent Linear layers: (G, N, in) -> (G, N, out); weight (G, out, in), bias (G, out)."""
+
+    def __init__(self, num_models: int, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.num_models, self.in_features, self.out_features = num_models, in_features, out_features
+        self.weight = nn.Parameter(torch.empty(num_models, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(num_models, out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Linear's default, per model
+        for g in range(self.num_models):
+            nn.init.kaiming_uniform_(self.weight[g], a=math.sqrt(5))
+            if self.bias is not None:
+                bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
+                nn.init.uniform_(self.bias[g], -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            return torch.bmm(x, self.weight.transpose(1, 2))
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+
+def _init_official(m: nn.Module) -> None:
+    """weights_init_official, extended to BatchedLinear (N(0, 0.02) weights, zero biases)."""
+    if isinstance(m, BatchedLinear):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    else:
+        weights_init_official(m)
+
+
+class _GroupedConvSplitBackward(torch.autograd.Function):
+    """conv2d(groups=G) whose backward runs one convolution_backward per group (CPU only).
+
+    oneDNN's grouped channels-last forward is fast, but its grouped backward is 1.2-1.7x slower
+    than G separate backwards on this workload (measured, 1 thread, N*M=64: 1244 vs 875 ms for the
+    256-channel 9x1 conv); the per-group slices cost one extra copy of x and grad_out.
+    Same maths as the grouped backward (each group's gradients only involve its own channels).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding, groups, bias is not None)
+        return F.conv2d(x, weight, bias, stride, padding, 1, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, padding, G, has_bias = ctx.conf
+        cin, cout = x.shape[1] // G, weight.shape[0] // G
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
+        dxs, dws, dbs = [], [], []
+        for g in range(G):
+            xg = x[:, g * cin:(g + 1) * cin].contiguous(memory_format=fmt)
+            gg = grad[:, g * cout:(g + 1) * cout].contiguous(memory_format=fmt)
+            wg = weight[g * cout:(g + 1) * cout]
+            dx, dw, db = torch.ops.aten.convolution_backward(gg, xg, wg, [cout] if has_bias else None, list(stride),
+                                                             list(padding), [1, 1], False, [0, 0], 1, mask)
+            dxs.append(dx)
+            dws.append(dw)
+            dbs.append(db)
+        return (torch.cat(dxs, 1) if mask[0] else None, torch.cat(dws, 0) if mask[1] else None,
+                torch.cat(dbs, 0) if mask[2] else None, None, None, None)
+
+
+def _grouped_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x) for a grouped Conv2d; on CPU with autograd, the split backward above."""
+    if x.device.type == "cpu" and torch.is_grad_enabled() and conv.groups > 1 and not torch.is_autocast_enabled("cpu"):
+        return _GroupedConvSplitBackward.apply(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.groups)
+    return conv(x)
+
+
+class _Zero(nn.Module):
+    def forward(self, x: torch.Tensor):
+        return 0
+
+
+class _GroupedGraphConv(nn.Module):
+    """Holds the grouped 1x1 conv `conv` (G*Cin -> G*K*Cout, groups=G) of the spatial unit."""
+
+    def __init__(self, num_models: int, in_channels: int, out_channels: int, num_subsets: int):
+        super().__init__()
+        self.num_models, self.num_subsets = num_models, num_subsets
+        self.conv = nn.Conv2d(num_models * in_channels, num_models * out_channels * num_subsets, kernel_size=1,
+                              groups=num_models)
+
+    def forward(self, x: torch.Tensor, A: torch.Tensor, importance: Optional[torch.Tensor],
+                fused: bool = True) -> torch.Tensor:
+        fn = graph_conv if fused else graph_conv_composite
+        return fn(x, self.conv.weight, self.conv.bias, A, importance, self.num_models)
+
+
+class BatchedSTGCNBlock(nn.Module):
+    """G st_gcn blocks at once: (B, G*Cin, T, V) -> (B, G*Cout, ceil(T/stride), V)."""
+
+    def __init__(self, num_models: int, in_channels: int, out_channels: int, stride: int = 1,
+                 residual: str = "auto", dropout: float = 0.0, num_subsets: int = 3):
+        super().__init__()
+        G = num_models
+        if residual == "auto":
+            residual = "identity" if (in_channels == out_channels and stride == 1) else "conv"
+        if residual not in ("none", "identity", "conv"):
+            raise ValueError(f"residual must be 'none', 'identity', 'conv' or 'auto', got {residual!r}")
+        self.residual_kind = residual
+        self.gcn = _GroupedGraphConv(G, in_channels, out_channels, num_subsets)
+        pad = (TEMPORAL_KERNEL - 1) // 2
+        self.tcn = nn.Sequential(
+            nn.BatchNorm2d(G * out_channels),
+            nn.ReLU(),
+            nn.Conv2d(G * out_channels, G * out_channels, (TEMPORAL_KERNEL, 1), (stride, 1), (pad, 0), groups=G),
+            nn.BatchNorm2d(G * out_channels),
+            nn.Dropout(dropout),
+        )
+        if residual == "none":
+            self.residual = _Zero()
+        elif residual == "identity":
+            self.residual = nn.Identity()
+        else:
+            self.residual = nn.Sequential(
+                nn.Conv2d(G * in_channels, G * out_channels, kernel_size=1, stride=(stride, 1), groups=G),
+                nn.BatchNorm2d(G * out_channels))
+
+    def forward(self, x: torch.Tensor, A: torch.Tensor, importance: Optional[torch.Tensor] = None,
+                fused: bool = True) -> torch.Tensor:
+        # = relu(tcn(gcn(x)) + residual(x)), with fewer full passes over the activations: the
+        # ReLUs and the residual add run in place on fresh tensors (BatchNorm's backward does not
+        # use its output), dropout is skipped when it is the identity, and the 'none' residual
+        # adds nothing instead of a 0.
+        bn1, _, conv, bn2, drop = self.tcn
+        y = bn2(_grouped_conv(conv, F.relu(bn1(self.gcn(x, A, importance, fused)), inplace=True)))
+        if self.training and drop.p > 0:
+            y = drop(y)
+        if self.residual_kind == "identity":
+            y = y.add_(x)
+        elif self.residual_kind == "conv":
+            y = y.add_(self.residual[1](_grouped_conv(self.residual[0], x)))
+        return F.relu(y, inplace=True)
+
+
+def _make_head(G: int, head: Optional[str], hidden_dim: int, feature_dim: int, num_class: Optional[int],
+               head_hidden: Optional[int]) -> nn.Module:
+    """Batched counterpart of skelfast.reference.stgcn.make_head (same key names fc.0 / fc.2 / fc)."""
+    if head == "mlp":
+        mid = hidden_dim if head_hidden is None else head_hidden
+        return nn.Sequential(BatchedLinear(G, hidden_dim, mid), nn.ReLU(), BatchedLinear(G, mid, feature_dim))
+    if head == "linear":
+        return BatchedLinear(G, hidden_dim, feature_dim if num_class is None else num_class)
+    if head is None or head == "none":
+        return nn.Identity()
+    raise ValueError(f"head must be 'mlp', 'linear' or None, got {head!r}")
+
+
+class BatchedSTGCN(nn.Module):
+    """G ST-GCN encoders with heads, as one network (see the module docstring).
+
+    forward(x) with x (G, N, C, T, V, M) or a sequence of G tensors (N, C, T, V, M) returns
+    (head_out (G, N, F), pooled (G, N, hidden_dim)); slice g equals reference encoder g's
+    `(fc(h), h)`.
+
+    Args mirror skelfast.reference.STGCN, plus num_models = G. `topology` may also be a (K, V, V)
+    adjacency tensor. `fused=False` runs the spatial unit as grouped conv + einsum (plain PyTorch)
+    instead of the skelfast.ops.graph_conv op. `memory_format`: 'auto' runs the blocks channels-last
+    on CPU (oneDNN's grouped convolutions are 2-4x faster there than NCHW, and graph_conv has a
+    channels-last kernel) and contiguous NCHW elsewhere; 'channels_last' / 'contiguous' force one.
+    """
+
+    def __init__(self, num_models: int = 6, in_channels: int = 3, hidden_channels: int = 16, hidden_dim: int = 256,
+                 head: Optional[str] = "mlp", feature_dim: int = 128, num_class: Optional[int] = None,
+                 dropout: float = 0.5, topology: Union[str, Topology, torch.Tensor] = "ntu25",
+                 edge_importance: bool = True, head_hidden: Optional[int] = None, init: Optional[str] = "official",
+                 fused: bool = True, memory_format: str = "auto"):
+        super().__init__()
+        if memory_format not in ("auto", "channels_last", "contiguous"):
+            raise ValueError(f"memory_format must be 'auto', 'channels_last' or 'contiguous', got {memory_format!r}")
+        self.memory_format = memory_format
+        G = self.num_models = num_models
+        self.config = dict(in_channels=in_channels, hidden_channels=hidden_channels, hidden_dim=hidden_dim, head=head,
+                           feature_dim=feature_dim, num_class=num_class, dropout=dropout, topology=topology,
+                           edge_importance=edge_importance, head_hidden=head_hidden)
+        A = topology.detach().clone().float() if isinstance(topology, torch.Tensor) else spatial_adjacency(topology)
+        self.register_buffer("A", A)
+        K, V = A.shape[0], A.shape[1]
+        self.in_channels, self.hidden_dim, self.fused = in_channels, hidden_dim, fused
+        # data_bn channel index = g*V*C + v*C + c (the reference's v*C + c per model)
+        self.data_bn = nn.BatchNorm1d(G * in_channels * V)
+        self.st_gcn_networks = nn.ModuleList(
+            BatchedSTGCNBlock(G, ci, co, s, res, p, num_subsets=K)
+            for ci, co, s, res, p in block_specs(in_channels, hidden_channels, hidden_dim, dropout))
+        self.fc = _make_head(G, head, hidden_dim, feature_dim, num_class, head_hidden)
+        if edge_importance:
+            self.edge_importance = nn.ParameterList(
+                nn.Parameter(torch.ones(G, K, V, V)) for _ in self.st_gcn_networks)
+        else:
+            self.edge_importance = None
+        if init == "official":
+            self.apply(_init_official)
+        elif init is not None:
+            raise ValueError(f"init must be 'official' or None, got {init!r}")
+
+    # ------------------------------------------------------------------ forward
+    def _stack_input(self, x: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            x = torch.stack(list(x), 0)
+        if x.dim() != 6 or x.shape[0] != self.num_models:
+            raise ValueError(f"x must be (G={self.num_models}, N, C, T, V, M), got {tuple(x.shape)}")
+        return x
+
+    def backbone(self, x: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
+        """x (G, N, C, T, V, M) -> pooled features (G, N, hidden_dim)."""
+        x = self._stack_input(x)
+        G, N, C, T, V, M = x.shape
+        # (G, N, C, T, V, M) -> (N*M, G*V*C, T): one BatchNorm1d over all G data_bn's channels
+        x = x.permute(1, 5, 0, 4, 2, 3).reshape(N * M, G * V * C, T)
+        x = self.data_bn(x)
+        x = x.view(N * M, G, V, C, T).permute(0, 1, 3, 4, 2).reshape(N * M, G * C, T, V)
+        if self.memory_format == "channels_last" or (self.memory_format == "auto" and x.device.type == "cpu"):
+            x = x.contiguous(memory_format=torch.channels_last)
+        for i, block in enumerate(self.st_gcn_networks):
+            importance = None if self.edge_importance is None else self.edge_importance[i]
+            x = block(x, self.A, importance, self.fused)
+        # global average over (T', V), then over persons (method.md §4.2 'Pooling')
+        h = x.mean(dim=(2, 3)).view(N, M, G, -1).mean(dim=1)
+        return h.transpose(0, 1)
+
+    def forward(self, x: Union[torch.Tensor, Sequence[torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
+        h = self.backbone(x)
+        if isinstance(self.fc, nn.Identity):
+            return h, h
+        return self.fc(h), h
+
+    # ------------------------------------------------------------------ per-model state
+    @staticmethod
+    def _is_stacked(key: str) -> bool:
+        """Stacked as a new dim 0 (G, ...) rather than concatenated (G*X, ...)."""
+        return key.startswith("edge_importance.") or key.startswith("fc.")
+
+    @staticmethod
+    def _is_shared(key: str, t: torch.Tensor) -> bool:
+        return key == "A" or key.endswith("num_batches_tracked")
+
+    def per_model_state_dicts(self) -> List[Dict[str, torch.Tensor]]:
+        """G state dicts in the reference STGCN key layout (= official encoder layout)."""
+        out: List[Dict[str, torch.Tensor]] = [dict() for _ in range(self.num_models)]
+        for key, t in self.state_dict().items():
+            t = t.detach()
+            if self._is_shared(key, t):
+                parts = [t.clone() for _ in range(self.num_models)]
+            elif self._is_stacked(key):
+                parts = [p.clone() for p in t.unbind(0)]
+            else:
+                parts = [p.clone() for p in t.chunk(self.num_models, 0)]
+            for g, p in enumerate(parts):
+                out[g][key] = p
+        return out
+
+    def load_per_model_state_dicts(self, state_dicts: Sequence[Dict[str, torch.Tensor]], strict: bool = True):
+        """Load G reference-layout state dicts (e.g. STGCN.state_dict() or official encoder dicts)."""
+        if len(state_dicts) != self.num_models:
+            raise ValueError(f"expected {self.num_models} state dicts, got {len(state_dicts)}")
+        merged = {}
+        for key, t in self.state_dict().items():
+            if not all(key in sd for sd in state_dicts):
+                if strict:
+                    raise KeyError(f"per-model state dicts lack {key!r}")
+                continue
+            parts = [sd[key].to(t.dtype) for sd in state_dicts]
+            if key == "A":
+                for p in parts[1:]:
+                    if not torch.equal(p, parts[0]):
+                        raise ValueError("the per-model adjacencies differ; a batched encoder shares one A")
+                merged[key] = parts[0]
+            elif key.endswith("num_batches_tracked"):
+                merged[key] = max(parts, key=lambda p: int(p))
+            elif self._is_stacked(key):
+                merged[key] = torch.stack(parts, 0)
+            else:
+                merged[key] = torch.cat(parts, 0)
+        if strict:
+            extra = set().union(*(sd.keys() for sd in state_dicts)) - set(self.state_dict())
+            if extra:
+                raise KeyError(f"unexpected keys in per-model state dicts: {sorted(extra)[:5]}")
+        return self.load_state_dict(merged, strict=strict)
+
+    def load_prefixed_state_dict(self, state_dict: Dict[str, torch.Tensor], prefixes: Sequence[str],
+                                 strict: bool = True):
+        """Load G encoders from one state dict holding them under `prefixes` (e.g. an official
+        IKEM checkpoint: ['encoder_q', 'encoder_q_motion', 'encoder_q_bone', ...], see
+        skelfast.models.official.OFFICIAL_SUFFIX); keys outside the prefixes are ignored."""
+        per = [{k[len(p) + 1:]: v for k, v in state_dict.items() if k.startswith(p + ".")} for p in prefixes]
+        for p, sd in zip(prefixes, per):
+            if not sd:
+                raise KeyError(f"no keys under prefix {p!r}")
+        return self.load_per_model_state_dicts(per, strict=strict)
+
+    def prefixed_state_dict(self, prefixes: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """The G encoders' state under `prefixes` (inverse of load_prefixed_state_dict)."""
+        if len(prefixes) != self.num_models:
+            raise ValueError(f"expected {self.num_models} prefixes, got {len(prefixes)}")
+        return {f"{p}.{k}": v for p, sd in zip(prefixes, self.per_model_state_dicts()) for k, v in sd.items()}
+
+    @classmethod
+    def from_reference(cls, models: Sequence[STGCN], fused: bool = True, memory_format: str = "auto") -> "BatchedSTGCN":
+        """A batched encoder holding copies of the weights (and BN buffers) of G reference STGCNs."""
+        m0 = models[0]
+        blocks = m0.st_gcn_networks
+        fc = m0.fc
+        if isinstance(fc, nn.Sequential):
+            head, feature_dim, head_hidden, num_class = "mlp", fc[2].out_features, fc[0].out_features, None
+        elif isinstance(fc, nn.Linear):
+            head, feature_dim, head_hidden, num_class = "linear", fc.out_features, None, fc.out_features
+        else:
+            head, feature_dim, head_hidden, num_class = None, m0.hidden_dim, None, None
+        dropout = blocks[1].tcn[4].p if len(blocks) > 1 else 0.0
+        batched = cls(num_models=len(models), in_channels=m0.in_channels,
+                      hidden_channels=blocks[0].tcn[2].out_channels, hidden_dim=m0.hidden_dim, head=head,
+                      feature_dim=feature_dim, num_class=num_class, dropout=dropout, topology=m0.A,
+                      edge_importance=m0.edge_importance is not None, head_hidden=head_hidden, init=None, fused=fused,
+                      memory_format=memory_format)
+        batched = batched.to(device=m0.A.device, dtype=next(m0.parameters()).dtype)
+        batched.load_per_model_state_dicts([m.state_dict() for m in models])
+        batched.train(m0.training)
+        return batched
+
+    def to_reference(self, topology: Union[str, Topology, None] = None) -> List[STGCN]:
+        """G reference STGCNs with this encoder's weights and buffers."""
+        cfg = dict(self.config)
+        topo = topology if topology is not None else cfg.pop("topology")
+        cfg.pop("topology", None)
+        if isinstance(topo, torch.Tensor):
+            topo = "ntu25"  # placeholder; A is overwritten from the state dict below (V must match)
+        param = next(self.parameters())
+        models = []
+        for sd in self.per_model_state_dicts():
+            m = STGCN(**cfg, topology=topo, init=None).to(device=param.device, dtype=param.dtype)
+            if m.A.shape != sd["A"].shape:
+                raise ValueError("pass the topology of this encoder's adjacency to to_reference()")
+            m.load_state_dict(sd)
+            m.train(self.training)
+            models.append(m)
+        return models

@@ -1,0 +1,257 @@
+"""skelfast.nn.BatchedSTGCN vs G independent reference encoders with the same weights (method.md §4.2)."""
+import pytest
+import torch
+
+from skelfast._extension import has_cpu_kernels
+from skelfast.nn import BatchedSTGCN
+from skelfast.reference.stgcn import STGCN
+
+pytestmark = pytest.mark.skipif(not (has_cpu_kernels() and hasattr(torch.ops.skelfast, "graph_conv")),
+                                reason="skelfast._C not built")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add barrier spinning on a shared 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+TINY = dict(hidden_channels=4, hidden_dim=16, feature_dim=8)
+
+
+def make_refs(G, dtype=torch.float64, seed=0, **kw):
+    """G reference encoders with independent weights, non-trivial edge importance and BN buffers."""
+    torch.manual_seed(seed)
+    cfg = dict(TINY, dropout=0.0)
+    cfg.update(kw)
+    refs = []
+    for _ in range(G):
+        m = STGCN(**cfg).to(dtype)
+        with torch.no_grad():
+            if m.edge_importance is not None:
+                for p in m.edge_importance:
+                    p.add_(0.2 * torch.randn_like(p))
+            for mod in m.modules():
+                if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                    mod.running_mean.normal_(0, 0.1)
+                    mod.running_var.uniform_(0.5, 1.5)
+                    mod.bias.normal_(0, 0.1)
+        refs.append(m)
+    return refs
+
+
+def make_x(G, N=3, T=9, V=25, M=2, dtype=torch.float64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(G, N, 3, T, V, M, generator=g, dtype=torch.float64)
+    x[:, 0, ..., 1] = 0  # an absent second person, as in NTU
+    return x.to(dtype)
+
+
+def split_grads(batched):
+    """Per-model gradients of the batched parameters, keyed as in the reference state dict."""
+    out = [dict() for _ in range(batched.num_models)]
+    for name, p in batched.named_parameters():
+        parts = p.grad.unbind(0) if batched._is_stacked(name) else p.grad.chunk(batched.num_models, 0)
+        for g, t in enumerate(parts):
+            out[g][name] = t
+    return out
+
+
+def run_both(refs, batched, x, grad_seed=5):
+    """Forward + backward of both with the same upstream gradients; returns outputs and grads."""
+    G = len(refs)
+    outs = [r(x[g]) for g, r in enumerate(refs)]
+    ref_head = torch.stack([o[0] for o in outs])
+    ref_pool = torch.stack([o[1] for o in outs])
+    head, pool = batched(x)
+    gen = torch.Generator().manual_seed(grad_seed)
+    gh = torch.randn(head.shape, generator=gen, dtype=torch.float64).to(head.dtype)
+    gp = torch.randn(pool.shape, generator=gen, dtype=torch.float64).to(pool.dtype)
+    torch.autograd.backward([ref_head, ref_pool], [gh, gp])
+    torch.autograd.backward([head, pool], [gh, gp])
+    ref_grads = [{n: p.grad for n, p in r.named_parameters()} for r in refs]
+    return (head, pool), (ref_head, ref_pool), split_grads(batched), ref_grads
+
+
+@pytest.mark.parametrize("G", [2, 6])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("head", ["mlp", "linear", None])
+def test_outputs_and_all_gradients_match_reference(G, mode, head):
+    kw = dict(head=head) if head != "linear" else dict(head="linear", num_class=5)
+    refs = make_refs(G, **kw)
+    batched = BatchedSTGCN.from_reference(refs)
+    for m in refs + [batched]:
+        m.train(mode == "train")
+    x = make_x(G)
+    got, want, grads, ref_grads = run_both(refs, batched, x)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    for g in range(G):
+        assert grads[g].keys() == ref_grads[g].keys()
+        for name in ref_grads[g]:
+            torch.testing.assert_close(grads[g][name], ref_grads[g][name], atol=1e-10, rtol=1e-9,
+                                       msg=lambda m: f"model {g} grad {name}: {m}")
+    if mode == "train":  # BN running statistics were updated identically
+        for g, sd in enumerate(batched.per_model_state_dicts()):
+            for k, v in refs[g].state_dict().items():
+                torch.testing.assert_close(sd[k], v, atol=1e-12, rtol=1e-12, msg=lambda m: f"{k}: {m}")
+
+
+def test_list_input_fp32_strided_odd_T():
+    refs = make_refs(3, dtype=torch.float32)
+    batched = BatchedSTGCN.from_reference(refs)
+    x = make_x(3, N=2, T=7, dtype=torch.float32)
+    head, pool = batched([x[g] for g in range(3)])
+    for g, r in enumerate(refs):
+        rh, rp = r(x[g])
+        torch.testing.assert_close(head[g], rh, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(pool[g], rp, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fused,memory_format", [(False, "auto"), (True, "contiguous"), (False, "channels_last")])
+def test_unfused_layouts_and_no_edge_importance(fused, memory_format):
+    refs = make_refs(2, edge_importance=False)
+    batched = BatchedSTGCN.from_reference(refs, fused=fused, memory_format=memory_format)
+    x = make_x(2, T=5)
+    got, want, grads, ref_grads = run_both(refs, batched, x)
+    torch.testing.assert_close(got[0], want[0], atol=1e-10, rtol=1e-10)
+    for g in range(2):
+        for name in ref_grads[g]:
+            torch.testing.assert_close(grads[g][name], ref_grads[g][name], atol=1e-10, rtol=1e-9)
+
+
+def test_state_dict_layout_roundtrip():
+    refs = make_refs(3)
+    batched = BatchedSTGCN.from_reference(refs)
+    per = batched.per_model_state_dicts()
+    for g, r in enumerate(refs):
+        ref_sd = r.state_dict()
+        assert per[g].keys() == ref_sd.keys()  # reference (= official encoder) key layout
+        for k in ref_sd:
+            assert per[g][k].shape == ref_sd[k].shape, k
+            assert torch.equal(per[g][k], ref_sd[k]), k
+    # load into a fresh batched encoder; to_reference gives back equal reference encoders
+    fresh = BatchedSTGCN(num_models=3, **TINY, dropout=0.0).double()
+    fresh.load_per_model_state_dicts([r.state_dict() for r in refs])
+    for a, b in zip(fresh.state_dict().values(), batched.state_dict().values()):
+        assert torch.equal(a, b)
+    back = fresh.to_reference()
+    x = make_x(3, N=2, T=5)
+    for g in range(3):
+        torch.testing.assert_close(back[g](x[g])[0], refs[g](x[g])[0], atol=0, rtol=0)
+    with pytest.raises(ValueError):
+        fresh.load_per_model_state_dicts([refs[0].state_dict()])
+
+
+def test_parameter_count_matches_reference():
+    """Full-size encoders: G x 920,068 parameters (method.md §4.3)."""
+    b = BatchedSTGCN(num_models=2, init=None)
+    assert sum(p.numel() for p in b.parameters()) == 2 * 920_068
+
+
+def test_official_init_statistics():
+    b = BatchedSTGCN(num_models=2, **TINY)
+    w = b.st_gcn_networks[9].tcn[2].weight
+    assert abs(w.std().item() - 0.02) < 0.005 and b.st_gcn_networks[9].tcn[2].bias.abs().max() == 0
+    assert torch.all(b.edge_importance[0] == 1)
+    assert abs(b.fc[0].weight.std().item() - 0.02) < 0.005
+
+
+def test_bf16_autocast_cpu():
+    """bf16 autocast: convs and graph conv in bf16 with fp32 accumulation, BN in fp32. Stated
+    tolerance: pooled features within 5% relative (L2) of the fp32 reference encoders."""
+    refs = make_refs(2, dtype=torch.float32)
+    batched = BatchedSTGCN.from_reference(refs)
+    x = make_x(2, N=2, T=8, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        head, pool = batched(x)
+    want = torch.stack([r(x[g])[1] for g, r in enumerate(refs)])
+    rel = (pool.float() - want).norm() / want.norm()
+    assert rel < 5e-2, rel
+    (head.float().sum() + pool.float().sum()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in batched.parameters())
+    assert batched.st_gcn_networks[0].tcn[0].running_mean.dtype == torch.float32
+
+
+def test_torch_compile_fullgraph_cpu_train_step():
+    """torch.compile(fullgraph=True) of a training step (train-mode BN, backward through
+    graph_conv's registered backward and the split grouped-conv backward) matches eager."""
+    refs = make_refs(2, dtype=torch.float32)
+    batched = BatchedSTGCN.from_reference(refs).train()
+    x = make_x(2, N=2, T=6, dtype=torch.float32)
+    head, pool = batched(x)
+    (head.sum() + pool.sum()).backward()
+    want = [p.grad.clone() for p in batched.parameters()]
+    batched.zero_grad(set_to_none=True)
+    compiled = torch.compile(batched, fullgraph=True)
+    h2, p2 = compiled(x)
+    (h2.sum() + p2.sum()).backward()
+    torch.testing.assert_close(p2, pool, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(h2, head, atol=1e-5, rtol=1e-4)
+    for a, p in zip(want, batched.parameters()):
+        torch.testing.assert_close(p.grad, a, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture_training_step():
+    refs = make_refs(2, dtype=torch.float32)
+    batched = BatchedSTGCN.from_reference(refs).cuda()
+    x = make_x(2, N=4, T=10, dtype=torch.float32).cuda()
+    static_x = x.clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):  # warm-up outside the graph
+            batched.zero_grad(set_to_none=False)
+            sum(o.sum() for o in batched(static_x)).backward()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    batched.zero_grad(set_to_none=False)
+    with torch.cuda.graph(graph):
+        out = batched(static_x)
+        sum(o.sum() for o in out).backward()
+    static_x.copy_(x * 0.5)
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = batched(x * 0.5)
+    torch.testing.assert_close(out[1], eager[1], atol=1e-4, rtol=1e-4)
+
+
+def test_official_prefixed_checkpoint_roundtrip():
+    """Encoders stored under official module prefixes (encoder_q, encoder_q_motion, ...) load into
+    one batched encoder and are written back key-for-key."""
+    from skelfast.models.official import OFFICIAL_SUFFIX
+    refs = make_refs(3)
+    prefixes = ["encoder_q" + OFFICIAL_SUFFIX[m] for m in ("joint", "motion", "bone")]
+    ckpt = {f"{p}.{k}": v for p, r in zip(prefixes, refs) for k, v in r.state_dict().items()}
+    ckpt["queue"] = torch.zeros(8, 16)  # other official state is ignored
+    batched = BatchedSTGCN(num_models=3, **TINY, dropout=0.0).double()
+    batched.load_prefixed_state_dict(ckpt, prefixes)
+    back = batched.prefixed_state_dict(prefixes)
+    assert back.keys() == {k for k in ckpt if k != "queue"}
+    for k, v in back.items():
+        assert torch.equal(v, ckpt[k]), k
+    x = make_x(3, N=2, T=5)
+    torch.testing.assert_close(batched(x)[1][2], refs[2](x[2])[1], atol=1e-12, rtol=1e-12)
+
+
+def test_dropout_train_runs_and_scales():
+    """With dropout active (p=0.5) the in-place block arithmetic still backpropagates; dropout
+    zeroes about half of a block's pre-activation elements (per element, not per channel)."""
+    refs = make_refs(2, dropout=0.5)
+    batched = BatchedSTGCN.from_reference(refs).train()
+    x = make_x(2, N=2, T=6)
+    head, pool = batched(x)
+    (head.sum() + pool.sum()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in batched.parameters())
+    blk = batched.st_gcn_networks[1]
+    y = blk.tcn[3](torch.randn(4, 8, 6, 25, dtype=torch.float64))
+    frac = (blk.tcn[4](y) == 0).double().mean().item()
+    assert 0.4 < frac < 0.6
+    batched.eval()
+    for r, sd in zip(refs, batched.per_model_state_dicts()):  # BN statistics moved during training
+        r.load_state_dict(sd)
+        r.eval()
+    torch.testing.assert_close(batched(x)[1][1], refs[1](x[1])[1], atol=1e-10, rtol=1e-10)
