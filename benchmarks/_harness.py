@@ -63,7 +63,8 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int = 3, min
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(times, n=10) if len(times) >= 2 else times * 9
+    # inclusive: interpolate within the samples (the default extrapolates, e.g. negative p20 at n=2)
+    q = statistics.quantiles(times, n=10, method="inclusive") if len(times) >= 2 else times * 9
     return Stats(p50=statistics.median(times), p20=q[1], p80=q[7], n=len(times))
 
 
