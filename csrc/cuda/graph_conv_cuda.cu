@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../kernels/graph_conv.cuh"
+#include "binding_utils.cuh"
 #include "skelfast/graph_conv_binding.h"
 
 namespace skelfast {
@@ -19,27 +20,7 @@ namespace {
 using torch::stable::Tensor;
 using torch::headeronly::ScalarType;
 
-cudaStream_t gc_stream(const Tensor& t) {
-  void* stream = nullptr;
-  STD_TORCH_CHECK(aoti_torch_get_current_cuda_stream(t.get_device_index(), &stream) == AOTI_TORCH_SUCCESS,
-                  "skelfast: cannot get the current CUDA stream");
-  return static_cast<cudaStream_t>(stream);
-}
-
-void gc_check(cudaError_t err, const char* what) {
-  STD_TORCH_CHECK(err == cudaSuccess, "skelfast::graph_conv (", what, "): CUDA error: ", cudaGetErrorString(err));
-}
-
-template <typename Fn>
-void dispatch_gc_cuda_types(ScalarType st, Fn&& fn) {
-  switch (st) {
-    case ScalarType::Float: fn(float{}); break;
-    case ScalarType::Double: fn(double{}); break;
-    case ScalarType::Half: fn(__half{}); break;
-    case ScalarType::BFloat16: fn(__nv_bfloat16{}); break;
-    default: STD_TORCH_CHECK(false, "skelfast::graph_conv: x must be float16, bfloat16, float32 or float64");
-  }
-}
+inline void gc_check(cudaError_t err, const char* what) { check_cuda(err, "graph_conv", what); }
 
 // All tensors on x's CUDA device; one group's edge weights must fit the 48 KiB of shared memory.
 void check_cuda_inputs(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias, const Tensor& A,
@@ -86,10 +67,10 @@ Tensor graph_conv_cuda(Tensor x, Tensor weight, std::optional<Tensor> bias, Tens
   if (importance.has_value()) e_acc = torch::stable::contiguous(torch::stable::to(*importance, acc_st));
   std::optional<Tensor> bc;
   if (bias.has_value()) bc = torch::stable::contiguous(*bias);
-  const cudaStream_t stream = gc_stream(xc);
+  const cudaStream_t stream = current_stream(xc);
   Tensor wp = packed_weight_cuda(weight, d);
   Tensor z = torch::stable::new_empty(xc, {d.K * d.Cin, d.B * d.T * d.V});
-  dispatch_gc_cuda_types(xc.scalar_type(), [&](auto tag) {
+  dispatch_cuda_float_types(xc.scalar_type(), "graph_conv", [&](auto tag) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
     const GcShape s = to_shape(d);
@@ -130,7 +111,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> graph_conv_backward_cuda(Tensor grad_
   if (importance.has_value()) e_acc = torch::stable::contiguous(torch::stable::to(*importance, acc_st));
   std::optional<Tensor> bc;
   if (bias.has_value()) bc = torch::stable::contiguous(*bias);
-  const cudaStream_t stream = gc_stream(xc);
+  const cudaStream_t stream = current_stream(xc);
   const int64_t R = d.B * d.T;
   Tensor wp = packed_weight_cuda(weight, d);
   Tensor dx = torch::stable::new_zeros(xc, {d.B, d.G * d.Cin, d.T, d.V});
@@ -145,7 +126,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> graph_conv_backward_cuda(Tensor grad_
   Tensor xr = torch::stable::reshape(
       torch::stable::contiguous(torch::stable::transpose(torch::stable::transpose(x5, 0, 1), 1, 2)),
       {d.G, d.Cin * R, d.V});
-  dispatch_gc_cuda_types(xc.scalar_type(), [&](auto tag) {
+  dispatch_cuda_float_types(xc.scalar_type(), "graph_conv", [&](auto tag) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
     const GcShape s = to_shape(d);
