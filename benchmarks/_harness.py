@@ -145,6 +145,25 @@ def floor_us(bytes_moved: float = 0.0, flops: float = 0.0, device: Optional[torc
     return max(t_mem, t_flop) * 1e6
 
 
+def timed_row(op: str, device: torch.device, provider: str, mode: str, shape: str, dtype: str, stats: Stats,
+              peak_mb: float, reference_ms: Optional[float] = None, compile_ms: Optional[float] = None,
+              bytes_moved: Optional[float] = None, floor: Optional[float] = None) -> Dict[str, object]:
+    """One CSV row: timing, peak memory, speed-ups over the reference and compile providers and,
+    for a memory-bound case, achieved GB/s and % of `floor` (microseconds)."""
+    row = base_row(op, device)
+    row.update(provider=provider, mode=mode, shape=shape, dtype=dtype, p50_ms=stats.p50, p20_ms=stats.p20,
+               p80_ms=stats.p80, peak_mem_mb=round(peak_mb, 2))
+    if reference_ms:
+        row["speedup_vs_reference"] = reference_ms / stats.p50
+    if compile_ms:
+        row["speedup_vs_compile"] = compile_ms / stats.p50
+    if bytes_moved is not None:
+        row.update(throughput=bytes_moved / (stats.p50 * 1e-3) / 1e9, throughput_unit="GB/s")
+    if floor is not None:
+        row.update(pct_of_floor=100 * floor / (stats.p50 * 1e3), floor_us=round(floor, 2))
+    return row
+
+
 def check_close(name: str, got, want, atol: float, rtol: float) -> None:
     """Raise if a provider's output differs from the reference (no number for a wrong kernel)."""
     if isinstance(got, (tuple, list)):

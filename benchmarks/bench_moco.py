@@ -63,20 +63,15 @@ def bench_momentum(G: int, device: torch.device, quick: bool, bw: float):
         if want is None:
             want = got.clone()
         H.check_close(name, got, want, atol=1e-6, rtol=1e-6)
-    rows, stats = [], {}
+    stats = {}
     for name, fn in providers.items():
         stats[name] = (H.measure(fn, device, min_time_s=0.2 if quick else 1.0, min_reps=5 if quick else 20),
                        H.peak_memory_mb(fn, device))
-    for name, (s, peak) in stats.items():
-        row = H.base_row("momentum_update", device)
-        row.update(provider=name, mode="update", shape=f"G={G},params={n_params},tensors={len(keys)}", dtype="float32",
-                   p50_ms=s.p50, p20_ms=s.p20, p80_ms=s.p80, peak_mem_mb=round(peak, 2),
-                   speedup_vs_reference=stats["official-loop"][0].p50 / s.p50,
-                   speedup_vs_compile=stats["loop+compile"][0].p50 / s.p50,
-                   throughput=bytes_moved / (s.p50 * 1e-3) / 1e9, throughput_unit="GB/s",
-                   pct_of_floor=100 * floor_us / (s.p50 * 1e3), floor_us=round(floor_us, 2))
-        rows.append(row)
-    return rows
+    shape = f"G={G},params={n_params},tensors={len(keys)}"
+    return [H.timed_row("momentum_update", device, name, "update", shape, "float32", s, peak,
+                        reference_ms=stats["official-loop"][0].p50, compile_ms=stats["loop+compile"][0].p50,
+                        bytes_moved=bytes_moved, floor=floor_us)
+            for name, (s, peak) in stats.items()]
 
 
 def bench_enqueue(G: int, N: int, K: int, D: int, device: torch.device, quick: bool):
@@ -102,14 +97,9 @@ def bench_enqueue(G: int, N: int, K: int, D: int, device: torch.device, quick: b
     stats = {name: (H.measure(fn, device, min_time_s=0.2 if quick else 1.0, min_reps=5 if quick else 20),
                     H.peak_memory_mb(fn, device)) for name, fn in providers.items()}
     base = stats["official (clone + tensor ptr)"][0].p50
-    rows = []
-    for name, (s, peak) in stats.items():
-        row = H.base_row("enqueue", device)
-        row.update(provider=name, mode="step", shape=f"G={G},N={N},K={K},D={D}", dtype="float32",
-                   p50_ms=s.p50, p20_ms=s.p20, p80_ms=s.p80, peak_mem_mb=round(peak, 2),
-                   speedup_vs_reference=base / s.p50)
-        rows.append(row)
-    return rows
+    return [H.timed_row("enqueue", device, name, "step", f"G={G},N={N},K={K},D={D}", "float32", s, peak,
+                        reference_ms=base)
+            for name, (s, peak) in stats.items()]
 
 
 def main(argv=None):

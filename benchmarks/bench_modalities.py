@@ -71,15 +71,10 @@ def run(sizes, device: torch.device, quick: bool):
                                   min_reps=5 if quick else 20)
                 peak = H.peak_memory_mb(lambda: fn(views, frames), device)
                 results[name] = (stats, peak)
-        for name, (stats, peak) in results.items():
-            row = H.base_row("modalities", device)
-            row.update(provider=name, mode="forward", shape=f"N={N},T={T},V={V},M={M},views=2", dtype="float32",
-                       p50_ms=stats.p50, p20_ms=stats.p20, p80_ms=stats.p80, peak_mem_mb=round(peak, 2),
-                       speedup_vs_reference=results["reference"][0].p50 / stats.p50,
-                       speedup_vs_compile=results["reference+compile"][0].p50 / stats.p50,
-                       throughput=bytes_moved / (stats.p50 * 1e-3) / 1e9, throughput_unit="GB/s",
-                       pct_of_floor=100 * floor_us / (stats.p50 * 1e3), floor_us=round(floor_us, 2))
-            rows.append(row)
+        rows += [H.timed_row("modalities", device, name, "forward", f"N={N},T={T},V={V},M={M},views=2", "float32",
+                             stats, peak, reference_ms=results["reference"][0].p50,
+                             compile_ms=results["reference+compile"][0].p50, bytes_moved=bytes_moved, floor=floor_us)
+                 for name, (stats, peak) in results.items()]
     return rows
 
 
