@@ -23,6 +23,21 @@ __all__ = ["eval_model_from_checkpoint", "stream_features", "extract_features", 
            "view_indices", "calibrate_bn"]
 
 
+def resolve_evaluation(section: Dict[str, Any], command: str, checkpoint: Optional[str], view: Optional[str],
+                       random_init: Optional[bool]) -> Tuple[Dict[str, Any], str, bool]:
+    """Command-line values over the config `section` (linear / knn) for checkpoint, view and
+    random_init; loads the checkpoint and writes the resolved values back into the section, so the
+    saved config says what ran. Returns (checkpoint dict, view, random_init)."""
+    checkpoint = checkpoint or section["checkpoint"]
+    view = view or section["view"]
+    random_init = section["random_init"] if random_init is None else random_init
+    if not checkpoint:
+        raise ValueError(f"{command} needs --checkpoint CKPT (a pretrain or distill checkpoint or run folder)")
+    ck = load_checkpoint(checkpoint, expect_commands=("pretrain", "distill"))
+    section["checkpoint"], section["view"], section["random_init"] = ck["path"], view, random_init
+    return ck, view, random_init
+
+
 def eval_model_from_checkpoint(ck: Optional[Mapping[str, Any]], num_class: int, backend: str = "skelfast",
                                random_init: bool = False, model_cfg: Optional[Mapping[str, Any]] = None,
                                source_name: Optional[str] = None, train_backbone: bool = False) -> Tuple[nn.Module, str]:

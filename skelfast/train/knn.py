@@ -14,10 +14,10 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint
 from .config import save_config
 from .data import open_split
-from .features import cached_features, calibrate_bn, eval_model_from_checkpoint, view_indices
+from .features import (cached_features, calibrate_bn, eval_model_from_checkpoint, resolve_evaluation,
+                       view_indices)
 from .linear import topk_accuracy
 from .logging_utils import RunLogger, format_table
 from .session import start_session
@@ -56,13 +56,7 @@ def knn_accuracy(train: Mapping[str, torch.Tensor], test: Mapping[str, torch.Ten
 def run_knn(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Optional[str] = None,
             random_init: Optional[bool] = None, run_dir: Optional[str] = None) -> Dict[str, Any]:
     kc = cfg["knn"]
-    checkpoint = checkpoint or kc["checkpoint"]
-    view = view or kc["view"]
-    random_init = kc["random_init"] if random_init is None else random_init
-    if not checkpoint:
-        raise ValueError("knn needs --checkpoint CKPT (a pretrain or distill checkpoint or run folder)")
-    ck = load_checkpoint(checkpoint, expect_commands=("pretrain", "distill"))
-    kc["checkpoint"], kc["view"], kc["random_init"] = ck["path"], view, random_init
+    ck, view, random_init = resolve_evaluation(kc, "knn", checkpoint, view, random_init)
     sess = start_session(cfg, "knn", ck["model_name"], run_dir)
     if not sess.info.is_main:
         return {}

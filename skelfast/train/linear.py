@@ -17,10 +17,11 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import save_checkpoint
 from .config import save_config
 from .data import open_split
-from .features import cached_features, calibrate_bn, eval_model_from_checkpoint, view_indices
+from .features import (cached_features, calibrate_bn, eval_model_from_checkpoint, resolve_evaluation,
+                       view_indices)
 from .logging_utils import RunLogger, format_table, plot_table
 from .loops import lr_at
 from .session import start_session
@@ -139,13 +140,7 @@ def run_linear(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Opti
                random_init: Optional[bool] = None, run_dir: Optional[str] = None) -> Dict[str, Any]:
     """Linear evaluation of a pretrain / distill checkpoint; writes results.json, accuracy.png, linear.pt."""
     lc = cfg["linear"]
-    checkpoint = checkpoint or lc["checkpoint"]
-    view = view or lc["view"]
-    random_init = lc["random_init"] if random_init is None else random_init
-    if not checkpoint:
-        raise ValueError("linear needs --checkpoint CKPT (a pretrain or distill checkpoint or run folder)")
-    ck = load_checkpoint(checkpoint, expect_commands=("pretrain", "distill"))
-    lc["checkpoint"], lc["view"], lc["random_init"] = ck["path"], view, random_init
+    ck, view, random_init = resolve_evaluation(lc, "linear", checkpoint, view, random_init)
     sess = start_session(cfg, "linear", ck["model_name"], run_dir)
     logger = RunLogger(sess.run_dir, enabled=sess.info.is_main, tensorboard=cfg["run"]["tensorboard"])
     if not sess.info.is_main:   # nothing to share between ranks: features + heads are cheap
