@@ -4,9 +4,22 @@ import pytest
 import torch
 
 from skelfast.models import build, fused_kernels
+from skelfast.nn import StackedEncoders
 from skelfast.reference.models import REFERENCE_KERNELS
 
 TINY = dict(hidden_channels=4, queue_size=64, dropout=0.0)
+
+
+def reference_layout_grads(model):
+    """{name: grad} in the reference model's parameter names (stacked encoders split per model)."""
+    stacked = {name: m for name, m in model.named_modules() if isinstance(m, StackedEncoders)}
+    out = {name: p.grad for name, p in model.named_parameters()
+           if p.grad is not None and not any(name.startswith(pre + ".") for pre in stacked)}
+    for pre, m in stacked.items():
+        grads = {k: p.grad for k, p in m.named_parameters() if p.grad is not None}
+        for g, part in enumerate(m.split_state(grads)):
+            out.update({f"{pre}.{g}.{k}": v for k, v in part.items()})
+    return out
 
 
 def test_fused_kernel_set_uses_ops():
@@ -14,6 +27,7 @@ def test_fused_kernel_set_uses_ops():
     for name in ("modalities", "info_nce", "context_loss", "ikem_loss", "relational_distill_loss"):
         assert getattr(k, name).__module__.startswith("skelfast.ops"), name
         assert getattr(k, name) is not getattr(REFERENCE_KERNELS, name)
+    assert k.encoders == StackedEncoders.build
 
 
 @pytest.mark.parametrize("name, phase", [("ikem6", 1), ("ikem6", 2), ("crossclr3", 2), ("student6to3", None),
@@ -32,14 +46,131 @@ def test_one_step_matches_reference(name, phase):
     kwargs = {} if phase is None else {"phase": phase}
     out_f, out_r = fused(x1, x2, frames, **kwargs), ref(x1, x2, frames, **kwargs)
     torch.testing.assert_close(out_f["losses"], out_r["losses"], atol=1e-9, rtol=1e-9)
+    for key in ("q", "k", "u", "teacher_q", "student"):   # features are unit rows (G, N, D)
+        if key in out_f:
+            norms = out_f[key].norm(dim=-1)
+            torch.testing.assert_close(norms, torch.ones_like(norms), msg=lambda m: f"{key}: {m}")
     out_f["loss"].backward()
     out_r["loss"].backward()
-    pf, pr = dict(fused.named_parameters()), dict(ref.named_parameters())
-    graded = [n for n, p in pr.items() if p.grad is not None]
-    assert graded, "no parameter received a gradient"
-    for n in graded:
-        torch.testing.assert_close(pf[n].grad, pr[n].grad, atol=1e-8, rtol=1e-7, msg=lambda m: f"{n}: {m}")
+    gf, gr = reference_layout_grads(fused), reference_layout_grads(ref)
+    assert gr, "no parameter received a gradient"
+    assert set(gf) == set(gr)
+    for n in gr:
+        torch.testing.assert_close(gf[n], gr[n], atol=1e-8, rtol=1e-7, msg=lambda m: f"{n}: {m}")
     # both enqueued the same keys at the same pointer
-    for (nf, bf), (nr, br) in zip(fused.named_buffers(), ref.named_buffers()):
-        if "queue" in nf:
-            torch.testing.assert_close(bf, br, atol=1e-10, rtol=1e-10)
+    bf, br = dict(fused.named_buffers()), dict(ref.named_buffers())
+    queues = [n for n in br if n.endswith("queue")]
+    assert queues
+    for n in queues:
+        torch.testing.assert_close(bf[n], br[n], atol=1e-10, rtol=1e-10, msg=lambda m: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("name", ["ikem6", "crossclr3", "student6to3", "student3to1"])
+def test_same_seed_same_initial_state_on_both_backends(name):
+    """Stacked encoders draw their initial weights from the reference encoders' random stream, so a
+    seed gives the same model (and the same queues drawn after the encoders) on both backends."""
+    torch.manual_seed(3)
+    fused = build(name, **TINY)
+    torch.manual_seed(3)
+    ref = build(name, backend="reference", **TINY)
+    sf, sr = fused.state_dict(), ref.state_dict()
+    assert set(sf) == set(sr)
+    for k in sr:
+        if not k.endswith("_extra_state"):
+            assert torch.equal(sf[k], sr[k]), k
+
+
+def test_stacked_state_dict_parts_do_not_share_storage(tmp_path):
+    """Each per-model tensor is its own copy: torch.save of a view would write the whole stacked
+    tensor once per model (a 6x larger checkpoint)."""
+    torch.manual_seed(0)
+    fused, ref = build("ikem6", **TINY), build("ikem6", backend="reference", **TINY)
+    torch.save(fused.state_dict(), tmp_path / "f.pt")
+    torch.save(ref.state_dict(), tmp_path / "r.pt")
+    size_f, size_r = (tmp_path / "f.pt").stat().st_size, (tmp_path / "r.pt").stat().st_size
+    assert abs(size_f - size_r) < 0.02 * size_r, (size_f, size_r)
+
+
+def test_momentum_update_of_a_subset_matches_reference():
+    """Phase 2 updates only the unlocked key encoders (§5.4, §11 #2): rows of the stacked tensors."""
+    torch.manual_seed(0)
+    fused = build("ikem6", **TINY).double()
+    ref = build("ikem6", backend="reference", **TINY).double()
+    with torch.no_grad():   # make query and key encoders differ
+        for p in ref.encoders_q.parameters():
+            p.add_(torch.randn_like(p))
+    fused.load_state_dict(ref.state_dict())
+    fused.momentum_update_([0, 2, 5])
+    ref.momentum_update_([0, 2, 5])
+    sf, sr = fused.state_dict(), ref.state_dict()
+    for k in sr:
+        if k.startswith("encoders_k."):
+            assert torch.equal(sf[k], sr[k]), k
+    assert not torch.equal(sf["encoders_k.0.data_bn.weight"], sf["encoders_q.0.data_bn.weight"])
+    assert torch.equal(sf["encoders_k.1.fc.0.weight"], sr["encoders_k.1.fc.0.weight"])
+
+
+def test_partial_encoder_state_is_reported_missing():
+    """A key given for some encoders only: strict loading fails naming the absent ones; non-strict
+    loading keeps their current values and lists them as missing."""
+    torch.manual_seed(0)
+    fused = build("crossclr3", **TINY)
+    sd = fused.state_dict()
+    before = sd["encoders_q.1.data_bn.weight"].clone()
+    sd["encoders_q.0.data_bn.weight"] = torch.full_like(sd["encoders_q.0.data_bn.weight"], 7.0)
+    del sd["encoders_q.1.data_bn.weight"]
+    with pytest.raises(RuntimeError, match=r"encoders_q\.1\.data_bn\.weight"):
+        fused.load_state_dict(sd)
+    result = fused.load_state_dict(sd, strict=False)
+    assert result.missing_keys == ["encoders_q.1.data_bn.weight"]
+    after = fused.state_dict()
+    assert torch.equal(after["encoders_q.1.data_bn.weight"], before)
+    assert torch.all(after["encoders_q.0.data_bn.weight"] == 7.0)
+
+
+def test_unknown_encoder_key_is_unexpected():
+    torch.manual_seed(0)
+    fused = build("crossclr3", **TINY)
+    sd = fused.state_dict()
+    sd["encoders_q.0.not_a_layer.weight"] = torch.zeros(1)
+    with pytest.raises(RuntimeError, match="not_a_layer"):
+        fused.load_state_dict(sd)
+
+
+@pytest.mark.parametrize("name", ["ikem6", "student6to3"])
+def test_official_checkpoint_round_trip_on_stacked_encoders(name):
+    from skelfast.models import load_official_checkpoint, to_official_state_dict
+    torch.manual_seed(0)
+    src = build(name, **TINY)
+    torch.manual_seed(1)
+    dst = build(name, **TINY)
+    load_official_checkpoint(to_official_state_dict(src), dst)
+    sd_src, sd_dst = src.state_dict(), dst.state_dict()
+    for k in sd_src:
+        if not k.endswith("_extra_state"):
+            assert torch.equal(sd_src[k], sd_dst[k]), k
+
+
+@pytest.mark.parametrize("name, phase", [("ikem6", 2), ("student6to3", None)])
+def test_three_sgd_steps_match_reference(name, phase):
+    """Several steps (momentum updates of the unlocked keys, enqueues, SGD with weight decay) keep
+    the two backends on the same trajectory in float64: no systematic difference accumulates."""
+    models = {}
+    for backend in ("skelfast", "reference"):
+        torch.manual_seed(0)
+        models[backend] = build(name, backend=backend, **TINY, hidden_dim=32, feature_dim=16).double().train()
+    opts = {b: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1, momentum=0.9,
+                               weight_decay=1e-4) for b, m in models.items()}
+    g = torch.Generator().manual_seed(1)
+    kwargs = {} if phase is None else {"phase": phase}
+    for _ in range(3):
+        x1, x2 = (torch.randn(8, 3, 10, 25, 2, generator=g, dtype=torch.float64) for _ in range(2))
+        frames = torch.randint(30, 300, (8,), generator=g)
+        for b, m in models.items():
+            opts[b].zero_grad()
+            m(x1, x2, frames, **kwargs)["loss"].backward()
+            opts[b].step()
+    sf, sr = models["skelfast"].state_dict(), models["reference"].state_dict()
+    for k in sr:
+        if not k.endswith("_extra_state"):
+            torch.testing.assert_close(sf[k], sr[k], atol=1e-9, rtol=1e-8, msg=lambda m: f"{k}: {m}")

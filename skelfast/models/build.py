@@ -1,8 +1,11 @@
 """skelfast.models.build: the method's models with skelfast's fused kernels swapped in.
 
 backend='reference' is exactly skelfast.reference.build; backend='skelfast' (default) builds the
-same model (same parameters, same state-dict keys, so checkpoints are interchangeable) whose
-modalities and losses run through the fused ops of skelfast.ops that exist in this build.
+same model (same initial weights for the same seed, same state-dict keys, so checkpoints are
+interchangeable) whose modalities and losses run through the fused ops of skelfast.ops that exist
+in this build and whose G encoders of each role run as one batched network
+(skelfast.nn.StackedEncoders). Optimiser states follow the parameter tensors and are not
+interchangeable between backends.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from types import SimpleNamespace
 import torch.nn as nn
 
 from .. import ops
+from ..nn import StackedEncoders
 from ..reference import build as reference_build
 from ..reference.models import KERNEL_NAMES, kernel_set
 
@@ -20,8 +24,9 @@ BACKENDS = ("skelfast", "reference")
 
 
 def fused_kernels() -> SimpleNamespace:
-    """The kernel set of skelfast.ops: every kernel a model calls that has a fused op."""
-    return kernel_set(**{name: getattr(ops, name) for name in KERNEL_NAMES if hasattr(ops, name)})
+    """The kernel set of skelfast: every fused op a model calls, and the batched encoders."""
+    fused = {name: getattr(ops, name) for name in KERNEL_NAMES if hasattr(ops, name)}
+    return kernel_set(**fused, encoders=StackedEncoders.build)
 
 
 def build(name: str, backend: str = "skelfast", **overrides) -> nn.Module:

@@ -214,13 +214,17 @@ def load_official_checkpoint(path_or_state_dict, model: torch.nn.Module, ignore_
             raise ValueError(f"official checkpoint leaves {len(bad)} {type(model).__name__} entries unloaded: "
                              + ", ".join(bad) + " (pass strict=False to allow)")
 
-    with torch.no_grad():
-        for key, val in values.items():
-            target[key].copy_(val)
-        for (path, slot), val in slots.items():
-            target[f"{path}.queue"][slot].copy_(val)
-        for path, vals in ptrs.items():
-            _bank(model, path).ptr = vals[0]
+    # Through load_state_dict, not copy_ into state_dict() tensors: those are copies for modules
+    # whose state dict is a converted layout (skelfast.nn.StackedEncoders).
+    new: Dict[str, torch.Tensor] = dict(values)
+    for (path, slot), val in slots.items():
+        queue = new.setdefault(f"{path}.queue", target[f"{path}.queue"].clone())
+        queue[slot].copy_(val)
+    result = model.load_state_dict(new, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"{type(model).__name__} rejected mapped keys {result.unexpected_keys[:5]}")
+    for path, vals in ptrs.items():
+        _bank(model, path).ptr = vals[0]
     return LoadReport(loaded=sorted(values) + sorted(f"{p}.queue[{s}]" for p, s in slots), ignored=ignored,
                       missing=missing)
 

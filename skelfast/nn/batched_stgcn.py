@@ -18,7 +18,7 @@ layout, see skelfast.models.official), so checkpoints stay interchangeable.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -277,10 +277,20 @@ class BatchedSTGCN(nn.Module):
     def _is_shared(key: str, t: torch.Tensor) -> bool:
         return key == "A" or key.endswith("num_batches_tracked")
 
-    def per_model_state_dicts(self) -> List[Dict[str, torch.Tensor]]:
-        """G state dicts in the reference STGCN key layout (= official encoder layout)."""
+    def stacked_state(self) -> Dict[str, torch.Tensor]:
+        """Parameters and buffers in this module's own (stacked) layout, detached, no copies."""
+        out = {k: p.detach() for k, p in self.named_parameters()}
+        out.update((k, b.detach()) for k, b in self.named_buffers())
+        return out
+
+    def split_state(self, stacked: Mapping[str, torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
+        """A dict in the stacked layout (state, gradients, ...) -> G dicts in the reference STGCN layout.
+
+        Every part is a fresh copy: a view into the stacked storage would make torch.save write the
+        whole stacked tensor once per model.
+        """
         out: List[Dict[str, torch.Tensor]] = [dict() for _ in range(self.num_models)]
-        for key, t in self.state_dict().items():
+        for key, t in stacked.items():
             t = t.detach()
             if self._is_shared(key, t):
                 parts = [t.clone() for _ in range(self.num_models)]
@@ -292,17 +302,23 @@ class BatchedSTGCN(nn.Module):
                 out[g][key] = p
         return out
 
-    def load_per_model_state_dicts(self, state_dicts: Sequence[Dict[str, torch.Tensor]], strict: bool = True):
-        """Load G reference-layout state dicts (e.g. STGCN.state_dict() or official encoder dicts)."""
+    def merge_states(self, state_dicts: Sequence[Mapping[str, torch.Tensor]],
+                     strict: bool = True) -> Dict[str, torch.Tensor]:
+        """G reference-layout dicts -> one dict in the stacked layout (inverse of split_state).
+
+        strict: every key of this module must be in every dict and no dict may hold other keys;
+        otherwise keys absent from all dicts are skipped (a key in some dicts only always raises).
+        """
         if len(state_dicts) != self.num_models:
             raise ValueError(f"expected {self.num_models} state dicts, got {len(state_dicts)}")
         merged = {}
-        for key, t in self.state_dict().items():
-            if not all(key in sd for sd in state_dicts):
-                if strict:
-                    raise KeyError(f"per-model state dicts lack {key!r}")
+        for key, t in self.stacked_state().items():
+            present = [key in sd for sd in state_dicts]
+            if not all(present):
+                if strict or any(present):
+                    raise KeyError(f"per-model state dicts {[g for g, p in enumerate(present) if not p]} lack {key!r}")
                 continue
-            parts = [sd[key].to(t.dtype) for sd in state_dicts]
+            parts = [sd[key].detach().to(t.dtype) for sd in state_dicts]
             if key == "A":
                 for p in parts[1:]:
                     if not torch.equal(p, parts[0]):
@@ -315,10 +331,18 @@ class BatchedSTGCN(nn.Module):
             else:
                 merged[key] = torch.cat(parts, 0)
         if strict:
-            extra = set().union(*(sd.keys() for sd in state_dicts)) - set(self.state_dict())
+            extra = set().union(*(sd.keys() for sd in state_dicts)) - set(merged)
             if extra:
                 raise KeyError(f"unexpected keys in per-model state dicts: {sorted(extra)[:5]}")
-        return self.load_state_dict(merged, strict=strict)
+        return merged
+
+    def per_model_state_dicts(self) -> List[Dict[str, torch.Tensor]]:
+        """G state dicts in the reference STGCN key layout (= official encoder layout)."""
+        return self.split_state(self.stacked_state())
+
+    def load_per_model_state_dicts(self, state_dicts: Sequence[Dict[str, torch.Tensor]], strict: bool = True):
+        """Load G reference-layout state dicts (e.g. STGCN.state_dict() or official encoder dicts)."""
+        return self.load_state_dict(self.merge_states(state_dicts, strict), strict=strict)
 
     def load_prefixed_state_dict(self, state_dict: Dict[str, torch.Tensor], prefixes: Sequence[str],
                                  strict: bool = True):

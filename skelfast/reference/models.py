@@ -17,18 +17,22 @@ from . import losses as _losses
 from .losses import concat_keys
 from .modalities import modalities as _reference_modalities
 from .modalities import nrm
-from .moco import QueueBank, momentum_update_, parameter_pairs
+from .encoder_list import EncoderList
+from .moco import QueueBank, momentum_update_
 from .parity import Parity, resolve_lock
 from .stgcn import STGCN, weights_init_official
 
 __all__ = ["MultiModalMoCo", "TeacherStudent", "LinearEval", "ikem_head", "REFERENCE_KERNELS", "kernel_set"]
 
-# The functions a model calls for its modalities and losses. Fused implementations with the same
-# signatures (skelfast.ops) are swapped in through `kernels=` (see skelfast.models.build).
-KERNEL_NAMES = ("modalities", "info_nce", "context_loss", "ikem_loss", "relational_distill_loss")
+# The functions a model calls for its modalities, losses and encoders. Fused implementations with
+# the same signatures (skelfast.ops, skelfast.nn.StackedEncoders.build) are swapped in through
+# `kernels=` (see skelfast.models.build). `encoders(G, **STGCN kwargs)` builds the G encoders of one
+# role; both implementations share one state-dict layout.
+KERNEL_NAMES = ("modalities", "info_nce", "context_loss", "ikem_loss", "relational_distill_loss", "encoders")
 REFERENCE_KERNELS = SimpleNamespace(modalities=_reference_modalities, info_nce=_losses.info_nce,
                                     context_loss=_losses.context_loss, ikem_loss=_losses.ikem_loss,
-                                    relational_distill_loss=_losses.relational_distill_loss)
+                                    relational_distill_loss=_losses.relational_distill_loss,
+                                    encoders=EncoderList.build)
 
 
 def kernel_set(**overrides) -> SimpleNamespace:
@@ -74,8 +78,9 @@ class MultiModalMoCo(_ModalityInput):
     """G-modality MoCo pretraining model: 3-modality CrosSCLR/IKEM and 6-modality IKEM (§5).
 
     Modules (G = len(modalities)):
-        encoders_q, encoders_k: ModuleList[STGCN] with 256->256->128 MLP heads; key encoders have
-            requires_grad False and are updated by momentum only (§5.1).
+        encoders_q, encoders_k: G encoders with 256->256->128 MLP heads (an EncoderList of STGCNs,
+            or the kernel set's batched StackedEncoders; same state-dict layout); key encoders
+            have requires_grad False and are updated by momentum only (§5.1).
         ikem_heads: ModuleList of mlp2x (256 -> G*128 -> G*128), §5.4b.
         queues: QueueBank (G, feature_dim, K) with a host-side pointer.
         lock: per-modality flags, True = key encoder frozen in phase 2 (§5.4, §11 #2).
@@ -98,8 +103,10 @@ class MultiModalMoCo(_ModalityInput):
         self.momentum, self.tau, self.topk, self.feature_dim = momentum, tau, topk, feature_dim
         enc = dict(in_channels=in_channels, hidden_channels=hidden_channels, hidden_dim=hidden_dim, head="mlp",
                    feature_dim=feature_dim, dropout=dropout, topology=topology, edge_importance=edge_importance)
-        self.encoders_q = nn.ModuleList(STGCN(**enc) for _ in range(G))
-        self.encoders_k = nn.ModuleList(STGCN(**enc) for _ in range(G))
+        # §11 #10 ties heads across encoders, which only separate reference encoders can express.
+        make_encoders = REFERENCE_KERNELS.encoders if parity.shared_crossclr_heads else self.kernels.encoders
+        self.encoders_q = make_encoders(G, **enc)
+        self.encoders_k = make_encoders(G, **enc)
         if parity.shared_crossclr_heads:
             # §11 #10 (CrosSCLR original): modality g>0 head = own Linear+ReLU, then modality 0's head.
             for encs in (self.encoders_q, self.encoders_k):
@@ -108,8 +115,7 @@ class MultiModalMoCo(_ModalityInput):
                     encs[g].fc[0].apply(weights_init_official)
         if not parity.independent_key_init:
             # MoCo-correct start (§11 #4 off): key = query. Officially weights_init re-draws keys afterwards.
-            for eq, ek in zip(self.encoders_q, self.encoders_k):
-                ek.load_state_dict(eq.state_dict())
+            self.encoders_k.load_state_dict(self.encoders_q.state_dict())
         for p in self.encoders_k.parameters():
             p.requires_grad_(False)
         self.ikem_heads = nn.ModuleList(ikem_head(hidden_dim, G * feature_dim) for _ in range(G))
@@ -127,8 +133,7 @@ class MultiModalMoCo(_ModalityInput):
                 momentum_update_(list(self.encoders_k[g].parameters()), list(self.encoders_q[g].parameters()),
                                  self.momentum)
             return
-        keys, queries = parameter_pairs([self.encoders_k[g] for g in which], [self.encoders_q[g] for g in which])
-        momentum_update_(keys, queries, self.momentum)
+        self.encoders_k.momentum_update_(self.encoders_q, self.momentum, which)
 
     def unlocked(self, phase: int) -> Tuple[int, ...]:
         """Indices of key encoders updated in this phase: all in phase 1, the unlocked ones in phase 2."""
@@ -138,17 +143,13 @@ class MultiModalMoCo(_ModalityInput):
     @torch.no_grad()
     def keys(self, xk: torch.Tensor) -> torch.Tensor:
         """xk (G, N, C, T, V, M) -> unit keys (G, N, D) from the key encoders (train mode as officially)."""
-        return torch.stack([nrm(enc(x)[0]) for enc, x in zip(self.encoders_k, xk)])
+        return nrm(self.encoders_k(xk)[0], dim=-1)
 
     def queries(self, xq: torch.Tensor, with_ikem: bool):
         """xq (G, N, C, T, V, M) -> q (G, N, D) and, if with_ikem, u = nrm(mlp2x(h_x)) (G, N, G*D)."""
-        qs, us = [], []
-        for g, x in enumerate(xq):
-            z, h = self.encoders_q[g](x)
-            qs.append(nrm(z))
-            if with_ikem:
-                us.append(nrm(self.ikem_heads[g](h)))
-        return torch.stack(qs), (torch.stack(us) if with_ikem else None)
+        z, h = self.encoders_q(xq)
+        u = torch.stack([nrm(head(hg)) for head, hg in zip(self.ikem_heads, h)]) if with_ikem else None
+        return nrm(z, dim=-1), u
 
     def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, frames: Optional[torch.Tensor] = None,
                 phase: int = 1, enqueue: bool = True) -> Dict[str, torch.Tensor]:
@@ -193,9 +194,9 @@ class TeacherStudent(_ModalityInput):
     """Relational cross-modal distillation (§6.1 six-modality teacher, three students; §6.2 fused).
 
     Modules:
-        teacher: ModuleList[STGCN] (G, 256->256->128 heads), all parameters frozen.
-        students: ModuleList[STGCN] with 256 -> G*128 -> G*128 heads; one per student modality, or
-            one fused student on the channel concatenation of student_modalities (in_channels 3*S).
+        teacher: G encoders (256->256->128 heads; EncoderList or StackedEncoders), all frozen.
+        students: encoders with 256 -> G*128 -> G*128 heads; one per student modality, or one
+            fused student on the channel concatenation of student_modalities (in_channels 3*S).
         queues: QueueBank (G, 128, K) of teacher queries; teacher_queue: QueueBank (1, G*128, K).
     """
 
@@ -215,15 +216,13 @@ class TeacherStudent(_ModalityInput):
         G = len(self.teacher_modalities)
         common = dict(hidden_channels=hidden_channels, hidden_dim=hidden_dim, head="mlp", dropout=dropout,
                       topology=topology, edge_importance=edge_importance)
-        self.teacher = nn.ModuleList(STGCN(in_channels=in_channels, feature_dim=feature_dim, **common)
-                                     for _ in range(G))
+        self.teacher = self.kernels.encoders(G, in_channels=in_channels, feature_dim=feature_dim, **common)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         num_students = 1 if fused_student else len(self.student_modalities)
         s_in = in_channels * len(self.student_modalities) if fused_student else in_channels
-        self.students = nn.ModuleList(
-            STGCN(in_channels=s_in, feature_dim=G * feature_dim, head_hidden=G * feature_dim, **common)
-            for _ in range(num_students))
+        self.students = self.kernels.encoders(num_students, in_channels=s_in, feature_dim=G * feature_dim,
+                                              head_hidden=G * feature_dim, **common)
         self.queues = QueueBank(G, feature_dim, queue_size)
         self.teacher_queue = QueueBank(1, G * feature_dim, queue_size)
 
@@ -246,14 +245,14 @@ class TeacherStudent(_ModalityInput):
         xs = self.make_inputs(x2, frames, self.student_modalities)       # (S, N, 3, T, V, M)
         if self.fused_student:
             xs = xs.transpose(0, 1).flatten(1, 2).unsqueeze(0)          # (1, N, 3S, T, V, M), [J, Mo, B]
-        return torch.stack([nrm(enc(x)[0]) for enc, x in zip(self.students, xs)])
+        return nrm(self.students(xs)[0], dim=-1)
 
     def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, frames: Optional[torch.Tensor] = None,
                 enqueue: bool = True) -> Dict[str, torch.Tensor]:
         """Teacher on view 1 (no grad), students on view 2 (§6.1 'Forward, per step')."""
         xq = self.make_inputs(im_q, frames, self.teacher_modalities)
         with torch.no_grad():
-            tq = torch.stack([nrm(enc(x)[0]) for enc, x in zip(self.teacher, xq)])   # (G, N, D)
+            tq = nrm(self.teacher(xq)[0], dim=-1)                               # (G, N, D)
         s = self.student_features(im_k, frames)
         tqueue = self.teacher_queue.queue[0].clone()
         losses = self.kernels.relational_distill_loss(tq, s, self.teacher_queues(), tqueue, self.tau, self.topk)

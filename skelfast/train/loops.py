@@ -64,16 +64,17 @@ def autocast(device: torch.device, amp: str):
 
 
 def compile_encoders(model: nn.Module, device: torch.device, compile_: bool, cuda_graphs: bool) -> None:
-    """torch.compile every ST-GCN encoder in place (nn.Module.compile keeps the state-dict keys, so
+    """torch.compile every ST-GCN encoder (reference or batched) in place (nn.Module.compile keeps the state-dict keys, so
     checkpoints are unaffected). cuda_graphs uses mode 'reduce-overhead' (GPU only)."""
     if cuda_graphs and device.type != "cuda":
         raise ValueError("--cuda-graphs needs a CUDA device")
     if not (compile_ or cuda_graphs):
         return
+    from ..nn import BatchedSTGCN
     from ..reference.stgcn import STGCN
     mode = "reduce-overhead" if cuda_graphs else None
     for m in model.modules():
-        if isinstance(m, STGCN):
+        if isinstance(m, (STGCN, BatchedSTGCN)):
             m.compile(mode=mode)
 
 

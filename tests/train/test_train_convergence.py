@@ -43,4 +43,6 @@ def test_pretraining_beats_random_init(tmp_path_factory):
     print("linear top-1 (last), trained vs random init:", accs)
     chance = 100.0 / 6
     assert accs["random"] > chance, accs
-    assert accs["model"] >= accs["random"] + 8.0, accs       # 47.1 vs 33.8 on the reference box
+    # Run-to-run spread at this size is several points: over seeds 0-3 and both backends (8 runs)
+    # trained minus random-init top-1 was 7.3 to 16.2 points (68 test samples, 1.5 points each).
+    assert accs["model"] >= accs["random"] + 5.0, accs
