@@ -8,6 +8,7 @@
 
 #include "../modalities_common.h"
 #include "modalities_cpu_forward.h"
+#include "skelfast/cpu_clones.h"
 
 namespace skelfast {
 namespace {
@@ -15,14 +16,8 @@ namespace {
 using torch::stable::Tensor;
 using torch::headeronly::ScalarType;
 
-// The forward over a range of (n, m) sequences, compiled for several ISAs (gcc target_clones picks
-// at load time) with everything inlined (flatten), so the time loops vectorise on AVX2/AVX-512
-// without building the whole library for one machine.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SKELFAST_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
-#else
-#define SKELFAST_CPU_CLONES __attribute__((flatten))
-#endif
+// The forward over a range of (n, m) sequences, one clone per ISA (skelfast/cpu_clones.h), so the
+// time loops vectorise on AVX2/AVX-512.
 #define SKELFAST_FORWARD_RANGE(NAME, T, A)                                                                          \
   SKELFAST_CPU_CLONES void NAME(                                                                                    \
       const ModalitiesParams& p, const T* x, const A* s, T* o, int64_t begin, int64_t end) {                      \

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops.epilogue import dropout_add_relu
 from ..ops.graph_conv import graph_conv, graph_conv_composite
 from ..reference.graph import spatial_adjacency
 from ..reference.stgcn import STGCN, TEMPORAL_KERNEL, block_specs, weights_init_official
@@ -162,11 +163,16 @@ class BatchedSTGCNBlock(nn.Module):
     def forward(self, x: torch.Tensor, A: torch.Tensor, importance: Optional[torch.Tensor] = None,
                 fused: bool = True) -> torch.Tensor:
         # = relu(tcn(gcn(x)) + residual(x)), with fewer full passes over the activations: the
-        # ReLUs and the residual add run in place on fresh tensors (BatchNorm's backward does not
-        # use its output), dropout is skipped when it is the identity, and the 'none' residual
-        # adds nothing instead of a 0.
+        # first ReLU runs in place on a fresh tensor (BatchNorm's backward does not use its
+        # output); fused, dropout + residual add + ReLU are one op (skelfast.ops.dropout_add_relu);
+        # unfused, dropout is skipped when it is the identity and the add and ReLU run in place.
         bn1, _, conv, bn2, drop = self.tcn
         y = bn2(_grouped_conv(conv, F.relu(bn1(self.gcn(x, A, importance, fused)), inplace=True)))
+        if fused:
+            residual = {"none": None, "identity": x}.get(self.residual_kind)
+            if self.residual_kind == "conv":
+                residual = self.residual[1](_grouped_conv(self.residual[0], x))
+            return dropout_add_relu(y, residual, drop.p, self.training)
         if self.training and drop.p > 0:
             y = drop(y)
         if self.residual_kind == "identity":
@@ -197,8 +203,10 @@ class BatchedSTGCN(nn.Module):
     `(fc(h), h)`.
 
     Args mirror skelfast.reference.STGCN, plus num_models = G. `topology` may also be a (K, V, V)
-    adjacency tensor. `fused=False` runs the spatial unit as grouped conv + einsum (plain PyTorch)
-    instead of the skelfast.ops.graph_conv op. `memory_format`: 'auto' runs the blocks channels-last
+    adjacency tensor. `fused=False` runs the spatial unit as grouped conv + einsum and the block
+    epilogue as dropout, add, ReLU (plain PyTorch) instead of the skelfast.ops graph_conv and
+    dropout_add_relu ops; in training mode with dropout > 0 the two draw different (equally
+    distributed) dropout masks. `memory_format`: 'auto' runs the blocks channels-last
     on CPU (oneDNN's grouped convolutions are 2-4x faster there than NCHW, and graph_conv has a
     channels-last kernel) and contiguous NCHW elsewhere; 'channels_last' / 'contiguous' force one.
     """

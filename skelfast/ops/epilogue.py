@@ -1,0 +1,101 @@
+"""skelfast.ops.dropout_add_relu: the fused ST-GCN block epilogue ReLU(dropout(x) + residual).
+
+Every ST-GCN block ends with Dropout, the residual add and ReLU (method.md §4.2). Eager PyTorch
+runs them as four passes over the block's largest activation, and on CPU dropout's `bernoulli_`
+alone costs ~13 ns per element on one core (profiled: 19% of a phase-1 step of the batched
+encoders). `torch.ops.skelfast.dropout_add_relu` (csrc/epilogue.cpp, CPU kernel in
+csrc/cpu/epilogue_cpu.cpp) does it in one pass with a counter-based mask (a hash of a seed and the
+element offset, csrc/include/skelfast/dropout_math.h): no mask is stored, the backward recomputes it.
+
+The mask follows the same Bernoulli(1 - p) law as torch's dropout but not torch's random stream:
+the seed is drawn from torch's CPU generator (so `torch.manual_seed` and a restored RNG state
+reproduce it), the bits come from the hash. On CUDA, in low precision, while torch.compile traces
+(Inductor fuses these ops itself) and with SKELFAST_BACKEND=torch, the plain PyTorch ops run.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .. import _extension
+from . import _backend
+
+__all__ = ["dropout_add_relu", "dropout_add_relu_composite"]
+
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+def dropout_add_relu_composite(x: torch.Tensor, residual: Optional[torch.Tensor], p: float,
+                               training: bool = True) -> torch.Tensor:
+    """ReLU(dropout(x, p) + residual) with PyTorch ops (torch's dropout and random stream)."""
+    y = F.dropout(x, p, training) if (training and p > 0) else x
+    return F.relu(y if residual is None else y + residual)
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    cl = t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+def _kernel_applies(x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
+    return (_HAS_KERNEL and x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES
+            and (residual is None or (residual.dtype == x.dtype and residual.shape == x.shape))
+            and not torch.compiler.is_compiling() and _backend.resolve(x.device) != "torch")
+
+
+def dropout_add_relu(x: torch.Tensor, residual: Optional[torch.Tensor] = None, p: float = 0.0,
+                     training: bool = True, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """ReLU(dropout(x, p) + residual), differentiable w.r.t. x and residual.
+
+    Args:
+        x: any shape (a block's (B, C, T, V) activations), float.
+        residual: x's shape, or None (no residual, the first block).
+        p: dropout probability in [0, 1]; dropout is active only when `training`.
+        generator: CPU generator the kernel's seed is drawn from (default: torch's global one).
+    Returns:
+        x's shape, in x's memory format (contiguous or channels-last).
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout_add_relu: p must be in [0, 1], got {p}")
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"dropout_add_relu: residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
+    if not _kernel_applies(x, residual):
+        return dropout_add_relu_composite(x, residual, p, training)
+    p = float(p) if training else 0.0
+    fmt = _memory_format(x)
+    x = x.contiguous(memory_format=fmt)
+    if residual is not None:
+        residual = residual.contiguous(memory_format=fmt)
+    seed = int(torch.randint(-2**63, 2**63 - 1, (), generator=generator)) if p > 0 else 0
+    return torch.ops.skelfast.dropout_add_relu(x, residual, p, seed)
+
+
+def _register() -> None:
+    @torch.library.register_fake("skelfast::dropout_add_relu")
+    def _fake(x, residual, p, seed):
+        return torch.empty_like(x)
+
+    @torch.library.register_fake("skelfast::dropout_add_relu_backward")
+    def _backward_fake(grad_out, out, p, seed, residual_grad):
+        return torch.empty_like(out), (torch.empty_like(out) if residual_grad else out.new_empty((0,)))
+
+    def _setup_context(ctx, inputs, output):
+        _, residual, p, seed = inputs
+        ctx.p, ctx.seed, ctx.has_residual = p, seed, residual is not None
+        ctx.save_for_backward(output)   # ReLU's mask; the dropout mask is recomputed from the seed
+
+    def _backward(ctx, grad_out):
+        (out,) = ctx.saved_tensors
+        need_res = ctx.has_residual and ctx.needs_input_grad[1]
+        gx, gres = torch.ops.skelfast.dropout_add_relu_backward(
+            grad_out.contiguous(memory_format=_memory_format(out)), out, ctx.p, ctx.seed, need_res)
+        return gx, (gres if need_res else None), None, None
+
+    torch.library.register_autograd("skelfast::dropout_add_relu", _backward, setup_context=_setup_context)
+
+
+_HAS_KERNEL = _extension.has_cpu_kernels() and hasattr(torch.ops.skelfast, "dropout_add_relu")
+if _HAS_KERNEL:
+    _register()
