@@ -149,3 +149,26 @@ def test_composite_matches_torch_dropout_law():
     x = torch.ones(1 << 16)
     out = dropout_add_relu_composite(x, None, 0.25)
     assert set(out.unique().tolist()) <= {0.0, float(torch.tensor(1 / 0.75))}
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_broadcast_pooled_gradient_is_read_in_place(memory_format):
+    """The last block feeds a global mean over (T, V): its gradient is a stride-0 broadcast, which
+    the backward reads without a copy (channels-last) or after one (contiguous); same result."""
+    x, r = inputs((4, 6, 5, 3), torch.float64, memory_format)
+    xg, rg = x.clone().requires_grad_(), r.clone().requires_grad_()
+    out = op(xg, rg, 0.5, 21)
+    out.mean(dim=(2, 3)).square().sum().backward()
+    mask = kernel_mask(x.shape, 0.5, 21, memory_format=memory_format)
+    xw, rw = x.clone().requires_grad_(), r.clone().requires_grad_()
+    torch.relu(xw * mask + rw).mean(dim=(2, 3)).square().sum().backward()
+    torch.testing.assert_close(xg.grad, xw.grad)
+    torch.testing.assert_close(rg.grad, rw.grad)
+
+
+def test_scalar_and_one_dimensional():
+    for shape in ((), (7,)):
+        x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        out = op(x, None, 0.0, 0)
+        out.backward(torch.ones_like(out))
+        torch.testing.assert_close(x.grad, (x > 0).double())

@@ -5,6 +5,7 @@
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <tuple>
 
@@ -49,15 +50,43 @@ SKELFAST_CPU_CLONES void forward_range(const T* x, const T* res, T* out, const D
   }
 }
 
+// One row of `inner` elements starting at memory offset i0 of out; grad's row is contiguous
+// (stride 1) but may sit anywhere (e.g. the stride-0 broadcast of a pooled gradient).
 template <typename T, bool kDrop, bool kResidualGrad>
-SKELFAST_CPU_CLONES void backward_range(const T* grad, const T* out, T* gx, T* gres, const DropoutParams d,
-                                        int64_t begin, int64_t end) {
+SKELFAST_CPU_CLONES void backward_row(const T* grad, const T* out, T* gx, T* gres, const DropoutParams d,
+                                      int64_t i0, int64_t inner) {
   const T scale = static_cast<T>(d.scale);
-  for (int64_t i = begin; i < end; ++i) {
-    const T g = out[i] > T(0) ? grad[i] : T(0);  // ReLU'(0) = 0, as threshold_backward
+  for (int64_t j = 0; j < inner; ++j) {
+    const int64_t i = i0 + j;
+    const T g = out[i] > T(0) ? grad[j] : T(0);  // ReLU'(0) = 0, as threshold_backward
     if constexpr (kResidualGrad) gres[i] = g;
     gx[i] = kDrop ? g * dropout_weight<T>(d, static_cast<uint64_t>(i), scale) : g;
   }
+}
+
+// out's dims in memory order (contiguous: as is; channels-last: N, H, W, C) with grad's strides
+// permuted alike.
+struct MemoryOrder {
+  int64_t dims = 0;
+  int64_t size[8];
+  int64_t grad_stride[8];
+};
+
+MemoryOrder memory_order(const Tensor& out, const Tensor& grad) {
+  MemoryOrder m;
+  m.dims = out.dim();
+  const bool cl = !out.is_contiguous();  // dense_layout(out) holds: channels-last 4-d
+  for (int64_t k = 0; k < m.dims; ++k) {
+    const int64_t src = cl ? (k == 0 ? 0 : (k == 3 ? 1 : k + 1)) : k;
+    m.size[k] = out.size(src);
+    m.grad_stride[k] = grad.stride(src);
+  }
+  if (m.dims == 0) {  // a scalar: one row of one element
+    m.dims = 1;
+    m.size[0] = 1;
+    m.grad_stride[0] = 1;
+  }
+  return m;
 }
 
 template <typename Fn>
@@ -108,12 +137,18 @@ std::tuple<Tensor, Tensor> dropout_add_relu_backward_cpu(Tensor grad_out, Tensor
   check_p(p, op);
   STD_TORCH_CHECK(dense_layout(out), op, ": out must be contiguous or channels-last");
   STD_TORCH_CHECK(grad_out.scalar_type() == out.scalar_type(), op, ": grad_out must have out's dtype");
-  STD_TORCH_CHECK(same_geometry(grad_out, out) || (out.numel() == 0 && grad_out.numel() == 0), op,
-                  ": grad_out must have out's shape and strides");
+  STD_TORCH_CHECK(out.dim() <= 8, op, ": at most 8 dimensions");
+  STD_TORCH_CHECK(grad_out.dim() == out.dim(), op, ": grad_out must have out's shape");
+  for (int64_t k = 0; k < out.dim(); ++k) STD_TORCH_CHECK(grad_out.size(k) == out.size(k), op, ": grad_out must have out's shape");
   Tensor gx = torch::stable::empty_like(out);
   Tensor gres = residual_grad ? torch::stable::empty_like(out) : torch::stable::new_empty(out, {0});
   const int64_t n = out.numel();
   if (n == 0) return {gx, gres};
+  const MemoryOrder m = memory_order(out, grad_out);
+  const int64_t inner = m.size[m.dims - 1];
+  STD_TORCH_CHECK(inner == 1 || m.grad_stride[m.dims - 1] == 1, op,
+                  ": grad_out must be contiguous along out's innermost memory dimension");
+  const int64_t rows = n / inner;
   const DropoutParams d = dropout_params(p, seed);
   dispatch_float(out.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
@@ -121,11 +156,20 @@ std::tuple<Tensor, Tensor> dropout_add_relu_backward_cpu(Tensor grad_out, Tensor
     const T* o = out.const_data_ptr<T>();
     T* gxp = gx.mutable_data_ptr<T>();
     T* grp = residual_grad ? gres.mutable_data_ptr<T>() : nullptr;
-    torch::stable::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
-      if (d.active && grp) backward_range<T, true, true>(g, o, gxp, grp, d, b, e);
-      else if (d.active) backward_range<T, true, false>(g, o, gxp, grp, d, b, e);
-      else if (grp) backward_range<T, false, true>(g, o, gxp, grp, d, b, e);
-      else backward_range<T, false, false>(g, o, gxp, grp, d, b, e);
+    torch::stable::parallel_for(0, rows, std::max<int64_t>(1, kGrain / inner), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        int64_t goff = 0, rem = r;  // grad's offset of row r: its outer coordinates times strides
+        for (int64_t k = m.dims - 2; k >= 0; --k) {
+          goff += (rem % m.size[k]) * m.grad_stride[k];
+          rem /= m.size[k];
+        }
+        const T* gr = g + goff;
+        const int64_t i0 = r * inner;
+        if (d.active && grp) backward_row<T, true, true>(gr, o, gxp, grp, d, i0, inner);
+        else if (d.active) backward_row<T, true, false>(gr, o, gxp, grp, d, i0, inner);
+        else if (grp) backward_row<T, false, true>(gr, o, gxp, grp, d, i0, inner);
+        else backward_row<T, false, false>(gr, o, gxp, grp, d, i0, inner);
+      }
     });
   });
   return {gx, gres};

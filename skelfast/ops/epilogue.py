@@ -39,6 +39,16 @@ def _memory_format(t: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if cl else torch.contiguous_format
 
 
+def _grad_layout(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """grad as the backward kernel reads it: contiguous along out's innermost memory dimension (C
+    for channels-last), any other strides. The gradient of the global pooling that follows the last
+    block is a stride-0 broadcast over (T, V) and passes without materialising a copy."""
+    inner = 1 if _memory_format(out) is torch.channels_last else out.dim() - 1
+    if out.dim() == 0 or grad.shape[inner] == 1 or grad.stride(inner) == 1:
+        return grad
+    return grad.contiguous(memory_format=_memory_format(out))
+
+
 def _kernel_applies(x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
     return (_HAS_KERNEL and x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES
             and (residual is None or (residual.dtype == x.dtype and residual.shape == x.shape))
@@ -89,8 +99,8 @@ def _register() -> None:
     def _backward(ctx, grad_out):
         (out,) = ctx.saved_tensors
         need_res = ctx.has_residual and ctx.needs_input_grad[1]
-        gx, gres = torch.ops.skelfast.dropout_add_relu_backward(
-            grad_out.contiguous(memory_format=_memory_format(out)), out, ctx.p, ctx.seed, need_res)
+        gx, gres = torch.ops.skelfast.dropout_add_relu_backward(_grad_layout(grad_out, out), out, ctx.p, ctx.seed,
+                                                                need_res)
         return gx, (gres if need_res else None), None, None
 
     torch.library.register_autograd("skelfast::dropout_add_relu", _backward, setup_context=_setup_context)
