@@ -100,8 +100,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .data import DataError
 
     try:
+        overrides = a.sets + _sets_from_flags(a)
+        changes = [o for o in overrides if not o.startswith("run.progress=")]   # display only
+        if getattr(a, "resume", None) and changes:
+            # a resumed run continues with the config saved in its checkpoint
+            raise ConfigError(f"--resume continues the checkpoint's saved config (bit-for-bit); it cannot be combined "
+                              f"with --set or config flags (got {changes}); start a new run to change settings")
         # flags after --set so that explicit flags win
-        cfg = load_config(a.config, a.sets + _sets_from_flags(a))
+        cfg = load_config(a.config, overrides)
         if a.command == "pretrain":
             from .pretrain import run_pretrain
             res = run_pretrain(cfg, resume=a.resume)

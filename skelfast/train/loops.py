@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 import torch
 import torch.nn as nn
 
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import save_config
 from .data import Split, epoch_order, step_generator
 from .distributed import DistInfo, any_flag, barrier, wrap_ddp
@@ -136,7 +136,14 @@ class Trainer:
         history = None
         if resume is not None:
             model.load_state_dict(resume["model"])
-            self.optimizer.load_state_dict(resume["optimizer"])
+            try:
+                self.optimizer.load_state_dict(resume["optimizer"])
+            except ValueError as e:
+                raise CheckpointError(
+                    f"the optimiser state of {resume.get('path', 'the checkpoint')} does not fit the parameters of "
+                    f"model.backend={cfg['model']['backend']!r} ({e}). The optimiser state follows the parameter "
+                    f"tensors, which differ between backends (stacked encoders on 'skelfast', one per modality on "
+                    f"'reference'): it was saved by the other backend") from e
             self.epoch, self.step, self.global_step = resume["epoch"], resume["step"], resume["global_step"]
             history = resume.get("history")
             task.load_extra_state(resume.get("task_state", {}))

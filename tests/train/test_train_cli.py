@@ -118,8 +118,11 @@ def test_errors_before_training(chain, tiny, tmp_path, capsys):
     # a missing checkpoint, and resuming a pretrain run as a distillation
     assert main(["linear", "--checkpoint", str(tmp_path / "nope.pt"), *_sets(tiny())]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["distill", "--resume", pre, *_sets(tiny())]) == 2
+    assert main(["distill", "--resume", pre]) == 2
     assert "pretrain" in capsys.readouterr().err
+    # a resumed run keeps its saved config: overrides are refused, not silently dropped
+    assert main(["pretrain", "--resume", pre, "--backend", "reference"]) == 2
+    assert "--resume continues" in capsys.readouterr().err
     # a view the model does not have
     assert main(["linear", "--checkpoint", dis, "--view", "omega", *_sets(tiny())]) == 2
     assert "omega" in capsys.readouterr().err

@@ -95,3 +95,20 @@ def test_load_checks_kind(tmp_path):
     (tmp_path / "garbage.pt").write_bytes(b"not a zip")
     with pytest.raises(CheckpointError, match="cannot read"):
         load_checkpoint(str(tmp_path / "garbage.pt"))
+
+
+def test_resume_with_another_backend_names_the_backend(tiny, tmp_path):
+    """Model weights are interchangeable between backends, the optimiser state is not (it follows
+    the parameter tensors: stacked on 'skelfast', per encoder on 'reference'). Resuming uses the
+    checkpoint's config; a checkpoint whose config names another backend than its optimiser state
+    was saved with gets a clear error."""
+    sets = tiny(**{"optim.epochs": 1, "run.max_steps_per_epoch": 1, "run.name": "b", "run.plots": False,
+                   "model.backend": "reference"})
+    first = run_pretrain(load_config("ikem6", sets))
+    ck = load_checkpoint(first["checkpoint"])
+    ck["config"]["model"]["backend"] = "skelfast"
+    ck["config"]["optim"]["epochs"] = 2
+    path = str(tmp_path / "edited.pt")
+    save_checkpoint(path, ck)
+    with pytest.raises(CheckpointError, match="optimiser state .* model.backend='skelfast'"):
+        run_pretrain(None, resume=path)
