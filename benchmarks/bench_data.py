@@ -1,10 +1,22 @@
 """Benchmark of the data pipeline (method.md §1-§2, §9.6).
 
-1. `.skeleton` reader throughput (files/s) on synthetic NTU-format files, in-process and over a
-   process pool; plus the full prepare path (read + §1.3 preprocessing) per file.
+1. `.skeleton` reader on synthetic NTU-format files, `read` and the full prepare path
+   `read+preprocess` (read + §1.3 preprocessing) per file; providers `numpy-inproc` (the reference:
+   one process) and `numpy-<W>proc` (a process pool). throughput = MiB/s of .skeleton text parsed
+   (files/s is printed too); gbs = (text read + arrays returned) per second. No roofline applies: the
+   reader is bound by text parsing (tokenising and converting decimal numbers), not by memory traffic
+   or FLOPs, so floor_us / pct_of_floor are against the copy bandwidth for those bytes, labelled
+   floor_bound = "copy-bw, parse-bound": a lower bound no parser reaches, kept to show how far the
+   reader is from memory speed. There is no torch.compile provider (no tensor program to compile).
 2. Augmentation of a batch of 128 samples x 2 views (temporal crop + shear, §2): the CPU
-   per-sample NumPy path a DataLoader worker runs vs the batched torch op
-   (`skelfast.data.augment.batched_two_views`) on CPU, and on CUDA when available.
+   per-sample NumPy path a DataLoader worker runs (`cpu_per_sample_numpy`, the reference) vs the
+   batched torch op (`skelfast.data.augment.batched_two_views`) on CPU (also on one thread, like
+   the per-sample path), on CUDA when available, and its torch.compile (`batched_<dev>+compile`,
+   the compile baseline of each device; the generator's random draws stay eager behind a graph
+   break, so its output equals the eager op's bit for bit, which is checked; compiling costs about
+   5 s with a cold inductor cache on the 2-core CPU box). throughput = samples/s; gbs and
+   pct_of_floor are for the minimal traffic (the batch read once, both views written once) at the
+   copy bandwidth measured in the same run.
 
 Timings are median / p20 / p80 over repeats (time.perf_counter; CUDA events on GPU, via
 benchmarks/_harness.py). Rows (ops `data_reader`, `augment_2views`) are upserted into the
@@ -38,24 +50,40 @@ from skelfast.data.skeleton_reader import parallel_map
 B, C, T, V, M = 128, 3, 50, 25, 2
 
 
+def _nbytes(obj) -> int:
+    """Bytes of the arrays/tensors in a (nested) result."""
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(o) for o in obj)
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    return 0
+
+
 def bench_reader(n_files: int, workers: int, reps: int, device: torch.device):
     rows = []
+    cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         classes = 10
         paths = synthetic.generate(tmp, num_classes=classes, samples_per_class=max(1, n_files // classes), seed=0,
                                    workers=workers)
-        mb = sum(os.path.getsize(p) for p in paths) / 2**20
-        cases = [("read", "numpy-inproc", lambda: read_skeletons(paths, workers=0)),
-                 ("read", f"numpy-{workers}proc", lambda: read_skeletons(paths, workers=workers)),
-                 ("read+preprocess", f"numpy-{workers}proc",
-                  lambda: list(parallel_map(_process_file, paths, workers=workers)))]
-        for mode, provider, fn in cases:
-            s = H.measure(fn, torch.device("cpu"), warmup=1, min_reps=reps, min_time_s=0.0, max_reps=reps)
-            row = H.base_row("data_reader", device)
-            row.update(provider=provider, mode=mode, shape=f"files={len(paths)} ({mb:.0f} MiB)", dtype="float64",
-                       p50_ms=s.p50, p20_ms=s.p20, p80_ms=s.p80, throughput=len(paths) / (s.p50 * 1e-3),
-                       throughput_unit="files/s")
-            rows.append(row)
+        text_bytes = sum(os.path.getsize(p) for p in paths)
+        shape = f"files={len(paths)} ({text_bytes / 2**20:.0f} MiB)"
+        modes = {"read": lambda w: read_skeletons(paths, workers=w),
+                 "read+preprocess": lambda w: list(parallel_map(_process_file, paths, workers=w))}
+        for mode, run in modes.items():
+            out_bytes = _nbytes(run(0))
+            stats = {}
+            for provider, w in (("numpy-inproc", 0), (f"numpy-{workers}proc", workers)):
+                stats[provider] = H.measure(lambda w=w: run(w), cpu, warmup=1, min_reps=reps, min_time_s=0.0,
+                                            max_reps=reps)
+            for provider, s in stats.items():
+                seconds = s.p50 * 1e-3
+                rows.append(H.timed_row(
+                    "data_reader", device, provider, mode, shape, "float64", s, reference_ms=stats["numpy-inproc"].p50,
+                    bytes_moved=text_bytes + out_bytes, floor_bound="copy-bw, parse-bound",
+                    throughput=(text_bytes / 2**20 / seconds, "MiB/s text"), files_per_s=len(paths) / seconds))
     return rows
 
 
@@ -69,8 +97,8 @@ def _one_thread(fn, *args):
 
 
 def bench_augment(reps: int, device: torch.device):
-    rows = []
     x_np = np.random.default_rng(0).normal(size=(B, C, T, V, M)).astype(np.float32)
+    bytes_moved = 3 * x_np.nbytes   # read the batch once, write two views once
 
     def per_sample():   # what a DataLoader worker does for Feeder_dual (two independent views)
         rng = np.random.default_rng(0)
@@ -79,21 +107,26 @@ def bench_augment(reps: int, device: torch.device):
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     cases = [("cpu_per_sample_numpy", torch.device("cpu"), per_sample)]
+    compiled_two_views = torch.compile(batched_two_views)
     for d in devices:
         x = torch.from_numpy(x_np).to(d)
         g = torch.Generator(device=d).manual_seed(0)
         cases.append((f"batched_{d.type}", d, lambda x=x, g=g: batched_two_views(x, g)))
         if d.type == "cpu":   # the per-sample path is single-threaded too: compare like with like
             cases.append(("batched_cpu_1thread", d, lambda x=x, g=g: _one_thread(batched_two_views, x, g)))
-    base = None
-    for provider, d, fn in cases:
-        s = H.measure(fn, d, warmup=2, min_reps=reps, min_time_s=0.2)
-        base = base or s.p50
-        row = H.base_row("augment_2views", device if d.type == "cuda" else torch.device("cpu"))
-        row.update(provider=provider, mode="forward", shape=f"{B}x2x{C}x{T}x{V}x{M}", dtype="float32",
-                   p50_ms=s.p50, p20_ms=s.p20, p80_ms=s.p80, speedup_vs_reference=base / s.p50,
-                   throughput=B / (s.p50 * 1e-3), throughput_unit="samples/s")
-        rows.append(row)
+        # the compiled op must give the eager op's views for the same seed before it is timed
+        H.check_close(f"batched_{d.type}+compile", compiled_two_views(x, torch.Generator(device=d).manual_seed(1)),
+                      batched_two_views(x, torch.Generator(device=d).manual_seed(1)), atol=1e-6, rtol=1e-6)
+        gc_ = torch.Generator(device=d).manual_seed(0)
+        cases.append((f"batched_{d.type}+compile", d, lambda x=x, g=gc_: compiled_two_views(x, g)))
+    stats = {provider: (d, H.measure(fn, d, warmup=2, min_reps=reps, min_time_s=0.2)) for provider, d, fn in cases}
+    base = stats["cpu_per_sample_numpy"][1].p50
+    rows = []
+    for provider, (d, s) in stats.items():
+        comp = stats.get(f"batched_{d.type}+compile", (None, None))[1]
+        rows.append(H.timed_row("augment_2views", d, provider, "forward", f"{B}x2x{C}x{T}x{V}x{M}", "float32", s,
+                                reference_ms=base, compile_ms=comp and comp.p50, bytes_moved=bytes_moved,
+                                throughput=(B / (s.p50 * 1e-3), "samples/s")))
     return rows
 
 
@@ -110,8 +143,10 @@ def main(argv=None) -> int:
     n_files = args.files or (40 if args.quick else 300)
     reps = 3 if args.quick else 7
     rows = bench_reader(n_files, args.workers, reps, device) + bench_augment(reps if args.quick else 20, device)
+    print(H.ceilings_line(device))
     H.print_table(rows, ["op", "provider", "mode", "shape", "p50_ms", "p20_ms", "p80_ms", "throughput",
-                         "throughput_unit", "speedup_vs_reference"])
+                         "throughput_unit", "files_per_s", "gbs", "speedup_vs_reference", "speedup_vs_compile",
+                         "pct_of_floor", "floor_bound"])
     if not args.no_write:
         print("wrote", H.write_rows(rows, "data", device, out_dir=args.out_dir))
     return 0

@@ -1,26 +1,46 @@
-"""Benchmark B4: G ST-GCN encoders (method.md §4.2), sequential reference vs batched skelfast.
+"""Benchmark B5: G ST-GCN encoders (method.md §4.2), sequential reference vs batched skelfast.
 
-Providers (each checked against `reference` before it is timed):
+Providers (each checked against the eager reference before it is timed):
   reference          G sequential skelfast.reference.STGCN encoders, eager fp32
   reference+compile  the same G-encoder loop under torch.compile (one graph)
   skelfast           skelfast.nn.BatchedSTGCN, fp32 (grouped convs + skelfast.ops.graph_conv)
   skelfast+compile   the batched encoder under torch.compile (fuses BN/ReLU/add passes)
   skelfast-bf16      the same under bf16 autocast (GPU by default; --bf16-cpu adds it on CPU)
 Modes: forward (train mode, no_grad: the key-encoder / teacher pass) and forward+backward (the
-query-encoder pass). Dropout is 0 so outputs are comparable. Reports median/p20/p80 ms,
-samples/s (G*N encoder samples per second), achieved TFLOP/s at the nominal model FLOPs
+query-encoder pass). Dropout is 0 so outputs are comparable (fp32: allclose 1e-3; bf16: relative
+L2 error < 5e-2).
+
+Columns of every row (benchmarks/_harness.py timed_row): median/p20/p80 ms; speedup_vs_reference
+(over `reference`) and speedup_vs_compile (over `reference+compile`); throughput = samples/s
+(G*N encoder samples per second); tflops = achieved TFLOP/s at the nominal model FLOPs
 (performance.md §4 counting: dense einsum, 157 GFLOP per encoder forward at N*M=256, T=50;
-forward+backward = 3x) and peak memory.
+forward+backward = 3x); floor_us = compute floor = nominal FLOPs / the GEMM rate measured in this
+run for the row's compute dtype (fp32 rows: fp32 GEMM, TF32 where torch's matmul settings allow;
+bf16-autocast rows: bf16 GEMM), floor_bound "compute"; pct_of_floor = floor / median time; peak
+memory.
+
+--last-block adds block 10 alone (64 -> 256, T=13: 72% of the FLOPs), forward, with the same
+providers and columns (the bf16 row is skelfast-bf16; speed-ups are over the fp32 reference as in
+the encoder rows). Its bf16 row also has pct_of_datasheet_peak = achieved TFLOP/s / the dense BF16
+datasheet peak (989.4 TFLOP/s, performance.md §2) on H100/H200, empty on other devices: the
+measured-GEMM floor says how close the block is to what this machine's matmul achieves, the
+datasheet figure how close to the hardware (target >= 40%).
+
+--quick (N=4): reference and skelfast only. The compile providers are left out because compiling
+the six-encoder graphs on CPU takes minutes with a cold inductor cache (about 5 min for the four
+compiles on the 2-core CPU box, about 30 s warm), which alone would exceed the quick suite's
+3-minute budget; quick rows therefore have no speedup_vs_compile. --providers overrides the list
+(e.g. --quick --providers reference,reference+compile,skelfast,skelfast+compile).
 
 Usage: python -m benchmarks.bench_encoder [--quick] [--device cpu|cuda] [--sizes 64,128]
-       [--models 6] [--threads N] [--modes forward,forward+backward] [--last-block] [--bf16-cpu]
---last-block adds block 10 alone (72% of the FLOPs) in fp32 and bf16 with % of the bf16 peak.
+       [--models 6] [--threads N] [--modes forward,forward+backward] [--providers ...] [--last-block]
+       [--bf16-cpu]
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Dict
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -48,17 +68,10 @@ def encoder_forward_flops(n_seq: int, in_channels=3, hidden_channels=16, hidden_
     return 2 * macs * n_seq + 2 * head * n_seq // M
 
 
-def check_rel_l2(name: str, got, want, tol: float) -> None:
-    """bf16 providers: relative L2 error of each output vs the fp32 reference below `tol` (stated
-    tolerance; element-wise checks are meaningless after 10 bf16 blocks)."""
-    for g, w in zip(got, want):
-        rel = ((g.float() - w.float()).norm() / w.float().norm().clamp_min(1e-30)).item()
-        if not rel < tol:
-            raise AssertionError(f"provider {name!r}: relative L2 error {rel:.3g} >= {tol}")
-
-
-# Dense tensor-core peaks (performance.md §2 datasheet); used for "% of peak" on the last block.
+# Dense BF16 tensor-core peaks (performance.md §2 datasheet): pct_of_datasheet_peak of the last block.
 BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4}
+ALL_PROVIDERS = ("reference", "reference+compile", "skelfast", "skelfast+compile", "skelfast-bf16")
+QUICK_PROVIDERS = ("reference", "skelfast", "skelfast-bf16")   # no compile in --quick (module docstring)
 
 
 def last_block_flops(n_seq: int, G: int) -> float:
@@ -66,39 +79,6 @@ def last_block_flops(n_seq: int, G: int) -> float:
     t, cin, cout = 13, 64, 256
     macs = cin * K * cout * t * V + K * cout * V * V * t + cout * cout * TEMPORAL_KERNEL * t * V + cin * cout * t * V
     return 2.0 * macs * n_seq * G
-
-
-def run_last_block(sizes, G: int, device: torch.device, quick: bool):
-    """The dominant last block alone (72% of the FLOPs): fp32 and bf16-autocast forward, TFLOP/s
-    and, on H100/H200, the fraction of the dense bf16 tensor-core peak (target >= 40%)."""
-    from skelfast.nn import BatchedSTGCNBlock
-    torch.manual_seed(0)
-    block = BatchedSTGCNBlock(G, 64, 256, stride=1, residual="auto").to(device)
-    A = STGCN(init=None).A.to(device)
-    imp = torch.ones(G, K, V, V, device=device)
-    peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in H.device_name(device)), None)
-    rows = []
-    for N in sizes:
-        x = torch.randn(N * M, G * 64, 13, V, device=device)
-        if device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
-        flops = last_block_flops(N * M, G)
-        for dtype in ("float32", "bfloat16"):
-            def call():
-                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-                    return block(x, A, imp)
-            stats = H.measure(call, device, warmup=1 if quick else 3, min_reps=3 if quick else 10,
-                              min_time_s=0.0 if quick else 1.0, max_reps=50)
-            tflops = flops / (stats.p50 * 1e-3) / 1e12
-            row = H.base_row("encoder_last_block", device)
-            row.update(provider="skelfast", mode="forward", shape=f"G={G},N={N},M={M},T=13,V={V},64->256",
-                       dtype=dtype, p50_ms=stats.p50, p20_ms=stats.p20, p80_ms=stats.p80, tflops=tflops,
-                       throughput=tflops, throughput_unit="TFLOP/s",
-                       pct_of_floor=(100 * tflops / peak) if (peak and dtype == "bfloat16") else "")
-            rows.append(row)
-            pct = f"  {row['pct_of_floor']:.1f}% of bf16 peak" if row["pct_of_floor"] != "" else ""
-            print(f"  last block {dtype:9s} N={N:4d}: {stats.p50:9.2f} ms  {tflops:.3f} TFLOP/s{pct}", flush=True)
-    return rows
 
 
 def make_models(G: int, device: torch.device, seed: int = 0):
@@ -112,107 +92,178 @@ def make_models(G: int, device: torch.device, seed: int = 0):
     return refs, batched
 
 
-def providers(refs, batched, device: torch.device, bf16: bool) -> Dict[str, callable]:
+def with_providers(names, reference: Callable, batched: Callable, device: torch.device) -> Dict[str, Callable]:
+    """The selected providers of one case from its sequential reference and batched callables
+    (both return a tuple of tensors); compiled ones are built here, so unselected ones cost nothing."""
+    def lowp(*args):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return tuple(o.float() for o in batched(*args))
+
+    makers = {"reference": lambda: reference, "reference+compile": lambda: torch.compile(reference),
+              "skelfast": lambda: batched, "skelfast+compile": lambda: torch.compile(batched),
+              "skelfast-bf16": lambda: lowp}
+    return {name: makers[name]() for name in names}
+
+
+def check_provider(name: str, got, want) -> None:
+    """fp32: element-wise 1e-3; bf16: relative L2 < 5e-2 (element-wise checks are meaningless
+    after several bf16 blocks). BN runs in train mode, so every call also updates running stats;
+    outputs do not depend on them."""
+    if "bf16" in name:
+        H.check_rel_l2(name, got, want, 5e-2)
+    else:
+        H.check_close(name, got, want, atol=1e-3, rtol=1e-3)
+
+
+def time_providers(provs: Dict[str, Callable], want, device: torch.device, quick: bool, params) -> Dict[str, tuple]:
+    """Check, then time each provider: {name: (Stats, peak MiB)}."""
+    results = {}
+    for name, call in provs.items():
+        check_provider(name, call(), want)  # also the first call (compilation) of compiled providers
+        stats = H.measure(call, device, warmup=1 if quick else 2, min_reps=3 if quick else 5,
+                          min_time_s=0.0 if quick else 1.0, max_reps=20)
+        for p in params:
+            p.grad = None
+        peak = H.peak_memory_mb(call, device)
+        for p in params:
+            p.grad = None
+        results[name] = (stats, peak)
+    return results
+
+
+def rows_of(op: str, results: Dict[str, tuple], device: torch.device, mode: str, shape: str, flops: float,
+            samples: int, peak_tflops: Optional[float] = None):
+    """One row per provider, with the columns of the module docstring."""
+    ref, comp = results.get("reference"), results.get("reference+compile")
+    rows = []
+    for name, (stats, peak) in results.items():
+        bf16 = "bf16" in name
+        row = H.timed_row(op, device, name, mode, shape, "bfloat16-autocast" if bf16 else "float32", stats, peak,
+                          reference_ms=ref and ref[0].p50, compile_ms=comp and comp[0].p50, flops=flops,
+                          floor_dtype=torch.bfloat16 if bf16 else torch.float32,
+                          throughput=(samples / (stats.p50 * 1e-3), "samples/s"))
+        if peak_tflops and bf16:
+            row["pct_of_datasheet_peak"] = 100 * row["tflops"] / peak_tflops
+        rows.append(row)
+        speedups = "".join(f"  x{row[k]:.2f} vs {k[11:]}" for k in ("speedup_vs_reference", "speedup_vs_compile")
+                           if k in row)
+        print(f"  {op:18s} {name:18s} {mode:16s} {shape:26s}: {stats.p50:9.2f} ms{speedups}  "
+              f"{row['tflops']:.3f} TFLOP/s  {row['pct_of_floor']:.1f}% of floor  peak {peak:.0f} MiB", flush=True)
+    return rows
+
+
+def run(sizes, G: int, device: torch.device, modes, quick: bool, names):
+    refs, batched = make_models(G, device)
+    params = list(batched.parameters()) + [p for r in refs for p in r.parameters()]
+
     def seq(x):
         outs = [r(x[g]) for g, r in enumerate(refs)]
         return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
 
-    compiled_seq = torch.compile(seq)
-    out = {"reference": seq, "reference+compile": compiled_seq, "skelfast": batched,
-           "skelfast+compile": torch.compile(batched)}
-    if bf16:
-        def lowp(x):
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                h, p = batched(x)
-            return h.float(), p.float()
-        out["skelfast-bf16"] = lowp
-    return out
-
-
-def run(sizes, G: int, device: torch.device, modes, quick: bool, bf16: bool):
-    refs, batched = make_models(G, device)
-    params = list(batched.parameters()) + [p for r in refs for p in r.parameters()]
+    provs = with_providers(names, seq, batched, device)
     rows = []
     for N in sizes:
         g = torch.Generator().manual_seed(N)
         x = torch.randn(G, N, 3, T, V, M, generator=g).to(device)
         fwd_flops = G * encoder_forward_flops(N * M)
-        provs = providers(refs, batched, device, bf16)
         for mode in modes:
-            results = {}
-            want = None
-            for name, fn in provs.items():
-                if mode == "forward":
-                    def call(fn=fn):
+            if mode == "forward":
+                def in_mode(fn):
+                    def call():
                         with torch.no_grad():
                             return fn(x)
-                    flops = fwd_flops
-                else:
-                    def call(fn=fn):
+                    return call
+                flops = fwd_flops
+            else:
+                def in_mode(fn):
+                    def call():
                         h, p = fn(x)
                         (h.float().sum() + p.float().sum()).backward()
                         return h.detach(), p.detach()
-                    flops = 3 * fwd_flops
-                got = call()
-                if want is None:
-                    want = got
-                # BN runs in train mode, so every call also updates running stats; outputs do not
-                # depend on them. bf16 gets a looser, stated tolerance.
-                if "bf16" in name:
-                    check_rel_l2(name, got, want, 5e-2)
-                else:
-                    H.check_close(name, got, want, atol=1e-3, rtol=1e-3)
-                stats = H.measure(call, device, warmup=1 if quick else 2, min_reps=3 if quick else 5,
-                                  min_time_s=0.0 if quick else 1.0, max_reps=20)
-                for p in params:
-                    p.grad = None
-                peak = H.peak_memory_mb(call, device)
-                for p in params:
-                    p.grad = None
-                results[name] = (stats, peak, flops)
-            for name, (stats, peak, flops) in results.items():
-                row = H.base_row("encoder", device)
-                row.update(provider=name, mode=mode, shape=f"G={G},N={N},M={M},T={T},V={V}",
-                           dtype="bfloat16-autocast" if "bf16" in name else "float32",
-                           p50_ms=stats.p50, p20_ms=stats.p20, p80_ms=stats.p80, peak_mem_mb=round(peak, 1),
-                           speedup_vs_reference=results["reference"][0].p50 / stats.p50,
-                           speedup_vs_compile=results["reference+compile"][0].p50 / stats.p50,
-                           throughput=G * N / (stats.p50 * 1e-3), tflops=flops / (stats.p50 * 1e-3) / 1e12)
-                # the shared CSV schema has no TFLOP/s column: it rides along in the unit field
-                row["throughput_unit"] = f"samples/s; TFLOP/s={row['tflops']:.4f}"
-                rows.append(row)
-                print(f"  {name:18s} {mode:16s} N={N:4d}: {stats.p50:9.1f} ms  x{row['speedup_vs_reference']:.2f} vs ref"
-                      f"  x{row['speedup_vs_compile']:.2f} vs compile  {row['tflops']:.3f} TFLOP/s  peak {peak:.0f} MiB",
-                      flush=True)
+                    return call
+                flops = 3 * fwd_flops
+            want = in_mode(seq)()
+            for p in params:
+                p.grad = None
+            results = time_providers({n: in_mode(fn) for n, fn in provs.items()}, want, device, quick, params)
+            rows += rows_of("encoder", results, device, mode, f"G={G},N={N},M={M},T={T},V={V}", flops, G * N)
+    return rows
+
+
+def run_last_block(sizes, G: int, device: torch.device, quick: bool, names):
+    """The dominant last block alone (72% of the FLOPs), forward, taken from the same G encoders:
+    G sequential reference blocks vs the batched block (module docstring for the columns)."""
+    refs, batched = make_models(G, device)
+    blocks = [(r.st_gcn_networks[-1], r.A, r.edge_importance[-1]) for r in refs]
+    bblock, bA, bimp = batched.st_gcn_networks[-1], batched.A, batched.edge_importance[-1]
+    peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in H.device_name(device)), None)
+    cin = blocks[0][0].gcn.conv.in_channels
+    rows = []
+    for N in sizes:
+        x = torch.randn(N * M, G * cin, 13, V, device=device)
+        xs = [c.contiguous() for c in x.chunk(G, dim=1)]
+        if device.type == "cpu":  # the layout BatchedSTGCN runs its blocks in on CPU
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        def seq(*_):
+            return (torch.cat([blk(xg, A, imp) for (blk, A, imp), xg in zip(blocks, xs)], dim=1),)
+
+        def fused(*_):
+            return (bblock(x, bA, bimp, batched.fused),)
+
+        def no_grad(fn):
+            def call():
+                with torch.no_grad():
+                    return fn()
+            return call
+
+        want = no_grad(seq)()
+        provs = {n: no_grad(fn) for n, fn in with_providers(names, seq, fused, device).items()}
+        results = time_providers(provs, want, device, quick, [])
+        rows += rows_of("encoder_last_block", results, device, "forward", f"G={G},N={N},M={M},T=13,V={V},{cin}->256",
+                        last_block_flops(N * M, G), G * N, peak_tflops=peak)
     return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="N=4, G=6, few repetitions (smoke test)")
+    parser.add_argument("--quick", action="store_true", help="N=4, G=6, no compile providers, few repetitions")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", default=None, help="comma-separated N (default 64,128)")
     parser.add_argument("--models", type=int, default=6, help="G encoders (default 6)")
     parser.add_argument("--modes", default="forward,forward+backward")
+    parser.add_argument("--providers", default=None, help=f"comma list from {ALL_PROVIDERS} (default: all; "
+                        f"--quick: {','.join(QUICK_PROVIDERS)}; skelfast-bf16 only on GPU or with --bf16-cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--bf16-cpu", action="store_true", help="also time the bf16 autocast path on CPU")
     parser.add_argument("--last-block", action="store_true",
-                        help="also time block 10 alone (fp32 / bf16 TFLOP/s, % of bf16 peak on H100/H200)")
+                        help="also time block 10 alone (TFLOP/s, %% of floor, %% of the bf16 datasheet peak "
+                             "on H100/H200)")
     parser.add_argument("--out-dir", default=None, help="CSV folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([4] if args.quick else [64, 128])
-    modes = args.modes.split(",")
+    modes = [m for m in args.modes.split(",") if m]
     bf16 = device.type == "cuda" or args.bf16_cpu
+    if args.providers:
+        names = args.providers.split(",")
+        bad = sorted(set(names) - set(ALL_PROVIDERS))
+        if bad:
+            parser.error(f"unknown provider(s) {bad}; choose from {ALL_PROVIDERS}")
+    else:
+        names = [n for n in (QUICK_PROVIDERS if args.quick else ALL_PROVIDERS) if bf16 or "bf16" not in n]
     print(f"skelfast {skelfast.__version__}, torch {torch.__version__}, device {H.device_name(device)}, "
-          f"threads {torch.get_num_threads()}, G={args.models}")
-    rows = run(sizes, args.models, device, modes, args.quick, bf16) if modes != [""] else []
+          f"threads {torch.get_num_threads()}, G={args.models}, providers {names}")
+    print(H.ceilings_line(device, (torch.float32, torch.bfloat16) if any("bf16" in n for n in names)
+                          else (torch.float32,)), flush=True)
+    rows = run(sizes, args.models, device, modes, args.quick, names) if modes else []
     if args.last_block:
-        rows += run_last_block(sizes, args.models, device, args.quick)
-    H.print_table(rows, ["provider", "mode", "shape", "p50_ms", "p20_ms", "p80_ms", "speedup_vs_reference",
-                         "speedup_vs_compile", "throughput", "tflops", "peak_mem_mb"])
+        rows += run_last_block(sizes, args.models, device, args.quick, names)
+    H.print_table(rows, ["op", "provider", "mode", "shape", "p50_ms", "p20_ms", "p80_ms", "speedup_vs_reference",
+                         "speedup_vs_compile", "throughput", "tflops", "pct_of_floor", "pct_of_datasheet_peak",
+                         "peak_mem_mb"])
     path = H.write_rows(rows, "encoder", device, args.out_dir)
     print(f"wrote {path}")
     return 0

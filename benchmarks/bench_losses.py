@@ -8,10 +8,10 @@ Providers: `reference` (eager), `reference+compile` (torch.compile of the same r
 `skelfast` (streaming op: C++ on CPU; Triton on GPU when selected). Every provider's loss and
 gradients are checked against the eager reference before timing.
 
-Floor: `floor_us` is the GEMM floor (forward similarities + query-gradient GEMMs at the fp32 GEMM
-rate measured in the same run); `pct_of_floor` = floor / median time. On CPU these losses are
-GEMM-bound, so this is the relevant roofline; on GPU see performance.md §3(b), §6 for the
-memory/exp floors.
+Floor: `floor_us` is the GEMM floor (forward similarities + query-gradient GEMMs, gemm_flops(), at
+the fp32 GEMM rate measured in the same run by the harness); `pct_of_floor` = floor / median time;
+the achieved TFLOP/s is at those nominal FLOPs. On CPU these losses are GEMM-bound, so this is the
+relevant roofline; on GPU see performance.md §3(b), §6 for the memory/exp floors.
 
 Peak memory: `peak_mem_mb` is the shared harness measure (torch profiler allocation events, above
 the inputs). `rss_peak_mb` is the rise of the process's peak resident set (VmHWM, reset through
@@ -71,23 +71,17 @@ def rss_peak_mb(fn: Callable[[], object]) -> float:
         return float("nan")
 
 
-def gemm_rate_flops(device: torch.device) -> float:
-    """fp32 GEMM rate of this machine, this run (the binding unit of these losses on CPU)."""
-    a = torch.randn(768, 768, device=device)
-    b = torch.randn(768, 8192, device=device)
-    stats = H.measure(lambda: a @ b, device, warmup=2, min_reps=5, min_time_s=0.3)
-    return 2 * 768 * 768 * 8192 / (stats.p50 * 1e-3)
-
-
-def gemm_flops(case: str, K: int) -> float:
+def gemm_flops(case: str, K: int, n: int = N, d: int = D) -> float:
     """FLOPs of the GEMMs any implementation needs for forward + query gradient (similarities
-    once, their transpose product once): the compute floor of a case."""
+    once, their transpose product once): the compute floor of a case with G = 6 modalities (S = 3
+    students), batch n, feature dim d (768-d IKEM / student features = G*d) and K queue columns.
+    Also the loss part of bench_step's floor."""
     if case == "phase1":
-        return 2 * (2 * G * N * D * K)
+        return 2 * (2 * G * n * d * K)
     if case == "phase2":
-        return 2 * (2 * G * N * D * K + 2 * G * N * G * D * K)
+        return 2 * (2 * G * n * d * K + 2 * G * n * G * d * K)
     if case == "distill":
-        return 2 * G * N * D * K + 2 * (2 * S * N * G * D * K)
+        return 2 * G * n * d * K + 2 * (2 * S * n * G * d * K)
     raise ValueError(case)
 
 
@@ -150,8 +144,7 @@ def full_step(fn, x, grad_names):
 
 def run(cases, Ks, provider_names, device, quick, queue_dtype=torch.float32):
     rows = []
-    rate = gemm_rate_flops(device)
-    print(f"fp32 GEMM rate (768x768x8192): {rate / 1e9:.1f} GFLOP/s", flush=True)
+    print(H.ceilings_line(device), flush=True)
     for case in cases:
         for K in Ks:
             x = make_inputs(case, K, device, queue_dtype=queue_dtype)
@@ -174,21 +167,18 @@ def run(cases, Ks, provider_names, device, quick, queue_dtype=torch.float32):
                 results[name] = (stats, peak, rss)
                 print(f"  {case} K={K} {name}: {stats.p50:.1f} ms, peak {peak:.1f} MiB (harness), "
                       f"{rss:.1f} MiB (rss)", flush=True)
-            floor_us = gemm_flops(case, K) / rate * 1e6
+            ref = results.get("reference", (None,))[0]
+            comp = results.get("reference+compile", (None,))[0]
             for name, (stats, peak, rss) in results.items():
-                row = H.base_row(f"losses_{case}", device)
-                row.update(floor_us=round(floor_us, 1), pct_of_floor=100 * floor_us / (stats.p50 * 1e3),
-                           throughput=gemm_flops(case, K) / (stats.p50 * 1e-3) / 1e9, throughput_unit="GFLOP/s")
-                row.update(provider=name, mode="full", shape=f"N={N},D={D},K={K},G={G}" + (f",S={S}" if case == "distill" else ""),
-                           dtype="float32" if queue_dtype == torch.float32 else f"float32,queue={str(queue_dtype)[6:]}",
-                           p50_ms=stats.p50, p20_ms=stats.p20, p80_ms=stats.p80,
-                           peak_mem_mb=round(peak, 2), rss_peak_mb=round(rss, 2))
+                extra = {"rss_peak_mb": round(rss, 2)}
                 if "reference" in results:
-                    row["speedup_vs_reference"] = results["reference"][0].p50 / stats.p50
-                    row["mem_ratio_vs_reference"] = results["reference"][1] / max(peak, 1e-9)
-                if "reference+compile" in results:
-                    row["speedup_vs_compile"] = results["reference+compile"][0].p50 / stats.p50
-                rows.append(row)
+                    extra["mem_ratio_vs_reference"] = results["reference"][1] / max(peak, 1e-9)
+                rows.append(H.timed_row(
+                    f"losses_{case}", device, name, "full",
+                    f"N={N},D={D},K={K},G={G}" + (f",S={S}" if case == "distill" else ""),
+                    "float32" if queue_dtype == torch.float32 else f"float32,queue={str(queue_dtype)[6:]}",
+                    stats, peak, reference_ms=ref and ref.p50, compile_ms=comp and comp.p50,
+                    flops=gemm_flops(case, K), **extra))
             del x
             gc.collect()
     return rows
@@ -213,7 +203,8 @@ def main(argv=None):
     rows = run(args.cases.split(","), Ks, args.providers.split(","), device, args.quick,
                getattr(torch, args.queue_dtype))
     H.print_table(rows, ["op", "provider", "shape", "p50_ms", "p20_ms", "p80_ms", "speedup_vs_reference",
-                         "speedup_vs_compile", "pct_of_floor", "peak_mem_mb", "mem_ratio_vs_reference", "rss_peak_mb"])
+                         "speedup_vs_compile", "tflops", "pct_of_floor", "peak_mem_mb", "mem_ratio_vs_reference",
+                         "rss_peak_mb"])
     path = H.write_rows(rows, "losses", device, args.out_dir)
     print(f"wrote {path}")
     return 0

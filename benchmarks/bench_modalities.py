@@ -55,13 +55,11 @@ def providers(device: torch.device):
 
 
 def run(sizes, device: torch.device, quick: bool):
-    bw = H.copy_bandwidth_gbs(device, 64 if quick else 256)
-    print(f"device: {H.device_name(device)}; measured copy bandwidth {bw:.1f} GB/s (read+write)")
+    print(H.ceilings_line(device))
     rows = []
     for N in sizes:
         views, frames = make_inputs(N, device, seed=N)
         bytes_moved = 2 * (N * 3 * T * V * M * 4) * (1 + len(MODALITIES6))  # 2 views: read x, write 6 outputs
-        floor_us = bytes_moved / (bw * 1e9) * 1e6
         with torch.no_grad():
             want = providers(device)["reference"](views, frames)
             results = {}
@@ -73,7 +71,7 @@ def run(sizes, device: torch.device, quick: bool):
                 results[name] = (stats, peak)
         rows += [H.timed_row("modalities", device, name, "forward", f"N={N},T={T},V={V},M={M},views=2", "float32",
                              stats, peak, reference_ms=results["reference"][0].p50,
-                             compile_ms=results["reference+compile"][0].p50, bytes_moved=bytes_moved, floor=floor_us)
+                             compile_ms=results["reference+compile"][0].p50, bytes_moved=bytes_moved)
                  for name, (stats, peak) in results.items()]
     return rows
 
@@ -90,7 +88,7 @@ def main(argv=None):
     print(f"skelfast {skelfast.__version__}, torch {torch.__version__}, backends {ops.available_backends()}")
     rows = run(sizes, device, args.quick)
     H.print_table(rows, ["provider", "shape", "p50_ms", "p20_ms", "p80_ms", "speedup_vs_reference",
-                         "speedup_vs_compile", "throughput", "pct_of_floor", "peak_mem_mb"])
+                         "speedup_vs_compile", "gbs", "pct_of_floor", "floor_us", "peak_mem_mb"])
     path = H.write_rows(rows, "modalities", device, args.out_dir)
     print(f"wrote {path}")
     return 0

@@ -1,16 +1,38 @@
-"""Benchmark: one full training step (forward, backward, SGD step, enqueue) of the three trainings.
+"""Benchmark B8: one full training step (forward, backward, SGD step, enqueue) of the three trainings.
 
 Cases: `phase1` (ikem6, separate InfoNCE, method.md §5.3), `phase2` (ikem6, cross-modal context +
 IKEM, §5.4/§5.6) and `distill` (student6to3, §6.1), at the official N = 128, K = 32768 by default.
 Providers:
   reference          skelfast.models.build(backend='reference'), eager (the baseline)
-  skelfast           backend='skelfast' (fused ops), eager
-  skelfast+compile   the same with every encoder torch.compile'd (run.compile of the trainer)
+  reference+compile  the same with every encoder torch.compile'd (skelfast.train.loops.compile_encoders,
+                     what the trainer's --compile does): the torch.compile baseline
+  skelfast           backend='skelfast' (fused ops, batched encoders), eager
+  skelfast+compile   the same with its encoders torch.compile'd
   skelfast+graphs    compile mode 'reduce-overhead' (CUDA graphs; GPU only)
   skelfast+bf16      bf16 autocast (GPU only unless --cpu-bf16)
-Reports median/p20/p80 step time, samples/s, peak memory, the speed-up over `reference`, and the
-projected time of the official 300-epoch NTU-60 xsub pretraining (313 steps/epoch: 150 epochs of
-phase 1 + 150 of phase 2) or 150-epoch distillation.
+Default: all providers on GPU; on CPU reference, reference+compile, skelfast, skelfast+compile (+
+skelfast+bf16 with --cpu-bf16). --quick on CPU leaves the two compile providers out: compiling the
+step's encoders with a cold inductor cache took up to 110 s per case and provider on the 2-core box
+(about 4.5 min for all six, with other jobs running; a few seconds each once the cache is warm),
+more than the whole quick suite's 3-minute budget; quick rows therefore have no
+speedup_vs_compile. --providers overrides (e.g. --quick --providers
+reference,reference+compile,skelfast,skelfast+compile).
+
+Correctness before timing: both backends initialise identically for the same seed, so the first
+step's loss of every provider must match the reference's first-step loss: relative error < 1e-3
+for fp32 providers and < 2e-2 for bf16 autocast (stated tolerances; the measured error is printed).
+A provider that misses, or fails to run, gets no number: it is reported, the other providers still
+run and the benchmark exits with status 1. The reference's first step is always run for this,
+even when `reference` is not timed. Dropout is 0 in every provider: its masks are drawn in a
+backend-specific order, which alone moves the first loss by up to ~8e-4 at dropout 0.5 (one
+elementwise pass per block, a few % of the step).
+
+Columns: median/p20/p80 step time, throughput = samples/s, peak memory, speedup_vs_reference,
+speedup_vs_compile (over reference+compile), tflops = achieved TFLOP/s at the step's nominal FLOPs
+(step_flops), floor_us = those FLOPs / the GEMM rate measured in this run for the provider's compute
+dtype (fp32, bf16 for skelfast+bf16), pct_of_floor = floor / median, and the projected time of the
+official 300-epoch NTU-60 xsub pretraining (313 steps/epoch: 150 epochs of phase 1 + 150 of
+phase 2) or 150-epoch distillation.
 
 Usage: python -m benchmarks.bench_step [--quick] [--device cuda] [--cases phase1,phase2,distill]
        [--providers reference,skelfast] [--N 128 --K 32768 --hidden-channels 16 --hidden-dim 256] [--reps 5]
@@ -27,20 +49,43 @@ from skelfast.models import build
 from skelfast.train.loops import compile_encoders
 
 from . import _harness as H
+from .bench_encoder import M, encoder_forward_flops
+from .bench_losses import gemm_flops
 
 STEPS_PER_EPOCH = 313          # NTU-60 xsub: 40,091 training samples / 128, drop_last
 EPOCHS = {"phase1": 150, "phase2": 150, "distill": 150}
-ALL_PROVIDERS = ("reference", "skelfast", "skelfast+compile", "skelfast+graphs", "skelfast+bf16")
+ALL_PROVIDERS = ("reference", "reference+compile", "skelfast", "skelfast+compile", "skelfast+graphs", "skelfast+bf16")
+CPU_PROVIDERS = ("reference", "reference+compile", "skelfast", "skelfast+compile")
+QUICK_CPU_PROVIDERS = ("reference", "skelfast")     # no compile in --quick (module docstring)
+G, S, FEATURE_DIM = 6, 3, 128                       # modalities, students, feature dim of ikem6 / student6to3
+LOSS_RTOL = {"fp32": 1e-3, "bf16": 2e-2}            # first-step loss vs the reference's
+
+
+def step_flops(case: str, N: int, K: int, hidden_channels: int, hidden_dim: int) -> float:
+    """Nominal FLOPs of one training step: encoders (performance.md §4 counting, backward = 2x
+    forward) plus the loss GEMMs (bench_losses.gemm_flops). Modalities, EMA, enqueue and SGD are
+    memory-bound terms below 1% of this at the official sizes and are left out."""
+    def encoder(head_dims):
+        return encoder_forward_flops(N * M, hidden_channels=hidden_channels, hidden_dim=hidden_dim,
+                                     head_dims=head_dims)
+    wide = G * FEATURE_DIM                                    # 768-d student / IKEM features
+    if case == "distill":                                     # 6 teachers fwd + 3 students fwd+bwd
+        encoders = G * encoder((hidden_dim, hidden_dim, FEATURE_DIM)) + 3 * S * encoder((hidden_dim, wide, wide))
+    else:                                                     # 6 query encoders fwd+bwd + 6 key encoders fwd
+        encoders = (3 + 1) * G * encoder((hidden_dim, hidden_dim, FEATURE_DIM))
+        if case == "phase2":                                  # six IKEM mlp2x heads hidden -> 768 -> 768, fwd+bwd
+            encoders += 3 * G * 2 * N * (hidden_dim * wide + wide * wide)
+    return encoders + gemm_flops(case, K, n=N, d=FEATURE_DIM)
 
 
 def make_step(case: str, provider: str, N: int, K: int, hidden_channels: int, device: torch.device, seed: int = 0,
               hidden_dim: int = 256):
     """A closure running one training step of `case` with `provider`; inputs built once."""
     torch.manual_seed(seed)
-    backend = "reference" if provider == "reference" else "skelfast"
-    kw = dict(queue_size=K, hidden_channels=hidden_channels, hidden_dim=hidden_dim)
+    backend = "reference" if provider.startswith("reference") else "skelfast"
+    kw = dict(queue_size=K, hidden_channels=hidden_channels, hidden_dim=hidden_dim, dropout=0.0)
     model = build("student6to3" if case == "distill" else "ikem6", backend=backend, **kw).to(device).train()
-    compile_encoders(model, device, provider == "skelfast+compile", provider == "skelfast+graphs")
+    compile_encoders(model, device, provider.endswith("+compile"), provider == "skelfast+graphs")
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9,
                           weight_decay=1e-4)
     g = torch.Generator().manual_seed(seed)
@@ -57,14 +102,67 @@ def make_step(case: str, provider: str, N: int, K: int, hidden_channels: int, de
         opt.zero_grad(set_to_none=True)
         out["loss"].float().backward()
         opt.step()
-        return out["loss"]
+        return out["loss"].detach()
     return step
 
 
+def precision(provider: str) -> str:
+    return "bf16" if provider.endswith("bf16") else "fp32"
+
+
+def run_case(case: str, provs, a, device: torch.device, reps: int, failures: list):
+    """Check every provider's first-step loss against the reference's, then time it; one row each.
+    A provider that fails or misses the check gets no row; the failure is appended to `failures`."""
+    shape = f"N={a.N},K={a.K},C={a.hidden_channels},H={a.hidden_dim}"
+    make = lambda prov: make_step(case, prov, a.N, a.K, a.hidden_channels, device,  # noqa: E731
+                                  hidden_dim=a.hidden_dim)
+    ref_step = make("reference")
+    ref_loss = ref_step().double()                      # the anchor (also the reference's warm-up step)
+    if "reference" not in provs:
+        del ref_step
+    flops = step_flops(case, a.N, a.K, a.hidden_channels, a.hidden_dim)
+    results = {}
+    for prov in provs:
+        if prov == "reference":
+            step = ref_step
+        else:                                           # first step: the check (and compilation)
+            tol = LOSS_RTOL[precision(prov)]
+            try:
+                step = make(prov)
+                err = H.check_rel_l2(prov, step(), ref_loss, tol)[0]
+            except (AssertionError, RuntimeError) as exc:   # no number; the other providers still run
+                failures.append(f"{case} {prov}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+                print(f"{case:8s} {prov:18s} NO NUMBER: {failures[-1]}", flush=True)
+                continue
+            print(f"{case:8s} {prov:18s} first-step loss {ref_loss.item():.6f}: rel. error {err:.1e} < {tol:g}")
+        cpu = device.type == "cpu"
+        st = H.measure(step, device, warmup=(0 if a.quick else 1) if cpu else 3, min_reps=reps,
+                       min_time_s=0.0 if cpu else 1.0, max_reps=reps if cpu else 200)
+        mem = None if a.no_memory else H.peak_memory_mb(step, device)
+        results[prov] = (st, mem)
+        del step
+    ref, comp = results.get("reference"), results.get("reference+compile")
+    rows = []
+    for prov, (st, mem) in results.items():
+        row = H.timed_row("train_step", device, prov, case, shape, precision(prov), st, mem,
+                          reference_ms=ref and ref[0].p50, compile_ms=comp and comp[0].p50, flops=flops,
+                          floor_dtype=torch.bfloat16 if precision(prov) == "bf16" else torch.float32,
+                          throughput=(a.N / (st.p50 * 1e-3), "samples/s"),
+                          projected_h=st.p50 * 1e-3 * STEPS_PER_EPOCH * EPOCHS[case] / 3600)
+        rows.append(row)
+        speedups = "".join(f"  x{row[k]:.2f} vs {k[11:]}" for k in ("speedup_vs_reference", "speedup_vs_compile")
+                           if k in row)
+        print(f"{case:8s} {prov:18s} {st.p50:10.1f} ms  {row['throughput']:8.1f} samples/s  "
+              f"{'' if mem is None else f'{mem:8.1f} MiB'}{speedups}  {row['tflops']:.3f} TFLOP/s  "
+              f"{row['pct_of_floor']:.1f}% of floor  {EPOCHS[case]} ep -> {row['projected_h']:.2f} h", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true", help="N=16, K=1024, 4 channels, 32-d, 2 reps (smoke test)")
+    ap.add_argument("--quick", action="store_true",
+                    help="N=16, K=1024, 4 channels, 32-d, 2 reps, no compile providers on CPU (smoke test)")
     ap.add_argument("--cases", default="phase1,phase2,distill")
     ap.add_argument("--providers", default=None, help=f"comma list from {ALL_PROVIDERS}")
     ap.add_argument("--N", type=int, default=128)
@@ -88,38 +186,25 @@ def main(argv=None) -> int:
     elif device.type == "cuda":
         provs = list(ALL_PROVIDERS)
     else:
-        provs = ["reference", "skelfast"] + (["skelfast+bf16"] if a.cpu_bf16 else [])
+        provs = list(QUICK_CPU_PROVIDERS if a.quick else CPU_PROVIDERS) + (["skelfast+bf16"] if a.cpu_bf16 else [])
     bad = [p for p in provs if p not in ALL_PROVIDERS]
     if bad:
         ap.error(f"unknown provider(s) {bad}; choose from {ALL_PROVIDERS}")
     if "skelfast+graphs" in provs and device.type != "cuda":
         provs.remove("skelfast+graphs")
+    cases = a.cases.split(",")
+    unknown = [c for c in cases if c not in EPOCHS]
+    if unknown:
+        ap.error(f"unknown case(s) {unknown}; choose from {sorted(EPOCHS)}")
     reps = a.reps or (2 if a.quick else (10 if device.type == "cuda" else 3))
-    rows = []
-    for case in a.cases.split(","):
-        if case not in EPOCHS:
-            ap.error(f"unknown case {case!r}; choose from {sorted(EPOCHS)}")
-        ref_ms = None
-        for prov in provs:
-            step = make_step(case, prov, a.N, a.K, a.hidden_channels, device, hidden_dim=a.hidden_dim)
-            st = H.measure(step, device, warmup=1 if device.type == "cpu" else 3, min_reps=reps,
-                           min_time_s=0.0 if device.type == "cpu" else 1.0, max_reps=reps if device.type == "cpu" else 200)
-            mem = float("nan") if a.no_memory else H.peak_memory_mb(step, device)
-            if prov == "reference":
-                ref_ms = st.p50
-            proj_h = st.p50 * 1e-3 * STEPS_PER_EPOCH * EPOCHS[case] / 3600
-            row = H.base_row("train_step", device)
-            row.update(provider=prov, mode=case, shape=f"N={a.N},K={a.K},C={a.hidden_channels},H={a.hidden_dim}",
-                       dtype="bf16" if prov.endswith("bf16") else "fp32", p50_ms=st.p50, p20_ms=st.p20,
-                       p80_ms=st.p80, peak_mem_mb=mem, throughput=a.N / (st.p50 * 1e-3), throughput_unit="samples/s",
-                       speedup_vs_reference=(ref_ms / st.p50) if ref_ms else "", projected_h=proj_h)
-            rows.append(row)
-            print(f"{case:8s} {prov:18s} {st.p50:10.1f} ms  {row['throughput']:8.1f} samples/s  "
-                  f"{mem:8.1f} MiB  x{row['speedup_vs_reference'] or 1:.2f}  {EPOCHS[case]} ep -> {proj_h:.2f} h",
-                  flush=True)
+    print(f"providers {provs}")
+    print(H.ceilings_line(device, sorted({torch.bfloat16 if precision(p) == "bf16" else torch.float32 for p in provs},
+                                         key=str)), flush=True)
+    failures = []
+    rows = [row for case in cases for row in run_case(case, provs, a, device, reps, failures)]
     print()
     H.print_table(rows, ["mode", "provider", "shape", "p50_ms", "p20_ms", "p80_ms", "throughput", "peak_mem_mb",
-                         "speedup_vs_reference", "projected_h"])
+                         "speedup_vs_reference", "speedup_vs_compile", "tflops", "pct_of_floor", "projected_h"])
     for prov in provs:
         p = [r for r in rows if r["provider"] == prov and r["mode"] in ("phase1", "phase2")]
         if len(p) == 2:
@@ -127,7 +212,9 @@ def main(argv=None) -> int:
                   f"{sum(r['projected_h'] for r in p):.2f} h")
     if not a.no_write:
         print("results:", H.write_rows(rows, "bench_step", device, a.out_dir))
-    return 0
+    if failures:
+        print("providers without a number (failed, or first-step loss off the reference's):", *failures, sep="\n  ")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -47,6 +47,23 @@ def _fmt(v, spec="{:.3g}"):
     return "" if v is None else spec.format(v)
 
 
+def _achieved(r) -> str:
+    """Achieved GB/s and TFLOP/s not already shown in the throughput column."""
+    unit = r.get("throughput_unit", "")
+    parts = [f"{v:.3g} {u}" for key, u in (("gbs", "GB/s"), ("tflops", "TFLOP/s"))
+             if (v := _f(r, key)) is not None and unit != u]
+    return ", ".join(parts)
+
+
+def _floor_cell(r) -> str:
+    pct = _f(r, "pct_of_floor")
+    if pct is None:
+        return ""
+    cell = f"{pct:.1f}%" + (f" ({r['floor_bound']})" if r.get("floor_bound") else "")
+    peak = _f(r, "pct_of_datasheet_peak")
+    return cell + (f"; {peak:.1f}% of datasheet peak" if peak is not None else "")
+
+
 def markdown(rows: List[Dict[str, str]]) -> str:
     if not rows:
         return "No benchmark rows.\n"
@@ -55,21 +72,25 @@ def markdown(rows: List[Dict[str, str]]) -> str:
              f"torch {first.get('torch_version')}, skelfast {first.get('skelfast_version')}, "
              f"git {first.get('git_sha')}, measured {max(r.get('timestamp', '') for r in rows)}. "
              "Medians over repeated runs (p20-p80 in brackets); speed-ups are against the eager reference "
-             "and against torch.compile of it, measured in the same run.", ""]
+             "and against torch.compile of it, measured in the same run. Achieved GB/s and TFLOP/s are at "
+             "each case's minimal traffic and nominal FLOPs; % of floor = floor / median, with the floor "
+             "max(bytes / copy bandwidth, FLOPs / GEMM rate) measured on this device in the same run and "
+             "its binding term in brackets (performance.md §2; the benchmark modules define bytes and FLOPs).",
+             ""]
     by_op = defaultdict(list)
     for r in rows:
         by_op[r["op"]].append(r)
     for op in sorted(by_op):
         lines += [f"## {op}", "", "| provider | mode | shape | dtype | median ms [p20-p80] | vs eager | vs compile | "
-                  "throughput | % of floor | peak MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "throughput | achieved | % of floor | peak MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(by_op[op], key=lambda r: (r["mode"], _batch(r["shape"]) or 0, r["shape"], r["provider"])):
             tp = _f(r, "throughput")
-            lines.append("| {} | {} | {} | {} | {} [{}-{}] | {} | {} | {} | {} | {} |".format(
+            lines.append("| {} | {} | {} | {} | {} [{}-{}] | {} | {} | {} | {} | {} | {} |".format(
                 r["provider"], r["mode"], r["shape"], r["dtype"], _fmt(_f(r, "p50_ms")), _fmt(_f(r, "p20_ms")),
                 _fmt(_f(r, "p80_ms")), _fmt(_f(r, "speedup_vs_reference"), "{:.2f}x"),
                 _fmt(_f(r, "speedup_vs_compile"), "{:.2f}x"),
-                "" if tp is None else f"{tp:.3g} {r.get('throughput_unit', '')}",
-                _fmt(_f(r, "pct_of_floor"), "{:.1f}%"), _fmt(_f(r, "peak_mem_mb"), "{:.1f}")))
+                "" if tp is None else f"{tp:.3g} {r.get('throughput_unit', '')}", _achieved(r), _floor_cell(r),
+                _fmt(_f(r, "peak_mem_mb"), "{:.1f}")))
         lines.append("")
     return "\n".join(lines)
 
