@@ -395,3 +395,27 @@ def test_torch_backend_falls_back_to_reference():
     torch.testing.assert_close(lse1, ref[0], **TOL[torch.float64])
     torch.testing.assert_close(lse2, ref[1], **TOL[torch.float64])
     assert torch.equal(idx, ref[2])
+
+
+def test_losses_under_cpu_bf16_autocast_accumulate_in_fp32():
+    """Under autocast (the --amp bf16 training step) the losses still run their positive-logit
+    einsums in fp32: bf16 features give the fp32 loss of the bf16-rounded features (bench_step's
+    bf16 distillation step used to fail the kernel's dtype check here)."""
+    import torch.nn.functional as F
+    from skelfast import ops
+    from skelfast.reference import losses as reflosses
+    g = torch.Generator().manual_seed(0)
+    G, N, D, K, S = 6, 8, 16, 64, 3
+    unit = lambda *shape, dim=-1: F.normalize(torch.randn(*shape, generator=g), dim=dim)  # noqa: E731
+    q, k, u = unit(G, N, D).bfloat16(), unit(G, N, D).bfloat16(), unit(G, N, G * D).bfloat16()
+    s, tq = unit(S, N, G * D).bfloat16(), unit(G, N, D)
+    Q, QT = unit(G, D, K, dim=1), unit(G * D, K, dim=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = [ops.info_nce(q, k, Q, 0.07), ops.context_loss(q, k, Q, 0.07, 1), ops.ikem_loss(u, k, Q, 0.07),
+               ops.relational_distill_loss(tq, s, Q, QT, 0.07, 1)]
+    want = [reflosses.info_nce(q.float(), k.float(), Q, 0.07), reflosses.context_loss(q.float(), k.float(), Q, 0.07, 1),
+            reflosses.ikem_loss(u.float(), k.float(), Q, 0.07),
+            reflosses.relational_distill_loss(tq, s.float(), Q, QT, 0.07, 1)]
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -28,6 +28,7 @@ inputs that are not unit-normalised give correct (not silently wrong) results.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 from typing import List, Optional, Sequence, Tuple
@@ -225,6 +226,16 @@ def _compute_dtype(*ts: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
 
 
+def _fp32_accumulation(fn):
+    """Run a loss with autocast off: its inputs are cast to the compute dtype (fp32, fp64 for
+    fp64) inside, and autocast would otherwise turn the positive-logit einsums back to bf16."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.autocast(args[0].device.type, enabled=False):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
 def _check_tau(tau: float) -> float:
     if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
         raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
@@ -277,6 +288,7 @@ def _gather_cols(queue: torch.Tensor, idx: torch.Tensor, dtype: torch.dtype) -> 
 # ------------------------------------------------------------------------------------------------
 # Public losses (signatures of skelfast.reference.losses)
 # ------------------------------------------------------------------------------------------------
+@_fp32_accumulation
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tau: float = TAU) -> torch.Tensor:
     """Phase-1 MoCo InfoNCE for G modalities in one call (method.md §5.3).
 
@@ -308,6 +320,7 @@ def _context_pairs(G: int) -> Tuple[List[int], List[int], torch.Tensor]:
     return pa, pb, where
 
 
+@_fp32_accumulation
 def context_pair_losses(q: torch.Tensor, k: torch.Tensor, queues: torch.Tensor, tau: float = TAU, topk: int = 1,
                         context: bool = True) -> torch.Tensor:
     """Mean cross-modal mined-positive losses mean_n l_xy for all ordered pairs (method.md §5.4a).
@@ -374,6 +387,7 @@ def context_loss(q: torch.Tensor, k: torch.Tensor, queues: torch.Tensor, tau: fl
     return (P * pair_weight.to(P.dtype)).sum(1)
 
 
+@_fp32_accumulation
 def ikem_loss(u: torch.Tensor, k: torch.Tensor, queues: torch.Tensor, tau: float = TAU) -> torch.Tensor:
     """IKEM implicit-exchange InfoNCE per modality (method.md §5.4b), without the concatenated queue.
 
@@ -423,6 +437,7 @@ def phase2_loss(q: torch.Tensor, u: Optional[torch.Tensor], k: torch.Tensor, que
     return total.sum()
 
 
+@_fp32_accumulation
 def relational_distill_loss(teacher_q: torch.Tensor, student_s: torch.Tensor, teacher_queues: torch.Tensor,
                             teacher_queue: torch.Tensor, tau: float = TAU, topk: int = 1) -> torch.Tensor:
     """Relational cross-modal distillation loss per student (method.md §6.1; §6.2 with S=1).
