@@ -23,9 +23,11 @@ step's loss of every provider must match the reference's first-step loss: relati
 for fp32 providers and < 2e-2 for bf16 autocast (stated tolerances; the measured error is printed).
 A provider that misses, or fails to run, gets no number: it is reported, the other providers still
 run and the benchmark exits with status 1. The reference's first step is always run for this,
-even when `reference` is not timed. Dropout is 0 in every provider: its masks are drawn in a
-backend-specific order, which alone moves the first loss by up to ~8e-4 at dropout 0.5 (one
-elementwise pass per block, a few % of the step).
+even when `reference` is not timed. That checked first step runs with dropout switched off: the
+backends draw their dropout masks differently (torch's bernoulli_ vs skelfast's counter-based
+mask), which alone moves the first loss by up to ~8e-4 at p = 0.5. The timed steps run with the
+encoders' dropout `--dropout` (default 0.5, the official value; on CPU dropout's bernoulli_ is a
+real part of the eager step).
 
 Columns: median/p20/p80 step time, throughput = samples/s, peak memory, speedup_vs_reference,
 speedup_vs_compile (over reference+compile), tflops = achieved TFLOP/s at the step's nominal FLOPs
@@ -78,12 +80,27 @@ def step_flops(case: str, N: int, K: int, hidden_channels: int, hidden_dim: int)
     return encoders + gemm_flops(case, K, n=N, d=FEATURE_DIM)
 
 
+@contextlib.contextmanager
+def dropout_off(model: torch.nn.Module):
+    """Every nn.Dropout of `model` at p = 0 inside the block (both backends read the module's p)."""
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    saved = [m.p for m in drops]
+    for m in drops:
+        m.p = 0.0
+    try:
+        yield
+    finally:
+        for m, p in zip(drops, saved):
+            m.p = p
+
+
 def make_step(case: str, provider: str, N: int, K: int, hidden_channels: int, device: torch.device, seed: int = 0,
-              hidden_dim: int = 256):
-    """A closure running one training step of `case` with `provider`; inputs built once."""
+              hidden_dim: int = 256, dropout: float = 0.5):
+    """A closure running one training step of `case` with `provider`; inputs built once. The model
+    is `step.model` (for dropout_off)."""
     torch.manual_seed(seed)
     backend = "reference" if provider.startswith("reference") else "skelfast"
-    kw = dict(queue_size=K, hidden_channels=hidden_channels, hidden_dim=hidden_dim, dropout=0.0)
+    kw = dict(queue_size=K, hidden_channels=hidden_channels, hidden_dim=hidden_dim, dropout=dropout)
     model = build("student6to3" if case == "distill" else "ikem6", backend=backend, **kw).to(device).train()
     compile_encoders(model, device, provider.endswith("+compile"), provider == "skelfast+graphs")
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9,
@@ -103,6 +120,7 @@ def make_step(case: str, provider: str, N: int, K: int, hidden_channels: int, de
         out["loss"].float().backward()
         opt.step()
         return out["loss"].detach()
+    step.model = model
     return step
 
 
@@ -113,11 +131,12 @@ def precision(provider: str) -> str:
 def run_case(case: str, provs, a, device: torch.device, reps: int, failures: list):
     """Check every provider's first-step loss against the reference's, then time it; one row each.
     A provider that fails or misses the check gets no row; the failure is appended to `failures`."""
-    shape = f"N={a.N},K={a.K},C={a.hidden_channels},H={a.hidden_dim}"
+    shape = f"N={a.N},K={a.K},C={a.hidden_channels},H={a.hidden_dim},p={a.dropout:g}"
     make = lambda prov: make_step(case, prov, a.N, a.K, a.hidden_channels, device,  # noqa: E731
-                                  hidden_dim=a.hidden_dim)
+                                  hidden_dim=a.hidden_dim, dropout=a.dropout)
     ref_step = make("reference")
-    ref_loss = ref_step().double()                      # the anchor (also the reference's warm-up step)
+    with dropout_off(ref_step.model):
+        ref_loss = ref_step().double()                  # the anchor (also the reference's warm-up step)
     if "reference" not in provs:
         del ref_step
     flops = step_flops(case, a.N, a.K, a.hidden_channels, a.hidden_dim)
@@ -129,7 +148,8 @@ def run_case(case: str, provs, a, device: torch.device, reps: int, failures: lis
             tol = LOSS_RTOL[precision(prov)]
             try:
                 step = make(prov)
-                err = H.check_rel_l2(prov, step(), ref_loss, tol)[0]
+                with dropout_off(step.model):
+                    err = H.check_rel_l2(prov, step(), ref_loss, tol)[0]
             except (AssertionError, RuntimeError) as exc:   # no number; the other providers still run
                 failures.append(f"{case} {prov}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
                 print(f"{case:8s} {prov:18s} NO NUMBER: {failures[-1]}", flush=True)
@@ -169,6 +189,7 @@ def main(argv=None) -> int:
     ap.add_argument("--K", type=int, default=32768)
     ap.add_argument("--hidden-channels", type=int, default=16)
     ap.add_argument("--hidden-dim", type=int, default=256)
+    ap.add_argument("--dropout", type=float, default=0.5, help="encoder dropout of the timed steps (official 0.5)")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 10 GPU, 3 CPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     ap.add_argument("--cpu-bf16", action="store_true", help="also time bf16 autocast on CPU")
