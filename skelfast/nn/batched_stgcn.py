@@ -265,8 +265,11 @@ class BatchedSTGCN(nn.Module):
         for i, block in enumerate(self.st_gcn_networks):
             importance = None if self.edge_importance is None else self.edge_importance[i]
             x = block(x, self.A, importance, self.fused)
-        # global average over (T', V), then over persons (method.md §4.2 'Pooling')
-        h = x.mean(dim=(2, 3)).view(N, M, G, -1).mean(dim=1)
+        # global average over (T', V), then over persons (method.md §4.2 'Pooling'). As a sum
+        # scaled afterwards: mean's backward materialises grad / (T'V) over the whole last-block
+        # activation (and then a channels-last copy of it), sum's is a broadcast view that the
+        # epilogue's backward reads in place.
+        h = (x.sum(dim=(2, 3)) * (1.0 / (x.shape[2] * x.shape[3]))).view(N, M, G, -1).mean(dim=1)
         return h.transpose(0, 1)
 
     def forward(self, x: Union[torch.Tensor, Sequence[torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
