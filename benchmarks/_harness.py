@@ -30,6 +30,9 @@ import torch
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 KEY_FIELDS = ["op", "provider", "mode", "shape", "dtype", "device_name", "torch_version", "skelfast_version", "git_sha"]
+# What identifies a case in a device's CSV: a re-run replaces the row of the same case whatever the
+# versions or commit (earlier results live in git history; `--compare OLD.csv` compares files).
+CASE_FIELDS = KEY_FIELDS[:6]
 # throughput/throughput_unit: the natural rate of a case (samples/s, files/s, or the achieved GB/s);
 # gbs / tflops: achieved rates at the case's minimal bytes / nominal FLOPs; pct_of_floor = floor_us /
 # median time with floor_bound the binding term ("memory", "compute", or a labelled variant);
@@ -297,7 +300,7 @@ def results_path(device: torch.device, out_dir: Optional[str] = None) -> str:
 
 
 def write_rows(rows: Iterable[Dict[str, object]], name: str, device: torch.device, out_dir: Optional[str] = None) -> str:
-    """Upsert rows (keyed by KEY_FIELDS) into <out_dir>/<device_slug>.csv; returns the path.
+    """Upsert rows (keyed by CASE_FIELDS) into <out_dir>/<device_slug>.csv; returns the path.
 
     `name` (the benchmark) is kept for messages; every benchmark of a device shares one CSV."""
     path = results_path(device, out_dir)
@@ -307,9 +310,9 @@ def write_rows(rows: Iterable[Dict[str, object]], name: str, device: torch.devic
     if os.path.exists(path):
         with open(path, newline="") as fh:
             for row in csv.DictReader(fh):
-                existing[tuple(row.get(k, "") for k in KEY_FIELDS)] = row
+                existing[tuple(row.get(k, "") for k in CASE_FIELDS)] = row
     for row in rows:
-        existing[tuple(str(row.get(k, "")) for k in KEY_FIELDS)] = row
+        existing[tuple(str(row.get(k, "")) for k in CASE_FIELDS)] = row
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
