@@ -168,17 +168,17 @@ class BatchedSTGCNBlock(nn.Module):
         # unfused, dropout is skipped when it is the identity and the add and ReLU run in place.
         bn1, _, conv, bn2, drop = self.tcn
         y = bn2(_grouped_conv(conv, F.relu(bn1(self.gcn(x, A, importance, fused)), inplace=True)))
+        residual = None
+        if self.residual_kind == "identity":
+            residual = x
+        elif self.residual_kind == "conv":
+            residual = self.residual[1](_grouped_conv(self.residual[0], x))
         if fused:
-            residual = {"none": None, "identity": x}.get(self.residual_kind)
-            if self.residual_kind == "conv":
-                residual = self.residual[1](_grouped_conv(self.residual[0], x))
             return dropout_add_relu(y, residual, drop.p, self.training)
         if self.training and drop.p > 0:
             y = drop(y)
-        if self.residual_kind == "identity":
-            y = y.add_(x)
-        elif self.residual_kind == "conv":
-            y = y.add_(self.residual[1](_grouped_conv(self.residual[0], x)))
+        if residual is not None:
+            y = y.add_(residual)
         return F.relu(y, inplace=True)
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .. import _extension
 from . import _backend
+from ._layout import memory_format
 
 __all__ = ["dropout_add_relu", "dropout_add_relu_composite"]
 
@@ -34,19 +35,14 @@ def dropout_add_relu_composite(x: torch.Tensor, residual: Optional[torch.Tensor]
     return F.relu(y if residual is None else y + residual)
 
 
-def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    cl = t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-    return torch.channels_last if cl else torch.contiguous_format
-
-
 def _grad_layout(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """grad as the backward kernel reads it: contiguous along out's innermost memory dimension (C
     for channels-last), any other strides. The gradient of the global pooling that follows the last
     block is a stride-0 broadcast over (T, V) and passes without materialising a copy."""
-    inner = 1 if _memory_format(out) is torch.channels_last else out.dim() - 1
+    inner = 1 if memory_format(out) is torch.channels_last else out.dim() - 1
     if out.dim() == 0 or grad.shape[inner] == 1 or grad.stride(inner) == 1:
         return grad
-    return grad.contiguous(memory_format=_memory_format(out))
+    return grad.contiguous(memory_format=memory_format(out))
 
 
 def _kernel_applies(x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
@@ -74,7 +70,7 @@ def dropout_add_relu(x: torch.Tensor, residual: Optional[torch.Tensor] = None, p
     if not _kernel_applies(x, residual):
         return dropout_add_relu_composite(x, residual, p, training)
     p = float(p) if training else 0.0
-    fmt = _memory_format(x)
+    fmt = memory_format(x)
     x = x.contiguous(memory_format=fmt)
     if residual is not None:
         residual = residual.contiguous(memory_format=fmt)

@@ -19,6 +19,7 @@ import torch
 from .. import _extension
 from ..reference.stgcn import graph_conv_reference
 from . import _backend
+from ._layout import memory_format
 
 __all__ = ["graph_conv", "graph_conv_composite"]
 
@@ -91,13 +92,8 @@ def _fake_checks(x, weight, bias, A, importance, groups):
         torch._check(bias.dim() == 1 and bias.shape[0] == weight.shape[0], lambda: "bias must be (G*K*Cout,)")
 
 
-def _is_channels_last(t: torch.Tensor) -> bool:
-    """The layout rule of the kernels: channels-last strides and not also standard-contiguous."""
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-
-
 def _empty_like_layout(x: torch.Tensor, shape) -> torch.Tensor:
-    fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+    fmt = memory_format(x)
     return x.new_empty(shape).contiguous(memory_format=fmt) if fmt is torch.channels_last else x.new_empty(shape)
 
 
@@ -127,9 +123,8 @@ def _register() -> None:
     def _backward(ctx, grad_out):
         x, weight, bias, A, importance = ctx.saved_tensors
         # grad_out in x's layout (channels-last or contiguous), as the kernels expect
-        fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-        gx, gw, gb, ge = torch.ops.skelfast.graph_conv_backward(grad_out.contiguous(memory_format=fmt), x, weight, bias, A,
-                                                                importance, ctx.groups)
+        grad_out = grad_out.contiguous(memory_format=memory_format(x))
+        gx, gw, gb, ge = torch.ops.skelfast.graph_conv_backward(grad_out, x, weight, bias, A, importance, ctx.groups)
         need = ctx.needs_input_grad
         return (gx if need[0] else None, gw if need[1] else None, gb if (need[2] and ctx.has_bias) else None,
                 None, ge if (need[4] and importance is not None) else None, None)
