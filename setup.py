@@ -79,7 +79,8 @@ def make_extension():
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     # No errno from sqrt and no FP traps: lets gcc vectorise the CPU kernels' time loops.
-    cxx = opt + STABLE_FLAGS + ["-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math"]
+    cxx = opt + STABLE_FLAGS + ["-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math",
+                                 "-fopenmp-simd"]  # `#pragma omp simd` only: no OpenMP runtime
     if not os.environ.get("MAX_JOBS"):
         os.environ["MAX_JOBS"] = str(default_max_jobs())
     print(f"skelfast: CUDA kernels {'ON' if with_cuda else 'OFF'} ({reason}); MAX_JOBS={os.environ['MAX_JOBS']}")

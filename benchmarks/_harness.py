@@ -9,6 +9,7 @@
   rate) with both ceilings measured on this device in this run, and its binding term.
 - timed_row(...): one result row: timing, peak memory, speed-ups over the eager reference and over
   torch.compile, achieved GB/s and TFLOP/s, floor and % of floor.
+- CPU allocator: tuned for every provider at import (CPU_ALLOCATOR below).
 - write_rows(rows, name, device): upsert into benchmarks/results/<device_slug>.csv, one CSV per
   device for every benchmark (rows are keyed by op, provider, mode, shape, dtype and versions).
 """
@@ -27,6 +28,13 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
+
+from skelfast.cpu_allocator import tune_cpu_allocator
+
+# Every provider of every benchmark runs with the CPU allocator setting the trainer uses (freed
+# blocks stay in-process; skelfast/cpu_allocator.py), so the comparison is at equal conditions.
+# SKELFAST_CPU_ALLOCATOR=default measures glibc's default behaviour instead.
+CPU_ALLOCATOR = "tuned" if tune_cpu_allocator() else "default"
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 KEY_FIELDS = ["op", "provider", "mode", "shape", "dtype", "device_name", "torch_version", "skelfast_version", "git_sha"]
@@ -196,7 +204,7 @@ def ceilings_line(device: torch.device, dtypes: Sequence[torch.dtype] = (torch.f
     """One line naming this run's measured ceilings (printed by every benchmark that uses them)."""
     gemm = ", ".join(f"{str(d)[6:]} GEMM {gemm_tflops(device, d) * 1e3:.1f} GFLOP/s" for d in dtypes)
     return (f"ceilings measured in this run on {device_name(device)}: copy {copy_bandwidth_gbs(device):.1f} GB/s "
-            f"(read+write, {default_copy_mib(device)} MiB), {gemm}")
+            f"(read+write, {default_copy_mib(device)} MiB), {gemm}; CPU allocator {CPU_ALLOCATOR}")
 
 
 def timed_row(op: str, device: torch.device, provider: str, mode: str, shape: str, dtype: str, stats: Stats,

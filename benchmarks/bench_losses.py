@@ -33,6 +33,7 @@ import torch
 
 import skelfast
 from skelfast import ops
+from skelfast.cpu_allocator import rss_tracks_live_memory
 from skelfast.reference import losses as R
 from skelfast.reference.modalities import nrm
 
@@ -46,27 +47,18 @@ def _status_mb(key: str) -> float:
         return int(re.search(key + r":\s+(\d+)", fh.read()).group(1)) / 1024.0
 
 
-def _mmap_large_allocations() -> None:
-    """glibc keeps freed blocks below its (dynamic) mmap threshold in the heap, so a later peak can
-    reuse them without raising the RSS. A fixed 128 KiB threshold makes every large tensor its own
-    mmap, returned on free: the RSS high-water mark then tracks the live-memory peak."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
 def rss_peak_mb(fn: Callable[[], object]) -> float:
-    """Rise of the peak resident set during fn() (Linux; NaN elsewhere)."""
+    """Rise of the peak resident set during fn() (Linux; NaN elsewhere). Measured with glibc's
+    freed blocks returned to the OS (cpu_allocator.rss_tracks_live_memory), so that memory kept
+    from earlier calls does not hide this call's peak; the timings run with the tuned allocator."""
     try:
         gc.collect()
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # reset VmHWM to the current RSS
-        base = _status_mb("VmRSS")
-        fn()
-        return _status_mb("VmHWM") - base
+        with rss_tracks_live_memory():
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")  # reset VmHWM to the current RSS
+            base = _status_mb("VmRSS")
+            fn()
+            return _status_mb("VmHWM") - base
     except (OSError, AttributeError):
         return float("nan")
 
@@ -196,7 +188,6 @@ def main(argv=None):
     parser.add_argument("--out-dir", default=None, help="CSV folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    _mmap_large_allocations()
     Ks = [int(k) for k in args.K.split(",")] if args.K else ([4096] if args.quick else [4096, 32768, 65536])
     print(f"skelfast {skelfast.__version__}, torch {torch.__version__}, {H.device_name(device)}, "
           f"threads {torch.get_num_threads()}, backends {ops.available_backends()}")

@@ -299,6 +299,79 @@ def test_channels_last_layout(dtype, G):
     torch.testing.assert_close(got2[0], want[0], **tol)
 
 
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("dims", [(17, 9, 5), (1, 4, 1), (64, 3, 2)], ids=lambda d: "Cin%dCout%dT%d" % d)
+def test_channels_last_shapes_and_no_bias(with_bias, dims):
+    """The channels-last kernels (one grouped oneDNN 1x1 conv, SIMD reductions over Cin) at channel
+    counts that are not a multiple of the vector width, Cin = 1, T = 1, and without a bias (whose
+    gradient terms are then skipped): fp64 results and every gradient equal the reference."""
+    Cin, Cout, T = dims
+    x, w, b, A, E = make_args(B=3, G=3, Cin=Cin, Cout=Cout, T=T)
+    b = b if with_bias else None
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(3, 3 * Cout, T, 25, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    ins = [xcl, w, E] + ([b] if with_bias else [])
+    fn = lambda x, w, E, *b: ops.graph_conv(x, w, b[0] if b else None, A, E, 3)  # noqa: E731
+    ref = lambda x, w, E, *b: reference_grouped(x, w, b[0] if b else None, A, E, 3)  # noqa: E731
+    out, got = grads(fn, ins, grad_out)
+    want_out, want = grads(ref, [x] + ins[1:], grad_out)
+    torch.testing.assert_close(out, want_out, atol=1e-11, rtol=1e-11)
+    for g1, g2 in zip(got, want):
+        torch.testing.assert_close(g1, g2, atol=1e-11, rtol=1e-11)
+
+
+def test_channels_last_zero_input_channels():
+    """Cin = 0: no projection, the output is the aggregated bias alone (sum_k bias[g,k,c] *
+    sum_v (A*E)[g,k,v,w]); gradients equal the contiguous path's (a different kernel)."""
+    x, w, b, A, E = make_args(B=2, G=2, Cin=0, Cout=3, T=2)
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(2, 6, 2, 25, dtype=torch.float64)
+    out, got = grads(lambda x, w, b, E: ops.graph_conv(x, w, b, A, E, 2), [xcl, w, b, E], grad_out)
+    bias_term = torch.einsum("gkc,gkw->gcw", b.view(2, 3, 3), (A * E).sum(2))
+    torch.testing.assert_close(out, bias_term.reshape(1, 6, 1, 25).expand(2, 6, 2, 25), atol=1e-12, rtol=1e-12)
+    out2, want = grads(lambda x, w, b, E: ops.graph_conv(x, w, b, A, E, 2), [x.contiguous(), w, b, E], grad_out)
+    torch.testing.assert_close(out, out2, atol=1e-12, rtol=1e-12)
+    for g1, g2 in zip(got, want):
+        torch.testing.assert_close(g1, g2, atol=1e-12, rtol=1e-12)
+
+
+def test_channels_last_gradcheck_and_bf16():
+    from skelfast.topology import Topology
+    topo = Topology(name="chain6", num_joints=6, bone_parent=(0, 0, 1, 2, 3, 4), axis_partner=(1, 2, 3, 4, 5, 4),
+                    edges=tuple((i, i + 1) for i in range(5)), center=2)
+    x, w, b, A, E = make_args(B=2, G=2, Cin=3, Cout=2, T=3, topology=topo)
+    x = x.contiguous(memory_format=torch.channels_last)
+    inputs = [t.requires_grad_(True) for t in (x, w, b, E)]
+    assert torch.autograd.gradcheck(lambda x, w, b, E: ops.graph_conv(x, w, b, A, E, 2), inputs)
+    # bf16 through the channels-last path: the rule of test_bf16_within_tolerance
+    x, w, b, A, E = make_args(B=2, G=2, Cin=16, Cout=16, T=8)
+    want = reference_grouped(x, w, b, A, E, 2)
+    xb = x.bfloat16().contiguous(memory_format=torch.channels_last)
+    got = ops.graph_conv(xb, w.bfloat16(), b.bfloat16(), A.float(), E.float(), 2)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    lowp = reference_grouped(x.bfloat16(), w.bfloat16(), b.bfloat16(), A.bfloat16(), E.bfloat16(), 2)
+    err, err_lowp = (got.double() - want).abs().max(), (lowp.double() - want).abs().max()
+    assert err <= 2 * err_lowp + 1e-2, (err, err_lowp)
+
+
+def test_channels_last_deterministic_with_threads():
+    """Fixed chunking and fixed-order SIMD sums: with 2 intra-op threads (the parallel reductions
+    actually split), repeated runs give bitwise equal outputs and gradients. (Results may differ
+    between thread counts: oneDNN picks its blocking per thread count.)"""
+    x, w, b, A, E = [t.float() for t in make_args(B=4, G=2, Cin=24, Cout=8, T=20)]
+    x = x.contiguous(memory_format=torch.channels_last)
+    runs = []
+    torch.set_num_threads(2)
+    try:
+        for _ in range(2):
+            xs, ws, Es = (t.clone().requires_grad_(True) for t in (x, w, E))
+            out = ops.graph_conv(xs, ws, b, A, Es, 2)
+            runs.append((out,) + torch.autograd.grad(out.square().sum(), (xs, ws, Es)))
+    finally:
+        torch.set_num_threads(1)
+    assert all(torch.equal(a, c) for a, c in zip(*runs))
+
+
 def test_opcheck_channels_last():
     x, w, b, A, E = make_args(B=2, G=2, Cin=3, Cout=4, T=3)
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)

@@ -1,0 +1,56 @@
+// aten::convolution and aten::convolution_backward for a 1x1, stride-1, grouped 2-d convolution,
+// called through the stable-ABI dispatcher (torch::stable has no wrapper for them).
+//
+// Why: on CPU these dispatch to oneDNN, whose 1x1 convolution over a channels-last tensor runs the
+// projection GEMM of skelfast::graph_conv at 2-2.6x the rate of aten::matmul (MKL sgemm) on the
+// 2-core benchmark box (measured, fp32, ST-GCN block shapes: 453-479 vs 136-196 GFLOP/s forward).
+// A channels-last (B, C, T, V) tensor is a row-major (B*T*V, C) matrix, so a 1x1 convolution is
+// exactly out_rows = in_rows @ W^T per group. Layer: kernel helper (stable ABI only).
+#pragma once
+
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/stableivalue_conversions.h>
+#include <torch/csrc/stable/tensor.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace skelfast {
+
+namespace stable_conv_detail {
+inline void call(const char* op, StableIValue* stack) {
+  STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher(op, "", stack, TORCH_ABI_VERSION));
+}
+}  // namespace stable_conv_detail
+
+// out (B, groups*Cout, T, V) = conv2d(x (B, groups*Cin, T, V), weight (groups*Cout, Cin, 1, 1),
+// no bias, groups).
+inline torch::stable::Tensor conv1x1(const torch::stable::Tensor& x, const torch::stable::Tensor& weight,
+                                     int64_t groups) {
+  using torch::stable::detail::from;
+  const std::vector<int64_t> one{1, 1}, zero{0, 0};
+  std::array<StableIValue, 9> stack{from(x), from(weight), from(std::optional<torch::stable::Tensor>()),
+                                    from(one), from(zero), from(one), from(false), from(zero), from(groups)};
+  stable_conv_detail::call("aten::convolution", stack.data());
+  return torch::stable::detail::to<torch::stable::Tensor>(stack[0]);
+}
+
+// (d input, d weight) of conv1x1 for the output gradient `grad`; no bias gradient.
+inline std::tuple<torch::stable::Tensor, torch::stable::Tensor> conv1x1_backward(const torch::stable::Tensor& grad,
+                                                                                 const torch::stable::Tensor& x,
+                                                                                 const torch::stable::Tensor& weight,
+                                                                                 int64_t groups) {
+  using torch::stable::detail::from;
+  const std::vector<int64_t> one{1, 1}, zero{0, 0};
+  const bool mask[3] = {true, true, false};
+  std::array<StableIValue, 11> stack{from(grad),  from(x),     from(weight), from(std::optional<std::vector<int64_t>>()),
+                                     from(one),   from(zero),  from(one),    from(false),
+                                     from(zero),  from(groups), from(torch::headeronly::HeaderOnlyArrayRef<bool>(mask, 3))};
+  stable_conv_detail::call("aten::convolution_backward", stack.data());
+  return {torch::stable::detail::to<torch::stable::Tensor>(stack[0]),
+          torch::stable::detail::to<torch::stable::Tensor>(stack[1])};
+}
+
+}  // namespace skelfast
