@@ -300,11 +300,12 @@ def test_channels_last_layout(dtype, G):
 
 
 @pytest.mark.parametrize("with_bias", [True, False])
-@pytest.mark.parametrize("dims", [(17, 9, 5), (1, 4, 1), (64, 3, 2)], ids=lambda d: "Cin%dCout%dT%d" % d)
+@pytest.mark.parametrize("dims", [(17, 9, 5), (1, 4, 1), (64, 3, 2), (5, 33, 3)], ids=lambda d: "Cin%dCout%dT%d" % d)
 def test_channels_last_shapes_and_no_bias(with_bias, dims):
-    """The channels-last kernels (one grouped oneDNN 1x1 conv, SIMD reductions over Cin) at channel
-    counts that are not a multiple of the vector width, Cin = 1, T = 1, and without a bias (whose
-    gradient terms are then skipped): fp64 results and every gradient equal the reference."""
+    """The channels-last kernels (one grouped oneDNN 1x1 conv, SIMD reductions over Cin; a per-group
+    backward from Cout = 32 on) at channel counts that are not a multiple of the vector width,
+    Cin = 1, T = 1, and without a bias (whose gradient terms are then skipped): fp64 results and
+    every gradient equal the reference."""
     Cin, Cout, T = dims
     x, w, b, A, E = make_args(B=3, G=3, Cin=Cin, Cout=Cout, T=T)
     b = b if with_bias else None

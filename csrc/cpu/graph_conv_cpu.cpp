@@ -93,7 +93,8 @@ std::vector<Acc> bias_values(const std::optional<Tensor>& bias, const GraphConvD
 // (memory order b, t, v, c). The aggregated input of all groups is z (B, G*K*Cin, T, V), also
 // channels-last, i.e. a (B*T*W, G*K*Cin) matrix with group g in columns [g*K*Cin, (g+1)*K*Cin);
 // the projection is then one groups=G 1x1 convolution, out = z_g @ Wp_g^T per group, and its
-// backward one convolution_backward (oneDNN; 1.4-2.6x the rate of per-group BLAS GEMMs here). The
+// backward one convolution_backward (per group on column slices from 32 output channels on;
+// oneDNN: 1.4-2.6x the rate of per-group BLAS GEMMs here). The
 // graph aggregation works on one frame (b, t) at a time: Z[w, g*K*Cin + k*Cin + ci] += ae[g] *
 // X[v, g*Cin + ci] over the non-zero entries (k, v, w), contiguous in ci.
 
@@ -184,20 +185,20 @@ Tensor graph_conv_forward_cl(const Tensor& xc, const Tensor& wp, const GraphConv
 }
 
 // Chunk of frames [f0, f1) of the aggregation backward for every group: dx rows and the
-// edge-weight gradient accumulators dae (G, nnz) of this chunk.
+// edge-weight gradient accumulators dae (G, nnz) of this chunk. dz[g]: group g's gradient of the
+// aggregated input, B*T*W rows of K*Cin values, dz_stride apart.
 template <typename T, typename Acc>
-SKELFAST_CPU_CLONES void aggregate_backward_frames_cl(const T* xp, const T* dzp, T* dxp, const GraphConvDims& d,
-                                                      const HostEdges<Acc>& h, int64_t f0, int64_t f1, Acc* tmp,
-                                                      Acc* dae) {
-  const int64_t gcin = d.G * d.Cin, kc = d.K * d.Cin, gkc = d.G * kc, nnz = h.nnz();
+SKELFAST_CPU_CLONES void aggregate_backward_frames_cl(const T* xp, const T* const* dz, int64_t dz_stride, T* dxp,
+                                                      const GraphConvDims& d, const HostEdges<Acc>& h, int64_t f0,
+                                                      int64_t f1, Acc* tmp, Acc* dae) {
+  const int64_t gcin = d.G * d.Cin, nnz = h.nnz();
   for (int64_t f = f0; f < f1; ++f) {
     const T* xf = xp + f * d.V * gcin;
-    const T* dzf = dzp + f * d.V * gkc;
     for (int64_t j = 0; j < d.V * gcin; ++j) tmp[j] = Acc(0);
     for (int64_t i = 0; i < nnz; ++i) {
       const GraphEntry& e = h.entries[i];
       for (int64_t g = 0; g < d.G; ++g) {
-        const T* dzw = dzf + e.w * gkc + g * kc + e.k * d.Cin;
+        const T* dzw = dz[g] + (f * d.V + e.w) * dz_stride + e.k * d.Cin;
         const T* xv = xf + e.v * gcin + g * d.Cin;
         Acc* dxv = tmp + e.v * gcin + g * d.Cin;
         const Acc a = h.ae[g * nnz + i];
@@ -251,22 +252,45 @@ void graph_conv_backward_cl(const Tensor& xc, const Tensor& gc, const Tensor& wp
     return;
   }
   Tensor z = aggregate_cl<T, Acc>(xc, d, h);
-  auto [dz, dw4] = conv1x1_backward(gc, z, projection_weight(wp, d), d.G);
-  dz = torch::stable::contiguous(dz, torch::headeronly::MemoryFormat::ChannelsLast);
-  dw4 = torch::stable::contiguous(dw4);
-  const T* dw4p = static_cast<const T*>(dw4.const_data_ptr());  // (G*Cout, K*Cin)
-  for (int64_t g = 0; g < d.G; ++g)
+  Tensor wproj = projection_weight(wp, d);
+  // dz[g]: group g's gradient of z, rows of K*Cin values dz_stride apart. From 32 output channels
+  // on, one convolution_backward per group on column slices beats oneDNN's grouped backward
+  // (measured, 2 threads, B=32: 48 vs 58 ms at 64->256, 15 vs 19 ms at 32->32); at 16 it loses
+  // (19 vs 15 ms), so narrow layers keep the grouped call.
+  const bool per_group = d.G > 1 && d.Cout >= 32;
+  std::vector<Tensor> dzs, dws;
+  std::vector<const T*> dzp(d.G);
+  int64_t dz_stride = kc;
+  if (per_group) {
+    Tensor grad = gc;  // torch::stable::narrow takes a non-const handle
+    for (int64_t g = 0; g < d.G; ++g) {
+      auto [dzg, dwg] = conv1x1_backward(torch::stable::narrow(grad, 1, g * d.Cout, d.Cout),
+                                         torch::stable::narrow(z, 1, g * kc, kc),
+                                         torch::stable::narrow(wproj, 0, g * d.Cout, d.Cout), 1);
+      dzs.push_back(torch::stable::contiguous(dzg, torch::headeronly::MemoryFormat::ChannelsLast));
+      dws.push_back(torch::stable::contiguous(dwg));
+      dzp[g] = static_cast<const T*>(dzs.back().const_data_ptr());
+    }
+  } else {
+    auto [dz, dw4] = conv1x1_backward(gc, z, wproj, d.G);
+    dzs.push_back(torch::stable::contiguous(dz, torch::headeronly::MemoryFormat::ChannelsLast));
+    dws.push_back(torch::stable::contiguous(dw4));
+    dz_stride = d.G * kc;
+    for (int64_t g = 0; g < d.G; ++g) dzp[g] = static_cast<const T*>(dzs[0].const_data_ptr()) + g * kc;
+  }
+  for (int64_t g = 0; g < d.G; ++g) {  // dW (G*Cout, K*Cin) -> the weight's (G*K*Cout, Cin) rows
+    const T* dwgp = static_cast<const T*>(dws[per_group ? g : 0].const_data_ptr()) + (per_group ? 0 : g * d.Cout * kc);
     for (int64_t k = 0; k < d.K; ++k)
       for (int64_t c = 0; c < d.Cout; ++c)
         for (int64_t ci = 0; ci < d.Cin; ++ci)
-          dwp[((g * d.K + k) * d.Cout + c) * d.Cin + ci] = dw4p[(g * d.Cout + c) * kc + k * d.Cin + ci];
+          dwp[((g * d.K + k) * d.Cout + c) * d.Cin + ci] = dwgp[c * kc + k * d.Cin + ci];
+  }
   const T* xp = static_cast<const T*>(xc.const_data_ptr());
-  const T* dzp = static_cast<const T*>(dz.const_data_ptr());
   std::vector<Acc> part(nchunks * d.G * nnz, Acc(0));
   torch::stable::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
     std::vector<Acc> tmp(d.V * d.G * d.Cin);
     for (int64_t chunk = cb; chunk < ce; ++chunk)
-      aggregate_backward_frames_cl<T, Acc>(xp, dzp, dxp, d, h, frames * chunk / nchunks,
+      aggregate_backward_frames_cl<T, Acc>(xp, dzp.data(), dz_stride, dxp, d, h, frames * chunk / nchunks,
                                            frames * (chunk + 1) / nchunks, tmp.data(), part.data() + chunk * d.G * nnz);
   });
   for (int64_t chunk = 0; chunk < nchunks; ++chunk)

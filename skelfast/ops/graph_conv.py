@@ -1,7 +1,8 @@
 """skelfast.ops.graph_conv: the (grouped) ST-GCN spatial unit as one op (method.md §4.1-§4.2).
 
 `torch.ops.skelfast.graph_conv` is defined in csrc/graph_conv.cpp with a CPU kernel (sparse graph
-aggregation + one BLAS GEMM per group) and a CUDA kernel; this file adds its fake kernels, its
+aggregation, then the projection: one grouped oneDNN 1x1 convolution for channels-last input, one
+BLAS GEMM per group otherwise) and a CUDA kernel; this file adds its fake kernels, its
 autograd formula (the registered `graph_conv_backward` op, so AOTAutograd only sees custom ops),
 the autocast rule and the Triton path (attached by skelfast.ops._backend).
 
