@@ -94,9 +94,9 @@ std::vector<Acc> bias_values(const std::optional<Tensor>& bias, const GraphConvD
 // channels-last, i.e. a (B*T*W, G*K*Cin) matrix with group g in columns [g*K*Cin, (g+1)*K*Cin);
 // the projection is then one groups=G 1x1 convolution, out = z_g @ Wp_g^T per group, and its
 // backward one convolution_backward (per group on column slices from 32 output channels on;
-// oneDNN: 1.4-2.6x the rate of per-group BLAS GEMMs here). The
-// graph aggregation works on one frame (b, t) at a time: Z[w, g*K*Cin + k*Cin + ci] += ae[g] *
-// X[v, g*Cin + ci] over the non-zero entries (k, v, w), contiguous in ci.
+// oneDNN: 1.4-2.6x the rate of per-group BLAS GEMMs here). The graph aggregation works on one
+// frame (b, t) at a time: Z[w, g*K*Cin + k*Cin + ci] += ae[g] * X[v, g*Cin + ci] over the non-zero
+// entries (k, v, w), contiguous in ci.
 
 bool is_channels_last(const Tensor& t) {
   if (t.dim() != 4 || t.is_contiguous()) return false;
@@ -237,9 +237,9 @@ void graph_conv_backward_cl(const Tensor& xc, const Tensor& gc, const Tensor& wp
     const T* gp = static_cast<const T*>(gc.const_data_ptr());
     std::vector<Acc> part(nchunks * d.V * gcout, Acc(0));
     torch::stable::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
-      for (int64_t chunk = cb; chunk < ce; ++chunk)  // rows of frames f span V rows of width G*Cout
-        for (int64_t f = frames * chunk / nchunks; f < frames * (chunk + 1) / nchunks; ++f)
-          sum_rows<T, Acc>(gp + f * d.V * gcout, part.data() + chunk * d.V * gcout, 0, 1, d.V * gcout);
+      for (int64_t chunk = cb; chunk < ce; ++chunk)  // one frame = V rows of G*Cout values
+        sum_rows<T, Acc>(gp, part.data() + chunk * d.V * gcout, frames * chunk / nchunks,
+                         frames * (chunk + 1) / nchunks, d.V * gcout);
     });
     for (int64_t chunk = 0; chunk < nchunks; ++chunk)
       for (int64_t w = 0; w < d.V; ++w)
