@@ -12,7 +12,10 @@ forward 5-10 ms per call where the op itself needs 1.6 ms).
 `tune_cpu_allocator()` sets M_MMAP_THRESHOLD and M_TRIM_THRESHOLD to their largest value through
 `mallopt`, so freed blocks go back to malloc's free lists and the next step reuses them without a
 fault. Cost: the resident set stays at the process's peak (nothing is returned to the OS until
-exit), which is what a training process wants and a long-lived interactive session may not. The
+exit), plus some fragmentation (a loop allocating and freeing one 64 MiB tensor grew the heap by 7
+such blocks before it reused them; the benchmark's training process ended at 2.83 GB resident
+against a 2.59 GB peak untuned), which is what a training process can afford and a long-lived
+interactive session may not. The
 library itself never calls this; `python -m skelfast.train` (config key `run.tune_cpu_allocator`)
 and the benchmarks (for every provider alike) do. `SKELFAST_CPU_ALLOCATOR=default` turns it off
 everywhere. Other C libraries (musl, macOS, Windows) are left alone and the call returns False.
