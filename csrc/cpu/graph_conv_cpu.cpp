@@ -1,7 +1,7 @@
 // CPU kernels of skelfast::graph_conv and its backward: the sparse graph aggregation and the
 // layout/bias epilogues in parallel loops, then the 1x1 projection ("post" ordering: aggregate x
 // over the graph, then project; see csrc/include/skelfast/graph_conv_math.h). Channels-last input
-// (what the models use): one grouped oneDNN 1x1 convolution for all groups (stable_conv.h);
+// (what the models use): one grouped oneDNN 1x1 convolution for all groups (stable_aten.h);
 // contiguous input: one BLAS GEMM per group through torch::stable::matmul. Layer: kernel + binding
 // (stable ABI only).
 #include <torch/csrc/stable/library.h>
@@ -16,7 +16,7 @@
 
 #include "skelfast/cpu_clones.h"
 #include "skelfast/graph_conv_binding.h"
-#include "skelfast/stable_conv.h"
+#include "skelfast/stable_aten.h"
 
 namespace skelfast {
 namespace {
@@ -158,7 +158,7 @@ SKELFAST_CPU_CLONES void add_bias_rows(T* o, const Acc* beff_wc, int64_t begin, 
   }
 }
 
-// out = grouped 1x1 conv (oneDNN, skelfast/stable_conv.h) of the aggregated input, plus the
+// out = grouped 1x1 conv (oneDNN, skelfast/stable_aten.h) of the aggregated input, plus the
 // effective bias beff[g, c, w] (depends on the target joint w, so it cannot ride in the conv).
 template <typename T, typename Acc>
 Tensor graph_conv_forward_cl(const Tensor& xc, const Tensor& wp, const GraphConvDims& d, const HostEdges<Acc>& h,
@@ -246,9 +246,8 @@ void graph_conv_backward_cl(const Tensor& xc, const Tensor& gc, const Tensor& wp
         for (int64_t j = 0; j < gcout; ++j) r[j * d.V + w] += part[(chunk * d.V + w) * gcout + j];
   }
   T* dxp = static_cast<T*>(dx.mutable_data_ptr());
-  if (d.Cin == 0 || d.Cout == 0) {  // no projection: dx = 0 (and dW has no elements or is zero)
+  if (d.Cin == 0 || d.Cout == 0) {  // no projection: dx = 0 (dW has no elements)
     for (int64_t i = 0; i < dx.numel(); ++i) dxp[i] = T(0);
-    for (int64_t i = 0; i < d.G * d.K * d.Cout * d.Cin; ++i) dwp[i] = T(0);
     return;
   }
   Tensor z = aggregate_cl<T, Acc>(xc, d, h);

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "skelfast/losses_math.h"
+#include "skelfast/stable_aten.h"
 
 namespace skelfast {
 namespace {
@@ -319,18 +320,6 @@ Problem make_problem(const Tensor& qa, const Tensor& lpos, const Tensor& queue_a
   p.pa = pair_a;
   p.pb = pair_b;
   return p;
-}
-
-// out-variant GEMMs through the dispatcher (stable ABI): no allocation per chunk.
-void mm_out(Tensor out, const Tensor& a, const Tensor& b) {
-  std::array<StableIValue, 3> stack{torch::stable::detail::from(a), torch::stable::detail::from(b),
-                                    torch::stable::detail::from(out)};
-  STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher("aten::mm", "out", stack.data(), TORCH_ABI_VERSION));
-}
-void bmm_out(Tensor out, const Tensor& a, const Tensor& b) {
-  std::array<StableIValue, 3> stack{torch::stable::detail::from(a), torch::stable::detail::from(b),
-                                    torch::stable::detail::from(out)};
-  STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher("aten::bmm", "out", stack.data(), TORCH_ABI_VERSION));
 }
 
 // Per-call buffers, reallocated only when the chunk width changes (the last, narrower chunk):

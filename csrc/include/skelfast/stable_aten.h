@@ -1,7 +1,8 @@
-// aten::convolution and aten::convolution_backward for a 1x1, stride-1, grouped 2-d convolution,
-// called through the stable-ABI dispatcher (torch::stable has no wrapper for them).
+// ATen ops the CPU kernels call that torch::stable has no wrapper for, through the stable-ABI
+// dispatcher: the out-variant GEMMs of the streaming losses (no allocation per queue chunk), and
+// aten::convolution / aten::convolution_backward for a 1x1, stride-1, grouped 2-d convolution.
 //
-// Why: on CPU these dispatch to oneDNN, whose 1x1 convolution over a channels-last tensor runs the
+// Why the convolution: on CPU it dispatches to oneDNN, whose 1x1 convolution over a channels-last tensor runs the
 // projection GEMM of skelfast::graph_conv at 2-2.6x the rate of aten::matmul (MKL sgemm) on the
 // 2-core benchmark box (measured, fp32, ST-GCN block shapes: 453-479 vs 136-196 GFLOP/s forward).
 // A channels-last (B, C, T, V) tensor is a row-major (B*T*V, C) matrix, so a 1x1 convolution is
@@ -19,11 +20,22 @@
 
 namespace skelfast {
 
-namespace stable_conv_detail {
-inline void call(const char* op, StableIValue* stack) {
-  STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher(op, "", stack, TORCH_ABI_VERSION));
+// Runs aten op `op`.`overload` on `stack` (arguments in, results out from stack[0]).
+inline void call_aten(const char* op, const char* overload, StableIValue* stack) {
+  STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher(op, overload, stack, TORCH_ABI_VERSION));
 }
-}  // namespace stable_conv_detail
+
+// out = a @ b (2-d) / out = bmm(a, b) (3-d), into an existing tensor.
+inline void mm_out(torch::stable::Tensor out, const torch::stable::Tensor& a, const torch::stable::Tensor& b) {
+  using torch::stable::detail::from;
+  std::array<StableIValue, 3> stack{from(a), from(b), from(out)};
+  call_aten("aten::mm", "out", stack.data());
+}
+inline void bmm_out(torch::stable::Tensor out, const torch::stable::Tensor& a, const torch::stable::Tensor& b) {
+  using torch::stable::detail::from;
+  std::array<StableIValue, 3> stack{from(a), from(b), from(out)};
+  call_aten("aten::bmm", "out", stack.data());
+}
 
 // out (B, groups*Cout, T, V) = conv2d(x (B, groups*Cin, T, V), weight (groups*Cout, Cin, 1, 1),
 // no bias, groups).
@@ -33,7 +45,7 @@ inline torch::stable::Tensor conv1x1(const torch::stable::Tensor& x, const torch
   const std::vector<int64_t> one{1, 1}, zero{0, 0};
   std::array<StableIValue, 9> stack{from(x), from(weight), from(std::optional<torch::stable::Tensor>()),
                                     from(one), from(zero), from(one), from(false), from(zero), from(groups)};
-  stable_conv_detail::call("aten::convolution", stack.data());
+  call_aten("aten::convolution", "", stack.data());
   return torch::stable::detail::to<torch::stable::Tensor>(stack[0]);
 }
 
@@ -48,7 +60,7 @@ inline std::tuple<torch::stable::Tensor, torch::stable::Tensor> conv1x1_backward
   std::array<StableIValue, 11> stack{from(grad),  from(x),     from(weight), from(std::optional<std::vector<int64_t>>()),
                                      from(one),   from(zero),  from(one),    from(false),
                                      from(zero),  from(groups), from(torch::headeronly::HeaderOnlyArrayRef<bool>(mask, 3))};
-  stable_conv_detail::call("aten::convolution_backward", stack.data());
+  call_aten("aten::convolution_backward", "", stack.data());
   return {torch::stable::detail::to<torch::stable::Tensor>(stack[0]),
           torch::stable::detail::to<torch::stable::Tensor>(stack[1])};
 }
