@@ -9,9 +9,11 @@ step of the benchmark (N=16, K=32768): 2135 -> 1664 ms for the skelfast backend,
 for the eager reference; the first op to touch a fresh buffer took the blame in profiles (BN
 forward 5-10 ms per call where the op itself needs 1.6 ms).
 
-`tune_cpu_allocator()` sets M_MMAP_THRESHOLD and M_TRIM_THRESHOLD to their largest value through
-`mallopt`, so freed blocks go back to malloc's free lists and the next step reuses them without a
-fault. Cost: the resident set stays at the process's peak (nothing is returned to the OS until
+`tune_cpu_allocator()` sets M_MMAP_THRESHOLD to its largest value (2**31-1) and switches trimming
+off (M_TRIM_THRESHOLD = -1) through `mallopt`, so freed blocks go back to malloc's free lists and
+the next step reuses them without a fault. (A trim threshold of 2**31-1 is not enough: the batched
+encoders at N=64 free more than 2 GiB at the heap top, and glibc returned it every step: 600k
+page faults per forward+backward, 6.6-8.9 s instead of 5.0-5.3 s.) Cost: the resident set stays at the process's peak (nothing is returned to the OS until
 exit), plus some fragmentation (a loop allocating and freeing one 64 MiB tensor grew the heap by 7
 such blocks before it reused them; the benchmark's training process ended at 2.83 GB resident
 against a 2.59 GB peak untuned), which is what a training process can afford and a long-lived
@@ -33,7 +35,8 @@ __all__ = ["tune_cpu_allocator", "cpu_allocator_tuned", "rss_tracks_live_memory"
 
 _M_TRIM_THRESHOLD = -1      # glibc <malloc.h>
 _M_MMAP_THRESHOLD = -3
-_LARGEST = 2**31 - 1        # mallopt takes an int; glibc accepts this for both parameters
+_LARGEST = 2**31 - 1        # mallopt takes an int: the largest mmap threshold it can express
+_NO_TRIM = -1               # mallopt(3): "Setting M_TRIM_THRESHOLD to -1 disables trimming completely"
 _SMALL = 128 * 1024         # glibc's initial thresholds
 _tuned = False
 
@@ -44,11 +47,11 @@ def _glibc():
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
-def _set_thresholds(libc, value: int) -> bool:
+def _set_thresholds(libc, mmap_threshold: int, trim_threshold: int) -> bool:
     # mmap threshold first: setting either parameter switches off glibc's dynamic adjustment, and
     # a lone trim setting would leave every block above 128 KiB on mmap (measured 1.6x slower).
-    ok = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(value)) == 1
-    return ok and libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(value)) == 1
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(mmap_threshold)) == 1
+    return ok and libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(trim_threshold)) == 1
 
 
 def cpu_allocator_tuned() -> bool:
@@ -66,7 +69,7 @@ def tune_cpu_allocator() -> bool:
     if choice not in ("tuned", "default"):
         raise ValueError(f"SKELFAST_CPU_ALLOCATOR must be 'tuned' or 'default', got {choice!r}")
     libc = _glibc() if choice == "tuned" else None
-    _tuned = libc is not None and _set_thresholds(libc, _LARGEST)
+    _tuned = libc is not None and _set_thresholds(libc, _LARGEST, _NO_TRIM)
     return _tuned
 
 
@@ -83,10 +86,10 @@ def rss_tracks_live_memory() -> Iterator[bool]:
     if libc is None:
         yield False
         return
-    _set_thresholds(libc, _SMALL)
+    _set_thresholds(libc, _SMALL, _SMALL)
     libc.malloc_trim(ctypes.c_size_t(0))
     try:
         yield True
     finally:
         if _tuned:
-            _set_thresholds(libc, _LARGEST)
+            _set_thresholds(libc, _LARGEST, _NO_TRIM)

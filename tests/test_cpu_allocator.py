@@ -37,9 +37,30 @@ def faults_of_fresh_block():
         counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     return min(counts)
 
+def heap_top_given_back():
+    # A step whose activations peak above 2 GiB (the batched encoders at N=64 do) frees more than
+    # 2 GiB at the top of the heap; a trim threshold of 2**31-1 (mallopt's largest int) still
+    # returned it to the kernel every step. Reserved, not touched: trimming looks at sizes only.
+    import ctypes
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]
+    blocks = [libc.malloc(1280 * 2**20) for _ in range(2)]   # below the mmap threshold: heap
+    top = libc.sbrk(0)
+    for b in reversed(blocks):
+        libc.free(b)
+    return top - libc.sbrk(0)
+
 mode = sys.argv[1]
-tuned = cpu_allocator.tune_cpu_allocator() if mode != "untouched" else False
+if mode == "int_max_trim":   # the thresholds tune_cpu_allocator set before (both 2**31-1)
+    import ctypes
+    libc = ctypes.CDLL("libc.so.6")
+    assert libc.mallopt(-3, ctypes.c_int(2**31 - 1)) == 1 and libc.mallopt(-1, ctypes.c_int(2**31 - 1)) == 1
+tuned = cpu_allocator.tune_cpu_allocator() if mode not in ("untouched", "int_max_trim") else False
 out = {"tuned": tuned, "flag": cpu_allocator.cpu_allocator_tuned(), "faults": faults_of_fresh_block()}
+if mode in ("big", "int_max_trim"):
+    out["heap_given_back"] = heap_top_given_back()
 if mode == "scoped":
     with cpu_allocator.rss_tracks_live_memory() as applied:
         out["scoped_applied"] = applied
@@ -74,6 +95,13 @@ def test_tuned_allocator_reuses_freed_blocks_without_faults():
     out = _probe("tune")
     assert out["tuned"] is True and out["flag"] is True
     assert out["faults"] < PAGES_64MIB // 20
+
+
+def test_tuned_allocator_keeps_a_heap_top_larger_than_2gib():
+    assert _probe("int_max_trim")["heap_given_back"] > 2 * 2**30   # premise: a 2 GiB threshold trims it
+    out = _probe("big")
+    assert out["tuned"] is True
+    assert out["heap_given_back"] == 0
 
 
 def test_env_default_leaves_glibc_alone():
