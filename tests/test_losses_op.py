@@ -226,11 +226,18 @@ def test_non_unit_inputs_fall_back_exactly(dtype):
     assert torch.isfinite(got).all()
 
 
-def test_chunk_boundaries():
-    """K larger than one CPU chunk (8192) and not a multiple of it."""
-    x = make(G=2, N=4, D=8, K=8192 + 37, seed=9)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_chunk_boundaries(dtype):
+    """K larger than one CPU chunk (8192) and not a multiple of it: the later chunks are strided
+    views of the queue (copied for the float32 oneDNN GEMMs, read in place by float64 BLAS)."""
+    x = make(G=2, N=4, D=8, K=8192 + 37, seed=9, dtype=dtype, S=2)
+    r = {key: t.double() for key, t in x.items()}   # the fp64 reference's constants
     check(lambda q: ops.phase2_loss(q, None, x["k"], x["queues"], topk=3),
-          lambda q: R.phase2_loss(q, None, x["k"], x["queues"], topk=3), [x["q"]], torch.float64)
+          lambda q: R.phase2_loss(q, None, r["k"], r["queues"], topk=3), [x["q"]], dtype)
+    check(lambda q: ops.info_nce(q, x["k"], x["queues"]), lambda q: R.info_nce(q, r["k"], r["queues"]),
+          [x["q"]], dtype)
+    check(lambda s: ops.relational_distill_loss(x["q"], s, x["queues"], x["QT"]),
+          lambda s: R.relational_distill_loss(r["q"], s, r["queues"], r["QT"]), [x["s"]], dtype)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 // ATen ops the CPU kernels call that torch::stable has no wrapper for, through the stable-ABI
-// dispatcher: the out-variant GEMMs of the streaming losses (no allocation per queue chunk), and
-// aten::convolution / aten::convolution_backward for a 1x1, stride-1, grouped 2-d convolution.
+// dispatcher: out-variant GEMMs (no allocation per queue chunk; the losses' float64 path), and
+// aten::convolution / aten::convolution_backward for a 1x1, stride-1, grouped 2-d convolution
+// (graph_conv's projection and the losses' float32 similarity GEMMs).
 //
 // Why the convolution: on CPU it dispatches to oneDNN, whose 1x1 convolution over a channels-last tensor runs the
 // projection GEMM of skelfast::graph_conv at 2-2.6x the rate of aten::matmul (MKL sgemm) on the
@@ -49,20 +50,26 @@ inline torch::stable::Tensor conv1x1(const torch::stable::Tensor& x, const torch
   return torch::stable::detail::to<torch::stable::Tensor>(stack[0]);
 }
 
-// (d input, d weight) of conv1x1 for the output gradient `grad`; no bias gradient.
+// (d input, d weight) of conv1x1 for the output gradient `grad`; no bias gradient. With
+// input_grad = false only d weight is computed (d input is then an undefined tensor).
 inline std::tuple<torch::stable::Tensor, torch::stable::Tensor> conv1x1_backward(const torch::stable::Tensor& grad,
                                                                                  const torch::stable::Tensor& x,
                                                                                  const torch::stable::Tensor& weight,
-                                                                                 int64_t groups) {
+                                                                                 int64_t groups,
+                                                                                 bool input_grad = true) {
   using torch::stable::detail::from;
   const std::vector<int64_t> one{1, 1}, zero{0, 0};
-  const bool mask[3] = {true, true, false};
+  const bool mask[3] = {input_grad, true, false};
   std::array<StableIValue, 11> stack{from(grad),  from(x),     from(weight), from(std::optional<std::vector<int64_t>>()),
                                      from(one),   from(zero),  from(one),    from(false),
                                      from(zero),  from(groups), from(torch::headeronly::HeaderOnlyArrayRef<bool>(mask, 3))};
   call_aten("aten::convolution_backward", "", stack.data());
-  return {torch::stable::detail::to<torch::stable::Tensor>(stack[0]),
-          torch::stable::detail::to<torch::stable::Tensor>(stack[1])};
+  // every returned tensor (undefined ones included) arrives as an owned handle: wrap all three so
+  // that each is released
+  torch::stable::Tensor dx = torch::stable::detail::to<torch::stable::Tensor>(stack[0]);
+  torch::stable::Tensor dw = torch::stable::detail::to<torch::stable::Tensor>(stack[1]);
+  (void)torch::stable::detail::to<torch::stable::Tensor>(stack[2]);
+  return {dx, dw};
 }
 
 }  // namespace skelfast
