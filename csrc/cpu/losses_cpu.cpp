@@ -1,6 +1,6 @@
 // CPU kernels of skelfast::contrastive_lse and its backward: streaming log-sum-exps over MoCo
-// queues in column chunks (BLAS similarities per chunk, fused vectorised row loops), O(N * chunk)
-// memory. Layer: kernel + binding (stable ABI); numerics in csrc/include/skelfast/losses_math.h.
+// queues in column chunks (similarity GEMMs per chunk, oneDNN for float32 and BLAS for float64,
+// fused vectorised row loops), O(N * chunk) memory. Layer: kernel + binding (stable ABI); numerics in csrc/include/skelfast/losses_math.h.
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
@@ -27,8 +27,9 @@ using torch::headeronly::ScalarType;
 
 // Queue columns per chunk: the per-chunk similarity block of one source is N x kChunk (4 MiB at
 // N=128, fp32; one row is 32 KiB, so a row of every source stays in L2 during the row loops).
-// Measured on 2 cores: 8192-column chunks run the GEMMs 1.3-1.5x faster than 2048-column ones
-// (especially the K-reduction dS . Q^T), at O(N * 8192) memory per source.
+// Measured on 2 cores: 8192-column chunks ran the BLAS GEMMs 1.3-1.5x faster than 2048-column ones
+// (especially the K-reduction dS . Q^T), at O(N * 8192) memory per source; the oneDNN GEMMs that
+// replaced them for float32 vary by less than 20% between 2048 and 16384 columns.
 constexpr int64_t kChunk = 8192;
 // Large batches shrink the chunk so the per-chunk buffers stay near 64 MiB (never below 512 columns).
 constexpr int64_t kChunkBufferBytes = int64_t(64) << 20;
@@ -361,52 +362,81 @@ Tensor as_image(const Tensor& t, int64_t rows, int64_t cols) { return torch::sta
 // One chunk's similarities of G sources: row n of source g is rows(g, n), cs values.
 template <typename T>
 struct SimRows {
-  std::vector<Tensor> parts;  // per source, (N, cs) contiguous data (keeps the GEMM outputs alive)
+  std::vector<Tensor> parts;      // per source, (N, cs) contiguous data (keeps the GEMM outputs alive)
+  std::optional<Tensor> stacked;  // all sources as one contiguous (G, N, cs) block, when they are one
   std::vector<T*> base;
   int64_t cs = 0;
   T* rows(int64_t g, int64_t n) const { return base[g] + n * cs; }
+
+  // Views a contiguous (G, N, cs) tensor.
+  static SimRows of(const Tensor& all) {
+    SimRows r;
+    r.stacked = all;
+    r.cs = all.size(2);
+    for (int64_t g = 0; g < all.size(0); ++g) {
+      r.parts.push_back(torch::stable::select(all, 0, g));
+      r.base.push_back(static_cast<T*>(r.parts.back().mutable_data_ptr()));
+    }
+    return r;
+  }
 };
 
-// out = q . chunk: (G, N, D) x (G or 1, D, cs), per source g.
+// out = q . chunk: (G, N, D) x (G or 1, D, cs), per source g. A shared chunk (IKEM's and the
+// distillation's concatenated queue) is one convolution for all sources: weight (G*N, D).
 template <typename T>
 void chunk_sims(const Tensor& q, const Tensor& chunk, bool shared, Tensor& buf, SimRows<T>& out) {
   const int64_t G = q.size(0), N = q.size(1), D = q.size(2), cs = chunk.size(2);
-  out.parts.clear();
-  out.cs = cs;
-  if (use_onednn<T>(D)) {
-    for (int64_t g = 0; g < G; ++g) {
-      out.parts.push_back(conv1x1(as_image(torch::stable::select(chunk, 0, shared ? 0 : g), D, cs),
-                                  torch::stable::view(torch::stable::select(q, 0, g), {N, D, 1, 1}), 1));
-    }
-  } else {
+  if (!use_onednn<T>(D)) {
     if (shared) {
       mm_out(torch::stable::view(buf, {G * N, cs}), torch::stable::view(q, {G * N, D}),
              torch::stable::select(chunk, 0, 0));
     } else {
       bmm_out(buf, q, chunk);
     }
-    for (int64_t g = 0; g < G; ++g) out.parts.push_back(torch::stable::select(buf, 0, g));
+    out = SimRows<T>::of(buf);
+  } else if (shared) {
+    out = SimRows<T>::of(torch::stable::view(conv1x1(as_image(torch::stable::select(chunk, 0, 0), D, cs),
+                                                     torch::stable::view(q, {G * N, D, 1, 1}), 1),
+                                             {G, N, cs}));
+  } else {
+    out = SimRows<T>();
+    out.cs = cs;
+    for (int64_t g = 0; g < G; ++g) {
+      out.parts.push_back(conv1x1(as_image(torch::stable::select(chunk, 0, g), D, cs),
+                                  torch::stable::view(torch::stable::select(q, 0, g), {N, D, 1, 1}), 1));
+      out.base.push_back(static_cast<T*>(out.parts.back().mutable_data_ptr()));
+    }
   }
-  out.base.resize(G);
-  for (int64_t g = 0; g < G; ++g) out.base[g] = static_cast<T*>(out.parts[g].mutable_data_ptr());
 }
 
-// acc[g] += X[g] . chunk[g or 0]^T for X[g] (N, cs) contiguous; acc (G, N, D); `part` (G, N, D) scratch.
+// acc += X . chunk^T: X (G, N, cs) rows, chunk (G or 1, D, cs), acc (G, N, D); `part` (G, N, D)
+// scratch. A shared chunk: one weight gradient for all sources (see chunk_sims).
 template <typename T>
-void accumulate_xqt(T* acc, const std::vector<Tensor>& X, const Tensor& chunk, bool shared, Tensor& part) {
-  const int64_t G = static_cast<int64_t>(X.size()), N = part.size(1), D = part.size(2), cs = chunk.size(2);
+void accumulate_xqt(T* acc, const SimRows<T>& X, const Tensor& chunk, bool shared, Tensor& part) {
+  const int64_t G = part.size(0), N = part.size(1), D = part.size(2), cs = chunk.size(2);
+  auto add = [&](const Tensor& r, int64_t offset) {
+    const T* rp = static_cast<const T*>(r.const_data_ptr());
+    T* a = acc + offset;
+    const int64_t n = r.numel();
+    for (int64_t i = 0; i < n; ++i) a[i] += rp[i];
+  };
+  if (use_onednn<T>(D) && shared && X.stacked.has_value()) {
+    add(std::get<1>(conv1x1_backward(as_image(*X.stacked, G * N, cs), as_image(torch::stable::select(chunk, 0, 0), D, cs),
+                                     torch::stable::view(part, {G * N, D, 1, 1}), 1, /*input_grad=*/false)),
+        0);
+    return;
+  }
   for (int64_t g = 0; g < G; ++g) {
     const Tensor cg = torch::stable::select(chunk, 0, shared ? 0 : g);
-    Tensor pg = torch::stable::select(part, 0, g);
+    const Tensor pg = torch::stable::select(part, 0, g);
     if (use_onednn<T>(D)) {
-      pg = std::get<1>(conv1x1_backward(as_image(X[g], N, cs), as_image(cg, D, cs),
-                                        torch::stable::view(pg, {N, D, 1, 1}), 1, /*input_grad=*/false));
+      add(std::get<1>(conv1x1_backward(as_image(X.parts[g], N, cs), as_image(cg, D, cs),
+                                       torch::stable::view(pg, {N, D, 1, 1}), 1, /*input_grad=*/false)),
+          g * N * D);
     } else {
-      mm_out(pg, torch::stable::view(X[g], {N, cs}), torch::stable::transpose(cg, 0, 1));
+      mm_out(pg, torch::stable::view(X.parts[g], {N, cs}), torch::stable::transpose(cg, 0, 1));
+      add(pg, g * N * D);
     }
-    const T* rp = static_cast<const T*>(pg.const_data_ptr());
-    T* ag = acc + g * N * D;
-    for (int64_t i = 0; i < N * D; ++i) ag[i] += rp[i];
   }
 }
 
@@ -508,7 +538,7 @@ void forward_pass(const Problem& p, const Tensor& qa, const T* lpos, Tensor queu
         }
       }
     });
-    if (st.jac) accumulate_xqt<T>(st.jac, sa.parts, ca, p.shared_a, ws.part);
+    if (st.jac) accumulate_xqt<T>(st.jac, sa, ca, p.shared_a, ws.part);
   }
 }
 
@@ -632,14 +662,13 @@ std::tuple<Tensor, Tensor> contrastive_lse_backward_cpu(Tensor grad_lse1, Tensor
     SimRows<T> sa, sb;
     const bool blas = !use_onednn<T>(p.Da) || (p.B > 0 && !use_onednn<T>(p.Db));
     Tensor dS;
-    std::vector<Tensor> dS_rows;
+    SimRows<T> dS_rows;
     const int64_t chunk = chunk_columns((2 * A + p.B) * N, sizeof(T));  // sims A + B, dS A
     for (int64_t c0 = 0; c0 < p.K; c0 += chunk) {
       const int64_t cs = std::min(chunk, p.K - c0);
       if (ws.cs != cs) {
         dS = torch::stable::new_empty(qac, {A, N, cs});
-        dS_rows.clear();
-        for (int64_t a = 0; a < A; ++a) dS_rows.push_back(torch::stable::select(dS, 0, a));
+        dS_rows = SimRows<T>::of(dS);
       }
       ensure_workspace(ws, qac, A, p.B, N, p.Da, cs, blas);
       Tensor ca = queue_chunk(queue_a, c0, cs, p.ct, use_onednn<T>(p.Da), ws.conv_a);
