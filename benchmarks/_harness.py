@@ -30,7 +30,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from skelfast.cpu_allocator import tune_cpu_allocator
+from skelfast.cpu_allocator import release_free_memory, tune_cpu_allocator
 
 # Every provider of every benchmark runs with the CPU allocator setting the trainer uses (freed
 # blocks stay in-process; skelfast/cpu_allocator.py), so the comparison is at equal conditions.
@@ -83,7 +83,11 @@ def _minor_faults() -> int:
 def measure(fn: Callable[[], object], device: torch.device, warmup: int = 3, min_reps: int = 10,
             min_time_s: float = 0.5, max_reps: int = 1000) -> Stats:
     """Median/p20/p80 wall time of fn() in ms, synchronising the device around every call.
-    On CPU the warm-up is extended while calls still page-fault (MAX_EXTRA_WARMUP above)."""
+    On CPU the free memory kept from earlier cases is released first (each case reaches its own
+    steady state: trimming is off in the tuned allocator) and the warm-up is extended while calls
+    still page-fault (MAX_EXTRA_WARMUP above)."""
+    if device.type == "cpu":
+        release_free_memory()
     for _ in range(warmup):
         fn()
     if device.type == "cpu":

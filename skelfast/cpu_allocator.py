@@ -12,14 +12,17 @@ forward 5-10 ms per call where the op itself needs 1.6 ms).
 `tune_cpu_allocator()` sets M_MMAP_THRESHOLD to its largest value (2**31-1) and switches trimming
 off (M_TRIM_THRESHOLD = -1) through `mallopt`, so freed blocks go back to malloc's free lists and
 the next step reuses them without a fault. (A trim threshold of 2**31-1 is not enough: the batched
-encoders at N=64 free more than 2 GiB at the heap top, and glibc returned it every step: 600k
-page faults per forward+backward, 6.6-8.9 s instead of 5.0-5.3 s.) Cost: the resident set stays at the process's peak (nothing is returned to the OS until
-exit), plus some fragmentation (a loop allocating and freeing one 64 MiB tensor grew the heap by 7
-such blocks before it reused them; the benchmark's training process ended at 2.83 GB resident
-against a 2.59 GB peak untuned), which is what a training process can afford and a long-lived
-interactive session may not. The
-library itself never calls this; `python -m skelfast.train` (config key `run.tune_cpu_allocator`)
-and the benchmarks (for every provider alike) do. `SKELFAST_CPU_ALLOCATOR=default` turns it off
+encoders at N=64 free more than 2 GiB at the heap top, and glibc returned it every step: 600k page
+faults per forward+backward, 6.6-8.9 s instead of 5.0-5.3 s.)
+
+Cost: the resident set stays at the process's peak plus some fragmentation (a loop allocating and
+freeing one 64 MiB tensor grew the heap by 7 such blocks before it reused them; the benchmark's
+training process ended at 2.83 GB resident against a 2.59 GB peak untuned), and a process that
+runs workloads of different shapes one after another keeps all of it: `release_free_memory()`
+(malloc_trim) hands the free memory back, and the trainer calls it at the start of every command,
+the benchmarks before every provider they time. The library itself never calls these;
+`python -m skelfast.train` (config key `run.tune_cpu_allocator`) and the benchmarks (for every
+provider alike) do. `SKELFAST_CPU_ALLOCATOR=default` turns it off
 everywhere. Other C libraries (musl, macOS, Windows) are left alone and the call returns False.
 """
 from __future__ import annotations
@@ -31,7 +34,7 @@ import os
 import platform
 from typing import Iterator
 
-__all__ = ["tune_cpu_allocator", "cpu_allocator_tuned", "rss_tracks_live_memory"]
+__all__ = ["tune_cpu_allocator", "cpu_allocator_tuned", "release_free_memory", "rss_tracks_live_memory"]
 
 _M_TRIM_THRESHOLD = -1      # glibc <malloc.h>
 _M_MMAP_THRESHOLD = -3
@@ -71,6 +74,21 @@ def tune_cpu_allocator() -> bool:
     libc = _glibc() if choice == "tuned" else None
     _tuned = libc is not None and _set_thresholds(libc, _LARGEST, _NO_TRIM)
     return _tuned
+
+
+def release_free_memory() -> bool:
+    """Give the free memory malloc keeps back to the OS now (glibc `malloc_trim(0)`: the heap top
+    and every whole free page inside it). With trimming off, a process that runs several workloads
+    of different shapes one after another keeps each one's peak and the fragmentation between them
+    (a benchmark process timing the N=128 encoders after the N=64 ones grew to 24 GB resident and
+    was OOM-killed); calling this between workloads (each training command, each benchmark
+    provider) keeps the resident set at the current workload's own peak. Returns False where this
+    is not glibc."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(ctypes.c_size_t(0))
+    return True
 
 
 @contextlib.contextmanager

@@ -59,6 +59,15 @@ if mode == "int_max_trim":   # the thresholds tune_cpu_allocator set before (bot
     assert libc.mallopt(-3, ctypes.c_int(2**31 - 1)) == 1 and libc.mallopt(-1, ctypes.c_int(2**31 - 1)) == 1
 tuned = cpu_allocator.tune_cpu_allocator() if mode not in ("untouched", "int_max_trim") else False
 out = {"tuned": tuned, "flag": cpu_allocator.cpu_allocator_tuned(), "faults": faults_of_fresh_block()}
+if mode == "release":
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    blocks = [torch.ones(16 * 2**20) for _ in range(8)]     # 512 MiB, touched
+    del blocks
+    before = rss()
+    out["released"] = cpu_allocator.release_free_memory()
+    out["rss_drop"] = before - rss()
 if mode in ("big", "int_max_trim"):
     out["heap_given_back"] = heap_top_given_back()
 if mode == "scoped":
@@ -102,6 +111,12 @@ def test_tuned_allocator_keeps_a_heap_top_larger_than_2gib():
     out = _probe("big")
     assert out["tuned"] is True
     assert out["heap_given_back"] == 0
+
+
+def test_release_free_memory_gives_kept_blocks_back():
+    out = _probe("release")
+    assert out["tuned"] is True and out["released"] is True
+    assert out["rss_drop"] > 256 * 2**20      # of the 512 MiB freed (and kept) just before
 
 
 def test_env_default_leaves_glibc_alone():

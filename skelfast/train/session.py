@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 import torch
 
-from ..cpu_allocator import tune_cpu_allocator
+from ..cpu_allocator import release_free_memory, tune_cpu_allocator
 from .checkpoint import load_checkpoint
 from .data import Split, open_split, resolve_data_root
 from .distributed import DistInfo, init_distributed
@@ -55,6 +55,7 @@ def start_session(cfg: Dict[str, Any], command: str, model_name: str, run_dir: O
         torch.set_num_threads(int(r["num_threads"]))
     if r.get("tune_cpu_allocator", True):   # absent from configs saved before the key existed
         tune_cpu_allocator()
+        release_free_memory()   # the previous command's (pipeline stage's) kept memory
     if r["amp"] == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("run.amp=bf16 but this GPU does not support bfloat16")
     seed_everything(r["seed"])
