@@ -54,9 +54,7 @@ def heap_top_given_back():
 
 mode = sys.argv[1]
 if mode == "int_max_trim":   # the thresholds tune_cpu_allocator set before (both 2**31-1)
-    import ctypes
-    libc = ctypes.CDLL("libc.so.6")
-    assert libc.mallopt(-3, ctypes.c_int(2**31 - 1)) == 1 and libc.mallopt(-1, ctypes.c_int(2**31 - 1)) == 1
+    assert cpu_allocator._set_thresholds(cpu_allocator._glibc(), 2**31 - 1, 2**31 - 1)
 tuned = cpu_allocator.tune_cpu_allocator() if mode not in ("untouched", "int_max_trim") else False
 out = {"tuned": tuned, "flag": cpu_allocator.cpu_allocator_tuned(), "faults": faults_of_fresh_block()}
 if mode == "release":

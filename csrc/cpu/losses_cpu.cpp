@@ -440,6 +440,12 @@ void accumulate_xqt(T* acc, const SimRows<T>& X, const Tensor& chunk, bool share
   }
 }
 
+// Whether a source set computes its similarities with BLAS into the workspace's sa / sb buffers.
+template <typename T>
+bool needs_blas_buffers(const Problem& p) {
+  return !use_onednn<T>(p.Da) || (p.B > 0 && !use_onednn<T>(p.Db));
+}
+
 void ensure_workspace(Workspace& ws, const Tensor& like, int64_t A, int64_t B, int64_t N, int64_t Da, int64_t cs,
                       bool blas) {
   if (ws.cs == cs) return;
@@ -488,7 +494,7 @@ void forward_pass(const Problem& p, const Tensor& qa, const T* lpos, Tensor queu
   if (st.jac) std::fill(st.jac, st.jac + A * N * p.Da, T(0));
   Workspace ws;
   SimRows<T> sa, sb;
-  const bool blas = !use_onednn<T>(p.Da) || (p.B > 0 && !use_onednn<T>(p.Db));
+  const bool blas = needs_blas_buffers<T>(p);
   const int64_t chunk = chunk_columns((2 * A + p.B) * N, sizeof(T));  // sims A + B, and A for exp weights
   for (int64_t c0 = 0; c0 < p.K; c0 += chunk) {
     const int64_t cs = std::min(chunk, p.K - c0);
@@ -660,7 +666,7 @@ std::tuple<Tensor, Tensor> contrastive_lse_backward_cpu(Tensor grad_lse1, Tensor
     const int64_t A = p.A, N = p.N;
     Workspace ws;
     SimRows<T> sa, sb;
-    const bool blas = !use_onednn<T>(p.Da) || (p.B > 0 && !use_onednn<T>(p.Db));
+    const bool blas = needs_blas_buffers<T>(p);
     Tensor dS;
     SimRows<T> dS_rows;
     const int64_t chunk = chunk_columns((2 * A + p.B) * N, sizeof(T));  // sims A + B, dS A
