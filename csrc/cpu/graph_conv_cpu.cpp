@@ -258,7 +258,7 @@ void graph_conv_backward_cl(const Tensor& xc, const Tensor& gc, const Tensor& wp
   // (19 vs 15 ms), so narrow layers keep the grouped call.
   const bool per_group = d.G > 1 && d.Cout >= 32;
   std::vector<Tensor> dzs, dws;
-  std::vector<const T*> dzp(d.G);
+  std::vector<const T*> dzp(d.G), dwb(d.G);  // dwb[g]: group g's (Cout, K*Cin) block of dW
   int64_t dz_stride = kc;
   if (per_group) {
     Tensor grad = gc;  // torch::stable::narrow takes a non-const handle
@@ -269,16 +269,20 @@ void graph_conv_backward_cl(const Tensor& xc, const Tensor& gc, const Tensor& wp
       dzs.push_back(torch::stable::contiguous(dzg, torch::headeronly::MemoryFormat::ChannelsLast));
       dws.push_back(torch::stable::contiguous(dwg));
       dzp[g] = static_cast<const T*>(dzs.back().const_data_ptr());
+      dwb[g] = static_cast<const T*>(dws.back().const_data_ptr());
     }
   } else {
     auto [dz, dw4] = conv1x1_backward(gc, z, wproj, d.G);
     dzs.push_back(torch::stable::contiguous(dz, torch::headeronly::MemoryFormat::ChannelsLast));
     dws.push_back(torch::stable::contiguous(dw4));
     dz_stride = d.G * kc;
-    for (int64_t g = 0; g < d.G; ++g) dzp[g] = static_cast<const T*>(dzs[0].const_data_ptr()) + g * kc;
+    for (int64_t g = 0; g < d.G; ++g) {
+      dzp[g] = static_cast<const T*>(dzs[0].const_data_ptr()) + g * kc;
+      dwb[g] = static_cast<const T*>(dws[0].const_data_ptr()) + g * d.Cout * kc;
+    }
   }
   for (int64_t g = 0; g < d.G; ++g) {  // dW (G*Cout, K*Cin) -> the weight's (G*K*Cout, Cin) rows
-    const T* dwgp = static_cast<const T*>(dws[per_group ? g : 0].const_data_ptr()) + (per_group ? 0 : g * d.Cout * kc);
+    const T* dwgp = dwb[g];
     for (int64_t k = 0; k < d.K; ++k)
       for (int64_t c = 0; c < d.Cout; ++c)
         for (int64_t ci = 0; ci < d.Cin; ++ci)
