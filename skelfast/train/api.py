@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint
-from .features import eval_model_from_checkpoint, stream_features
+from .features import batched_backbones, eval_model_from_checkpoint, stream_features
 
 __all__ = ["Embedder"]
 
@@ -54,6 +54,14 @@ class Embedder(nn.Module):
         """Per-stream embedding size (hidden_dim, 256 with the official settings)."""
         return self.model.encoders[0].hidden_dim
 
+    def _batched(self, dev: torch.device):
+        """The streams as one batched network (features.batched_backbones), built on first use per
+        device and kept outside the module tree (a copy of frozen weights, not extra state)."""
+        cached = getattr(self, "_batched_cache", None)
+        if cached is None or cached[0] != dev:
+            cached = self._batched_cache = (dev, batched_backbones(self.model))
+        return cached[1]
+
     def train(self, mode: bool = True):
         return super().train(False)    # always eval (BN running statistics, no dropout)
 
@@ -67,7 +75,7 @@ class Embedder(nn.Module):
         x = x.to(dev, torch.float32)
         if frames is None:
             frames = torch.full((x.shape[0],), x.shape[2], dtype=torch.int64, device=dev)
-        f = stream_features(self.model, x, frames.to(dev))                  # (S, N, H)
+        f = stream_features(self.model, x, frames.to(dev), self._batched(dev))   # (S, N, H)
         streams = {name: f[i] for i, name in enumerate(self.streams)}
         unit = F.normalize(f, dim=-1)
         fused = F.normalize(unit.transpose(0, 1).reshape(x.shape[0], -1), dim=-1)

@@ -6,7 +6,8 @@ from skelfast.train.api import Embedder
 from skelfast.train.checkpoint import CheckpointError
 from skelfast.train.config import load_config
 from skelfast.train.data import open_split, resolve_data_root
-from skelfast.train.features import extract_features
+from skelfast.nn import BatchedSTGCN
+from skelfast.train.features import batched_backbones, extract_features, stream_features
 from skelfast.train.pretrain import run_pretrain
 
 
@@ -50,6 +51,29 @@ def test_embedder_matches_linear_eval_features(pretrained, synth_cache):
     x, _, f = split.batch(torch.arange(4).numpy(), torch.device("cpu"))
     out = emb(x, f)
     torch.testing.assert_close(out["streams"]["bone"], feats[2, :4], atol=1e-5, rtol=1e-5)
+
+
+def test_batched_stream_features_match_per_stream_encoders(pretrained):
+    """Feature extraction runs the S frozen streams as one BatchedSTGCN (skelfast backend); its
+    features equal the per-stream reference encoders' (issue 4), and the copy is taken in eval mode."""
+    ckpt, _ = pretrained
+    emb = Embedder.from_checkpoint(ckpt)
+    model = emb.model
+    batched = batched_backbones(model)
+    assert isinstance(batched, BatchedSTGCN) and batched.num_models == 6 and not batched.training
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 3, 50, 25, 2, generator=g)
+    x[1, ..., 1] = 0                                     # an absent second person
+    frames = torch.tensor([50, 77, 300])
+    per_stream = stream_features(model, x, frames)
+    fast = stream_features(model, x, frames, batched)
+    assert fast.shape == per_stream.shape == (6, 3, 16)
+    assert per_stream.abs().max() > 1e-3                 # features are not trivially zero
+    torch.testing.assert_close(fast, per_stream, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(emb(x, frames)["streams"]["omega"], per_stream[5], atol=1e-5, rtol=1e-4)
+    ref = Embedder.from_checkpoint(ckpt, backend="reference")
+    assert batched_backbones(ref.model) is None          # the reference backend stays per stream
+    torch.testing.assert_close(ref(x, frames)["streams"]["joint"], per_stream[0], atol=1e-5, rtol=1e-4)
 
 
 def test_embedder_rejects_bad_input(pretrained, tmp_path):
