@@ -1,5 +1,9 @@
 """Benchmark B8: one full training step (forward, backward, SGD step, enqueue) of the three trainings.
 
+Both backends run the step as `python -m skelfast.train` does: the forward does not enqueue (so the
+model uses its queue buffers in place instead of copying them, 100-200 MB per step at K = 32768),
+the keys (teacher queries and t for distillation) are enqueued after the optimiser step.
+
 Cases: `phase1` (ikem6, separate InfoNCE, method.md §5.3), `phase2` (ikem6, cross-modal context +
 IKEM, §5.4/§5.6) and `distill` (student6to3, §6.1), at the official N = 128, K = 32768 by default.
 Providers:
@@ -48,6 +52,7 @@ import sys
 import torch
 
 from skelfast.models import build
+from skelfast.reference.losses import concat_keys
 from skelfast.train.loops import compile_encoders
 
 from . import _harness as H
@@ -114,11 +119,19 @@ def make_step(case: str, provider: str, N: int, K: int, hidden_channels: int, de
     kwargs = {} if case == "distill" else {"phase": 1 if case == "phase1" else 2}
 
     def step():
+        # as the trainer (train/pretrain.py, train/distill.py): forward without enqueue (the model
+        # then reads its queues in place, no snapshot copy), backward, SGD, enqueue
         with amp:
-            out = model(x1, x2, frames, **kwargs)      # enqueues in train mode
+            out = model(x1, x2, frames, enqueue=False, **kwargs)
         opt.zero_grad(set_to_none=True)
         out["loss"].float().backward()
         opt.step()
+        with torch.no_grad():
+            if case == "distill":
+                model.queues.enqueue_(out["teacher_q"].float())
+                model.teacher_queue.enqueue_(concat_keys(out["teacher_q"].float()).unsqueeze(0))
+            else:
+                model.queues.enqueue_(out["k"].float())
         return out["loss"].detach()
     step.model = model
     return step

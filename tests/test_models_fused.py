@@ -5,6 +5,7 @@ import torch
 
 from skelfast.models import build, fused_kernels
 from skelfast.nn import StackedEncoders
+from skelfast.reference.losses import concat_keys
 from skelfast.reference.models import REFERENCE_KERNELS
 
 TINY = dict(hidden_channels=4, queue_size=64, dropout=0.0)
@@ -174,3 +175,46 @@ def test_three_sgd_steps_match_reference(name, phase):
     for k in sr:
         if not k.endswith("_extra_state"):
             torch.testing.assert_close(sf[k], sr[k], atol=1e-9, rtol=1e-8, msg=lambda m: f"{k}: {m}")
+
+
+def _queue_buffers(model):
+    return [b for n, b in model.named_buffers() if n.endswith("queue")]
+
+
+@pytest.mark.parametrize("backend", ["skelfast", "reference"])
+@pytest.mark.parametrize("name, phase", [("ikem6", 1), ("ikem6", 2), ("student6to3", None)])
+def test_deferred_enqueue_uses_the_queue_in_place(backend, name, phase):
+    """enqueue=False (what the trainer does: enqueue after the optimiser step) reads the queue
+    buffers without the snapshot copy; losses and gradients equal those of the snapshotting
+    enqueue=True forward, and an enqueue before backward is refused by autograd, never used."""
+    kwargs = {} if phase is None else {"phase": phase}
+    torch.manual_seed(0)
+    a = build(name, backend=backend, **TINY).double().train()
+    b = build(name, backend=backend, **TINY).double().train()
+    b.load_state_dict(a.state_dict())
+    g = torch.Generator().manual_seed(2)
+    x1, x2 = (torch.randn(8, 3, 10, 25, 2, generator=g, dtype=torch.float64) for _ in range(2))
+    frames = torch.randint(30, 300, (8,), generator=g)
+    before = [q.clone() for q in _queue_buffers(b)]
+    out_a = a(x1, x2, frames, enqueue=True, **kwargs)
+    out_b = b(x1, x2, frames, enqueue=False, **kwargs)
+    assert all(torch.equal(q, q0) for q, q0 in zip(_queue_buffers(b), before))     # nothing enqueued yet
+    assert not all(torch.equal(q, q0) for q, q0 in zip(_queue_buffers(a), before))
+    torch.testing.assert_close(out_b["losses"], out_a["losses"], atol=0, rtol=0)
+    out_a["loss"].backward()
+    out_b["loss"].backward()
+    ga, gb = reference_layout_grads(a), reference_layout_grads(b)
+    assert ga and set(ga) == set(gb)
+    for n in ga:
+        torch.testing.assert_close(gb[n], ga[n], atol=0, rtol=0, msg=lambda m: f"{n}: {m}")
+
+    if backend == "skelfast" and phase == 1:
+        return      # the fused InfoNCE computes its gradient in the forward and keeps no queue
+    out = b(x1, x2, frames, enqueue=False, **kwargs)
+    if "teacher_q" in out:       # as the trainer's after_step, but before backward
+        b.queues.enqueue_(out["teacher_q"])
+        b.teacher_queue.enqueue_(concat_keys(out["teacher_q"]).unsqueeze(0))
+    else:
+        b.queues.enqueue_(out["k"])
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out["loss"].backward()

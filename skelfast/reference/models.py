@@ -170,8 +170,11 @@ class MultiModalMoCo(_ModalityInput):
             if self.training:
                 self.momentum_update_(self.unlocked(phase))  # before the keys of this step (§5.1)
             k = self.keys(xk)
-        # Snapshot: the loss uses the queue before this step's enqueue, and backward needs it intact.
-        queue = self.queues.queue.clone()
+        # The loss uses the queue before this step's enqueue and backward needs it intact: a snapshot
+        # (a full copy, 100 MB for 6 x 128 x 32768) only when this forward enqueues. The trainer
+        # enqueues after the optimiser step (enqueue=False); an in-place write before backward would
+        # still be caught by autograd's version check on the saved queue, never silently used.
+        queue = self.queues.queue.clone() if self.training and enqueue else self.queues.queue
         out = {"q": q, "k": k}
         if phase == 1:
             losses = self.kernels.info_nce(q, k, queue, self.tau)
@@ -232,11 +235,15 @@ class TeacherStudent(_ModalityInput):
             self.teacher.eval()  # §11 #5 fixed: frozen teacher in eval mode
         return self
 
-    def teacher_queues(self) -> torch.Tensor:
-        """(G, D, K) snapshot of the teacher-modality queues, with §11 BUG #1 applied if requested."""
-        Q = self.queues.queue.clone()
+    def teacher_queues(self, snapshot: bool = True) -> torch.Tensor:
+        """(G, D, K) teacher-modality queues, with §11 BUG #1 applied if requested: a copy when
+        `snapshot` or the parity flag needs one, else the buffer itself."""
         names = self.teacher_modalities
-        if self.parity.omega_uses_bone_queue and "omega" in names and "bone" in names:
+        omega_bug = self.parity.omega_uses_bone_queue and "omega" in names and "bone" in names
+        if not (snapshot or omega_bug):
+            return self.queues.queue
+        Q = self.queues.queue.clone()
+        if omega_bug:
             Q[names.index("omega")] = Q[names.index("bone")]
         return Q
 
@@ -254,8 +261,10 @@ class TeacherStudent(_ModalityInput):
         with torch.no_grad():
             tq = nrm(self.teacher(xq)[0], dim=-1)                               # (G, N, D)
         s = self.student_features(im_k, frames)
-        tqueue = self.teacher_queue.queue[0].clone()
-        losses = self.kernels.relational_distill_loss(tq, s, self.teacher_queues(), tqueue, self.tau, self.topk)
+        snapshot = self.training and enqueue      # copies only if this forward enqueues (see MultiModalMoCo.forward)
+        tqueue = self.teacher_queue.queue[0].clone() if snapshot else self.teacher_queue.queue[0]
+        losses = self.kernels.relational_distill_loss(tq, s, self.teacher_queues(snapshot), tqueue, self.tau,
+                                                      self.topk)
         out = {"teacher_q": tq, "student": s, "losses": losses, "loss": losses.sum()}
         if self.training and enqueue:
             # The queues hold teacher *queries* and the teacher feature t (no key encoders here).
