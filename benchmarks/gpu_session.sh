@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# GPU checks and benchmarks on one lent GPU machine (the `device` tool: at most 10 minutes a
+# command, 30 minutes a session), in a few full commands. Run from the repository root:
+#
+#   bash benchmarks/gpu_session.sh build-test   # build skelfast._C with CUDA (incremental), skelfast.info,
+#                                               # then the test files that run on the GPU when one is seen
+#   bash benchmarks/gpu_session.sh test-all     # the whole suite (CUDA tests run instead of skipping)
+#   bash benchmarks/gpu_session.sh bench-ops    # bench_modalities, bench_losses, bench_moco on cuda
+#   bash benchmarks/gpu_session.sh bench-encoder  # bench_encoder (N=64,128, last block)
+#   bash benchmarks/gpu_session.sh bench-step   # bench_step (N=128, K=32768, every GPU provider)
+#   bash benchmarks/gpu_session.sh report       # Markdown report and plots of every CSV in the results
+#
+# Every phase builds first when the extension lacks CUDA kernels (a fresh machine), so each one
+# also works alone. The machine has no package index: it uses its own torch/triton (python3) and
+# builds in place with setup.py (no pip, no build isolation). Results go to $OUT when set (the
+# device tool brings them back), else to benchmarks/results/; logs to $OUT/logs or ./gpu_logs.
+# The device tool's $OUT starts empty in every call (at most 8 files come back), so each bench
+# phase returns its own <device>.csv: append the rows of one to the other here (same header) and
+# run `python -m benchmarks.report benchmarks/results/<device>.csv` locally.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+RES=${OUT:-benchmarks/results}
+LOGS=${OUT:+$OUT/logs}
+LOGS=${LOGS:-gpu_logs}
+mkdir -p "$RES" "$LOGS"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+has_cuda_build() {
+  "$PY" -c 'import sys, skelfast._extension as e; sys.exit(0 if e.has_cuda_kernels() else 1)'
+}
+
+build() {
+  if has_cuda_build 2>/dev/null; then return; fi
+  echo "== build (CUDA) $(date -u +%T)"
+  SKELFAST_FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} "$PY" setup.py build_ext --inplace >"$LOGS/build.log" 2>&1 \
+    || { tail -40 "$LOGS/build.log"; exit 1; }
+  echo "   built $(date -u +%T)"
+}
+
+pytest_run() {  # pytest_run SECONDS LOGNAME ARGS...
+  local secs=$1 log=$2
+  shift 2
+  SKELFAST_QUIET_IMPORT=1 timeout "$secs" "$PY" -m pytest -q -ra -p no:cacheprovider "$@" 2>&1 \
+    | tee "$LOGS/$log" | tail -30
+}
+
+case "${1:-}" in
+  build-test)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$LOGS/gpu.txt"
+    build
+    "$PY" -m skelfast.info | tee "$LOGS/info.txt"
+    # files parametrised over the devices seen (tests/_common.py DEVICES) or holding @pytest.mark.cuda tests
+    pytest_run 480 pytest_gpu.txt tests/test_graph_conv.py tests/test_modalities_op.py tests/test_losses_op.py \
+      tests/test_batched_encoder.py tests/test_epilogue.py tests/test_models_fused.py tests/test_backend.py \
+      tests/triton tests/data/test_data_augment.py
+    ;;
+  test-all)
+    build
+    pytest_run 570 pytest_all.txt tests
+    ;;
+  bench-ops)
+    build
+    for b in bench_modalities bench_losses bench_moco; do
+      echo "== $b $(date -u +%T)"
+      "$PY" -m "benchmarks.$b" --device cuda --out-dir "$RES" 2>&1 | tee "$LOGS/$b.txt" | tail -25
+    done
+    ;;
+  bench-encoder)
+    build
+    "$PY" -m benchmarks.bench_encoder --device cuda --sizes 64,128 --last-block --out-dir "$RES" 2>&1 \
+      | tee "$LOGS/bench_encoder.txt" | tail -30
+    ;;
+  bench-step)
+    build
+    "$PY" -m benchmarks.bench_step --device cuda --out-dir "$RES" 2>&1 | tee "$LOGS/bench_step.txt" | tail -30
+    ;;
+  report)
+    shopt -s nullglob
+    csvs=("$RES"/*.csv)
+    [ ${#csvs[@]} -gt 0 ] || { echo "no CSV in $RES"; exit 1; }
+    for f in "${csvs[@]}"; do "$PY" -m benchmarks.report "$f"; done
+    ;;
+  *)
+    sed -n '2,19p' "$0"
+    exit 2
+    ;;
+esac
