@@ -52,7 +52,6 @@ import sys
 import torch
 
 from skelfast.models import build
-from skelfast.reference.losses import concat_keys
 from skelfast.train.loops import compile_encoders
 
 from . import _harness as H
@@ -126,12 +125,7 @@ def make_step(case: str, provider: str, N: int, K: int, hidden_channels: int, de
         opt.zero_grad(set_to_none=True)
         out["loss"].float().backward()
         opt.step()
-        with torch.no_grad():
-            if case == "distill":
-                model.queues.enqueue_(out["teacher_q"].float())
-                model.teacher_queue.enqueue_(concat_keys(out["teacher_q"].float()).unsqueeze(0))
-            else:
-                model.queues.enqueue_(out["k"].float())
+        model.enqueue_(out["teacher_q" if case == "distill" else "k"].float())
         return out["loss"].detach()
     step.model = model
     return step

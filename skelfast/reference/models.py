@@ -189,8 +189,14 @@ class MultiModalMoCo(_ModalityInput):
         out["losses"] = losses
         out["loss"] = losses.sum()
         if self.training and enqueue:
-            self.queues.enqueue_(k)
+            self.enqueue_(k)
         return out
+
+    @torch.no_grad()
+    def enqueue_(self, k: torch.Tensor) -> None:
+        """Enqueue keys k (G, N, D) of one (global) batch (§5.6 step 7): what forward(enqueue=True)
+        does, for callers that enqueue after the optimiser step (the trainer)."""
+        self.queues.enqueue_(k)
 
 
 class TeacherStudent(_ModalityInput):
@@ -267,10 +273,15 @@ class TeacherStudent(_ModalityInput):
                                                       self.topk)
         out = {"teacher_q": tq, "student": s, "losses": losses, "loss": losses.sum()}
         if self.training and enqueue:
-            # The queues hold teacher *queries* and the teacher feature t (no key encoders here).
-            self.queues.enqueue_(tq)
-            self.teacher_queue.enqueue_(concat_keys(tq).unsqueeze(0))
+            self.enqueue_(tq)
         return out
+
+    @torch.no_grad()
+    def enqueue_(self, tq: torch.Tensor) -> None:
+        """Enqueue teacher queries tq (G, N, D) and t = nrm(concat tq) (§6.1 'After the step'; no key
+        encoders here): what forward(enqueue=True) does, for callers that enqueue after the step."""
+        self.queues.enqueue_(tq)
+        self.teacher_queue.enqueue_(concat_keys(tq).unsqueeze(0))
 
 
 class LinearEval(_ModalityInput):

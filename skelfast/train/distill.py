@@ -12,7 +12,6 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ..reference.losses import concat_keys
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import step_generator, two_views
 from .distributed import gather_cat
@@ -71,9 +70,7 @@ class DistillTask(Task):
 
     def after_step(self, model, result, info) -> None:
         # Queues hold teacher queries and t = nrm(concat q) (§6.1 'After the step'), global batch order.
-        tq = gather_cat(result["out"]["teacher_q"].detach().float(), info, dim=1)
-        model.queues.enqueue_(tq)
-        model.teacher_queue.enqueue_(concat_keys(tq).unsqueeze(0))
+        model.enqueue_(gather_cat(result["out"]["teacher_q"].detach().float(), info, dim=1))
 
 
 def run_distill(cfg: Dict[str, Any], teacher: Optional[str] = None, resume: Optional[str] = None,

@@ -57,7 +57,7 @@ class PretrainTask(Task):
 
     def after_step(self, model, result, info) -> None:
         # All ranks enqueue the same global-batch keys (rank order) at the same pointer (§5.1, §5.6 step 7).
-        model.queues.enqueue_(gather_cat(result["out"]["k"].detach(), info, dim=1))
+        model.enqueue_(gather_cat(result["out"]["k"].detach(), info, dim=1))
 
 
 def build_pretrain_trainer(cfg: Optional[Dict[str, Any]], resume: Optional[str] = None,
