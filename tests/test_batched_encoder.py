@@ -99,6 +99,28 @@ def test_outputs_and_all_gradients_match_reference(G, mode, head):
                 torch.testing.assert_close(sd[k], v, atol=1e-12, rtol=1e-12, msg=lambda m: f"{k}: {m}")
 
 
+@pytest.mark.parametrize("split_backward", [True, False])
+def test_conv_backward_split_per_group_or_grouped(monkeypatch, split_backward):
+    """Both CPU backward strategies of the grouped convolutions (per-group convolution_backward on
+    slices, or oneDNN's grouped backward; chosen by width, SPLIT_BACKWARD_MIN_MACS) give the
+    reference gradients, strided blocks and 1x1 residuals included."""
+    import skelfast.nn.batched_stgcn as bs
+
+    monkeypatch.setattr(bs, "SPLIT_BACKWARD_MIN_MACS", 0 if split_backward else 2**62)
+    calls = []
+    real_apply = bs._GroupedConvSplitBackward.apply
+    monkeypatch.setattr(bs._GroupedConvSplitBackward, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    refs = make_refs(3)
+    batched = BatchedSTGCN.from_reference(refs)
+    got, want, grads, ref_grads = run_both(refs, batched, make_x(3))
+    assert bool(calls) == split_backward
+    torch.testing.assert_close(got[0], want[0], atol=1e-10, rtol=1e-10)
+    for g in range(3):
+        for name in ref_grads[g]:
+            torch.testing.assert_close(grads[g][name], ref_grads[g][name], atol=1e-10, rtol=1e-9,
+                                       msg=lambda m: f"model {g} grad {name}: {m}")
+
+
 def test_list_input_fp32_strided_odd_T():
     refs = make_refs(3, dtype=torch.float32)
     batched = BatchedSTGCN.from_reference(refs)
