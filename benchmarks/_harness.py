@@ -1,7 +1,8 @@
 """Shared benchmark harness (engineering.md §8, performance.md §7).
 
 - measure(fn): warm-up (on CPU until calls stop page-faulting), device sync, repeated timing;
-  median with p20/p80 in milliseconds.
+  median with p20/p80 in milliseconds. measure_interleaved({name: fn}): the same for the providers
+  of one case, timed round-robin so that machine drift cannot favour one of them.
 - peak_memory(fn): peak bytes allocated during one call (CUDA allocator stats on GPU, a
   tracemalloc-free CPU estimate through torch's CPU profiler memory events otherwise).
 - check_close(got, want) / check_rel_l2(got, want): every provider's output is checked against the
@@ -100,17 +101,57 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int = 3, min
     times: List[float] = []
     start = time.perf_counter()
     while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < min_time_s):
-        if device.type == "cuda":
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
+        times.append(_time_once(fn, device))
+    return _stats(times)
+
+
+def measure_interleaved(fns: Dict[str, Callable[[], object]], device: torch.device, warmup: int = 3,
+                        min_reps: int = 10, min_time_s: float = 0.5, max_reps: int = 1000) -> Dict[str, Stats]:
+    """measure() for several providers of one case, timed round-robin: each round calls every
+    provider once (the order reversed every other round), so slow drift of the machine (on the
+    shared CPU box the eager reference moved 1.7-2x between runs minutes apart) lands on all of
+    them alike instead of on whichever ran during it. Same warm-up rules as measure(); the
+    repetition limits apply per provider, min_time_s to each provider's own total."""
+    if device.type == "cpu":
+        release_free_memory()
+    for fn in fns.values():
+        for _ in range(warmup):
             fn()
-            end.record()
-            end.synchronize()
-            times.append(begin.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+        if device.type == "cpu":
+            for _ in range(MAX_EXTRA_WARMUP):
+                before = _minor_faults()
+                fn()
+                if _minor_faults() - before < WARM_FAULT_PAGES:
+                    break
+    sync(device)
+    names = list(fns)
+    times: Dict[str, List[float]] = {n: [] for n in names}
+    spent = dict.fromkeys(names, 0.0)
+    rounds = 0
+    while rounds < max_reps and (rounds < min_reps or min(spent.values()) < min_time_s):
+        for name in (names if rounds % 2 == 0 else reversed(names)):
+            ms = _time_once(fns[name], device)
+            times[name].append(ms)
+            spent[name] += ms * 1e-3
+        rounds += 1
+    return {n: _stats(t) for n, t in times.items()}
+
+
+def _time_once(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one fn() call in ms (CUDA events on GPU)."""
+    if device.type == "cuda":
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _stats(times: List[float]) -> Stats:
     # inclusive: interpolate within the samples (the default extrapolates, e.g. negative p20 at n=2)
     q = statistics.quantiles(times, n=10, method="inclusive") if len(times) >= 2 else times * 9
     return Stats(p50=statistics.median(times), p20=q[1], p80=q[7], n=len(times))

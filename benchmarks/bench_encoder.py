@@ -116,18 +116,20 @@ def check_provider(name: str, got, want) -> None:
 
 
 def time_providers(provs: Dict[str, Callable], want, device: torch.device, quick: bool, params) -> Dict[str, tuple]:
-    """Check, then time each provider: {name: (Stats, peak MiB)}."""
-    results = {}
+    """Check every provider, time them round-robin (H.measure_interleaved), then take each one's
+    peak memory: {name: (Stats, peak MiB)}."""
     for name, call in provs.items():
         check_provider(name, call(), want)  # also the first call (compilation) of compiled providers
-        stats = H.measure(call, device, warmup=1 if quick else 2, min_reps=3 if quick else 5,
-                          min_time_s=0.0 if quick else 1.0, max_reps=20)
+    stats = H.measure_interleaved(provs, device, warmup=1 if quick else 2, min_reps=3 if quick else 5,
+                                  min_time_s=0.0 if quick else 1.0, max_reps=20)
+    results = {}
+    for name, call in provs.items():
         for p in params:
             p.grad = None
         peak = H.peak_memory_mb(call, device)
         for p in params:
             p.grad = None
-        results[name] = (stats, peak)
+        results[name] = (stats[name], peak)
     return results
 
 

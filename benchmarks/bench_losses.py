@@ -145,15 +145,18 @@ def run(cases, Ks, provider_names, device, quick, queue_dtype=torch.float32):
             want = None
             if "reference" in provs:
                 want = full_step(provs["reference"], x, grad_names)
-            results = {}
-            for name, fn in provs.items():
-                step = lambda: full_step(fn, x, grad_names)  # noqa: E731
+            steps = {name: (lambda fn=fn: full_step(fn, x, grad_names)) for name, fn in provs.items()}
+            for name, step in steps.items():
                 got = step()  # warm-up (and compilation)
                 if want is not None:
                     H.check_close(name, [got[0]] + list(got[1]), [want[0]] + list(want[1]), atol=1e-4, rtol=1e-4)
-                heavy = name != "skelfast" and K >= 16384
-                stats = H.measure(step, device, warmup=0 if heavy else 1, min_reps=2 if heavy or quick else 5,
-                                  min_time_s=0.0 if heavy else (0.2 if quick else 1.0))
+            # round-robin timing (H.measure_interleaved); the eager providers' large-K calls take seconds
+            heavy = K >= 16384 and len(steps) > 1
+            all_stats = H.measure_interleaved(steps, device, warmup=0 if heavy else 1, min_reps=2 if quick else 5,
+                                              min_time_s=0.0 if heavy else (0.2 if quick else 1.0))
+            results = {}
+            for name, step in steps.items():
+                stats = all_stats[name]
                 peak = H.peak_memory_mb(step, device)
                 rss = rss_peak_mb(step) if device.type == "cpu" else float("nan")
                 results[name] = (stats, peak, rss)

@@ -147,27 +147,28 @@ def run_case(case: str, provs, a, device: torch.device, reps: int, failures: lis
     if "reference" not in provs:
         del ref_step
     flops = step_flops(case, a.N, a.K, a.hidden_channels, a.hidden_dim)
-    results = {}
+    steps = {}
     for prov in provs:
         if prov == "reference":
-            step = ref_step
-        else:                                           # first step: the check (and compilation)
-            tol = LOSS_RTOL[precision(prov)]
-            try:
-                step = make(prov)
-                with dropout_off(step.model):
-                    err = H.check_rel_l2(prov, step(), ref_loss, tol)[0]
-            except (AssertionError, RuntimeError) as exc:   # no number; the other providers still run
-                failures.append(f"{case} {prov}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
-                print(f"{case:8s} {prov:18s} NO NUMBER: {failures[-1]}", flush=True)
-                continue
-            print(f"{case:8s} {prov:18s} first-step loss {ref_loss.item():.6f}: rel. error {err:.1e} < {tol:g}")
-        cpu = device.type == "cpu"
-        st = H.measure(step, device, warmup=(0 if a.quick else 1) if cpu else 3, min_reps=reps,
-                       min_time_s=0.0 if cpu else 1.0, max_reps=reps if cpu else 200)
-        mem = None if a.no_memory else H.peak_memory_mb(step, device)
-        results[prov] = (st, mem)
-        del step
+            steps[prov] = ref_step
+            continue
+        tol = LOSS_RTOL[precision(prov)]                # first step: the check (and compilation)
+        try:
+            step = make(prov)
+            with dropout_off(step.model):
+                err = H.check_rel_l2(prov, step(), ref_loss, tol)[0]
+        except (AssertionError, RuntimeError) as exc:   # no number; the other providers still run
+            failures.append(f"{case} {prov}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            print(f"{case:8s} {prov:18s} NO NUMBER: {failures[-1]}", flush=True)
+            continue
+        print(f"{case:8s} {prov:18s} first-step loss {ref_loss.item():.6f}: rel. error {err:.1e} < {tol:g}")
+        steps[prov] = step
+    cpu = device.type == "cpu"
+    # round-robin timing (H.measure_interleaved: machine drift lands on every provider alike)
+    stats = H.measure_interleaved(steps, device, warmup=(0 if a.quick else 1) if cpu else 3, min_reps=reps,
+                                  min_time_s=0.0 if cpu else 1.0, max_reps=reps if cpu else 200) if steps else {}
+    results = {prov: (stats[prov], None if a.no_memory else H.peak_memory_mb(step, device))
+               for prov, step in steps.items()}
     ref, comp = results.get("reference"), results.get("reference+compile")
     rows = []
     for prov, (st, mem) in results.items():

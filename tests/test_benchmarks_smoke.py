@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -29,6 +30,32 @@ def _row(provider, p50, shape="N=32", ts="2026-01-01T00:00:00"):
             "device_name": "cpu-test", "torch_version": "2.13", "skelfast_version": "0.1", "git_sha": "x",
             "p50_ms": p50, "p20_ms": p50 * 0.9, "p80_ms": p50 * 1.1, "peak_mem_mb": 1.0,
             "speedup_vs_reference": 10.0 / p50, "speedup_vs_compile": 2.0 / p50, "timestamp": ts}
+
+
+def test_measure_interleaved_cancels_drift(monkeypatch):
+    """Round-robin timing: every provider gets its repetitions, the order alternates, and a machine
+    that slows down steadily leaves the ratio of the medians intact (timing one provider after the
+    other, as measure() does, would put all of the slowdown on the provider timed last)."""
+    order, timed, clock = [], [], {"slowdown": 1.0}
+    cost = {"reference": 2.0, "skelfast": 1.0}
+
+    def fake_time_once(fn, device):
+        fn()
+        timed.append(order[-1])
+        clock["slowdown"] *= 1.1          # the machine drifts 10% slower per call
+        return cost[order[-1]] * clock["slowdown"]
+
+    monkeypatch.setattr(H, "_time_once", fake_time_once)
+    fns = {name: (lambda name=name: order.append(name)) for name in cost}
+    stats = H.measure_interleaved(fns, torch.device("cpu"), warmup=0, min_reps=6, min_time_s=0.0)
+    assert [s.n for s in stats.values()] == [6, 6]
+    assert timed[:6] == ["reference", "skelfast", "skelfast", "reference", "reference", "skelfast"]
+    ratio = stats["reference"].p50 / stats["skelfast"].p50
+    assert 1.7 < ratio < 2.3, ratio
+    sequential = {}
+    for name, fn in fns.items():
+        sequential[name] = H.measure(fn, torch.device("cpu"), warmup=0, min_reps=6, min_time_s=0.0).p50
+    assert sequential["reference"] / sequential["skelfast"] < 1.5   # what interleaving protects against
 
 
 def test_compare_flags_regressions(tmp_path, capsys):
