@@ -106,33 +106,49 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int = 3, min
 
 
 def measure_interleaved(fns: Dict[str, Callable[[], object]], device: torch.device, warmup: int = 3,
-                        min_reps: int = 10, min_time_s: float = 0.5, max_reps: int = 1000) -> Dict[str, Stats]:
-    """measure() for several providers of one case, timed round-robin: each round calls every
-    provider once (the order reversed every other round), so slow drift of the machine (on the
-    shared CPU box the eager reference moved 1.7-2x between runs minutes apart) lands on all of
-    them alike instead of on whichever ran during it. Same warm-up rules as measure(); the
-    repetition limits apply per provider, min_time_s to each provider's own total."""
-    if device.type == "cpu":
-        release_free_memory()
+                        min_reps: int = 10, min_time_s: float = 0.5, max_reps: int = 1000,
+                        per_turn: Optional[int] = None) -> Dict[str, Stats]:
+    """measure() for several providers of one case, timed in turns: each round gives every
+    provider one turn of `per_turn` timed calls (the order reversed every other round), so slow
+    drift of the machine (on the shared CPU box the eager reference moved 1.7-2x between runs
+    minutes apart) lands on all of them alike instead of on whichever ran during it.
+
+    CPU: the providers cannot share the heap (with the tuned allocator's trimming off, the
+    free lists of one provider fragment another's: the six encoders at N=128 fwd+bwd grew past
+    24 GiB and were OOM-killed), so every turn starts with release_free_memory() and its calls
+    count only once a call stays under WARM_FAULT_PAGES page faults (the first call after the
+    release re-faults its working set; at most MAX_EXTRA_WARMUP such calls per turn). per_turn
+    defaults to 2 on CPU (amortises that re-warm), 1 on GPU. The repetition limits apply per
+    provider, min_time_s to each provider's own timed total."""
+    cpu = device.type == "cpu"
+    per_turn = per_turn or (2 if cpu else 1)
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-        if device.type == "cpu":
-            for _ in range(MAX_EXTRA_WARMUP):
-                before = _minor_faults()
-                fn()
-                if _minor_faults() - before < WARM_FAULT_PAGES:
-                    break
     sync(device)
     names = list(fns)
     times: Dict[str, List[float]] = {n: [] for n in names}
     spent = dict.fromkeys(names, 0.0)
+
+    def pending() -> bool:
+        n = min(len(t) for t in times.values())
+        return n < max_reps and (n < min_reps or min(spent.values()) < min_time_s)
+
     rounds = 0
-    while rounds < max_reps and (rounds < min_reps or min(spent.values()) < min_time_s):
+    while pending():
         for name in (names if rounds % 2 == 0 else reversed(names)):
-            ms = _time_once(fns[name], device)
-            times[name].append(ms)
-            spent[name] += ms * 1e-3
+            if cpu:
+                release_free_memory()
+            taken, calls = 0, 0
+            while taken < per_turn and calls < per_turn + MAX_EXTRA_WARMUP:
+                before = _minor_faults() if cpu else 0
+                ms = _time_once(fns[name], device)
+                calls += 1
+                if cpu and _minor_faults() - before >= WARM_FAULT_PAGES and calls <= MAX_EXTRA_WARMUP:
+                    continue   # still re-faulting after the release: not the steady state
+                times[name].append(ms)
+                spent[name] += ms * 1e-3
+                taken += 1
         rounds += 1
     return {n: _stats(t) for n, t in times.items()}
 
