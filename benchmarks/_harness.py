@@ -31,7 +31,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from skelfast.cpu_allocator import release_free_memory, tune_cpu_allocator
+from skelfast.cpu_allocator import release_free_memory, tune_cpu_allocator  # noqa: F401 (re-exported)
 
 # Every provider of every benchmark runs with the CPU allocator setting the trainer uses (freed
 # blocks stay in-process; skelfast/cpu_allocator.py), so the comparison is at equal conditions.
@@ -115,7 +115,8 @@ def measure_interleaved(fns: Dict[str, Callable[[], object]], device: torch.devi
 
     CPU: the providers cannot share the heap (with the tuned allocator's trimming off, the
     free lists of one provider fragment another's: the six encoders at N=128 fwd+bwd grew past
-    24 GiB and were OOM-killed), so every turn starts with release_free_memory() and its calls
+    24 GiB and were OOM-killed), so every warm-up and every turn starts with release_free_memory()
+    (callers do the same before each provider's checking call: H.release_free_memory) and its calls
     count only once a call stays under WARM_FAULT_PAGES page faults (the first call after the
     release re-faults its working set; at most MAX_EXTRA_WARMUP such calls per turn). per_turn
     defaults to 2 on CPU (amortises that re-warm), 1 on GPU. The repetition limits apply per
@@ -123,6 +124,8 @@ def measure_interleaved(fns: Dict[str, Callable[[], object]], device: torch.devi
     cpu = device.type == "cpu"
     per_turn = per_turn or (2 if cpu else 1)
     for fn in fns.values():
+        if cpu:
+            release_free_memory()
         for _ in range(warmup):
             fn()
     sync(device)

@@ -153,6 +153,7 @@ def run_case(case: str, provs, a, device: torch.device, reps: int, failures: lis
             steps[prov] = ref_step
             continue
         tol = LOSS_RTOL[precision(prov)]                # first step: the check (and compilation)
+        H.release_free_memory()                         # from a trimmed heap (H.measure_interleaved)
         try:
             step = make(prov)
             with dropout_off(step.model):
