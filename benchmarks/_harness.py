@@ -119,10 +119,17 @@ def measure_interleaved(fns: Dict[str, Callable[[], object]], device: torch.devi
     (callers do the same before each provider's checking call: H.release_free_memory) and its calls
     count only once a call stays under WARM_FAULT_PAGES page faults (the first call after the
     release re-faults its working set; at most MAX_EXTRA_WARMUP such calls per turn). per_turn
-    defaults to 2 on CPU (amortises that re-warm), 1 on GPU. The repetition limits apply per
-    provider, min_time_s to each provider's own timed total."""
+    defaults to 1. The repetition limits apply per
+    provider, min_time_s to each provider's own timed total.
+
+    CPU default (per_turn None): one provider after another (measure() each). Turns with the
+    release above were tried and dropped for the default: each turn re-faulted the working set for
+    several calls, and the six encoders at N=128 fwd+bwd did not finish 3 rounds of 2 providers in
+    10 minutes. Pass per_turn to interleave on CPU anyway (small cases)."""
     cpu = device.type == "cpu"
-    per_turn = per_turn or (2 if cpu else 1)
+    if cpu and per_turn is None:
+        return {name: measure(fn, device, warmup, min_reps, min_time_s, max_reps) for name, fn in fns.items()}
+    per_turn = per_turn or 1
     for fn in fns.values():
         if cpu:
             release_free_memory()

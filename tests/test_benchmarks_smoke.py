@@ -52,10 +52,13 @@ def test_measure_interleaved_cancels_drift(monkeypatch):
     assert timed[:6] == ["reference", "skelfast", "skelfast", "reference", "reference", "skelfast"]
     ratio = stats["reference"].p50 / stats["skelfast"].p50
     assert 1.7 < ratio < 2.3, ratio
-    timed.clear()   # CPU default: turns of 2 calls, each turn after releasing the free heap
+    timed.clear()   # turns of 2 calls, each turn after releasing the free heap
     assert [s.n for s in H.measure_interleaved(fns, torch.device("cpu"), warmup=0, min_reps=3,
-                                               min_time_s=0.0).values()] == [4, 4]
+                                               min_time_s=0.0, per_turn=2).values()] == [4, 4]
     assert timed == ["reference"] * 2 + ["skelfast"] * 4 + ["reference"] * 2
+    timed.clear()   # CPU default: one provider after the other (see measure_interleaved)
+    H.measure_interleaved(fns, torch.device("cpu"), warmup=0, min_reps=3, min_time_s=0.0)
+    assert timed == ["reference"] * 3 + ["skelfast"] * 3
     sequential = {}
     for name, fn in fns.items():
         sequential[name] = H.measure(fn, torch.device("cpu"), warmup=0, min_reps=6, min_time_s=0.0).p50
