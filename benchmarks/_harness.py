@@ -2,7 +2,8 @@
 
 - measure(fn): warm-up (on CPU until calls stop page-faulting), device sync, repeated timing;
   median with p20/p80 in milliseconds. measure_interleaved({name: fn}): the same for the providers
-  of one case, timed round-robin so that machine drift cannot favour one of them.
+  of one case, on GPU timed in turns so that machine drift cannot favour one of them (on CPU one
+  provider after another by default; see its docstring).
 - peak_memory(fn): peak bytes allocated during one call (CUDA allocator stats on GPU, a
   tracemalloc-free CPU estimate through torch's CPU profiler memory events otherwise).
 - check_close(got, want) / check_rel_l2(got, want): every provider's output is checked against the
@@ -109,23 +110,19 @@ def measure_interleaved(fns: Dict[str, Callable[[], object]], device: torch.devi
                         min_reps: int = 10, min_time_s: float = 0.5, max_reps: int = 1000,
                         per_turn: Optional[int] = None) -> Dict[str, Stats]:
     """measure() for several providers of one case, timed in turns: each round gives every
-    provider one turn of `per_turn` timed calls (the order reversed every other round), so slow
-    drift of the machine (on the shared CPU box the eager reference moved 1.7-2x between runs
-    minutes apart) lands on all of them alike instead of on whichever ran during it.
+    provider one turn of `per_turn` timed calls (default 1; the order reversed every other round),
+    so slow drift of the machine (on the shared CPU box the eager reference moved 1.7-2x between
+    runs minutes apart) lands on all of them alike. The repetition limits apply per provider,
+    min_time_s to each provider's own timed total.
 
-    CPU: the providers cannot share the heap (with the tuned allocator's trimming off, the
-    free lists of one provider fragment another's: the six encoders at N=128 fwd+bwd grew past
-    24 GiB and were OOM-killed), so every warm-up and every turn starts with release_free_memory()
-    (callers do the same before each provider's checking call: H.release_free_memory) and its calls
-    count only once a call stays under WARM_FAULT_PAGES page faults (the first call after the
-    release re-faults its working set; at most MAX_EXTRA_WARMUP such calls per turn). per_turn
-    defaults to 1. The repetition limits apply per
-    provider, min_time_s to each provider's own timed total.
-
-    CPU default (per_turn None): one provider after another (measure() each). Turns with the
-    release above were tried and dropped for the default: each turn re-faulted the working set for
-    several calls, and the six encoders at N=128 fwd+bwd did not finish 3 rounds of 2 providers in
-    10 minutes. Pass per_turn to interleave on CPU anyway (small cases)."""
+    CPU, per_turn None (the default): one provider after another, measure() each. Turns were tried
+    and dropped as the CPU default: sharing the heap (the tuned allocator never trims) let one
+    provider's free lists fragment another's, and the six encoders at N=128 fwd+bwd were
+    OOM-killed at 24 GiB; trimming before every turn kept them at 16.7 GiB but re-faulted the
+    working set for several calls per turn (3 rounds of 2 providers did not finish in 10 minutes).
+    CPU with per_turn given: turns, each warm-up and turn starting with release_free_memory(), a
+    call counting only once it stays under WARM_FAULT_PAGES page faults (at most MAX_EXTRA_WARMUP
+    such calls per turn). Callers release the heap before each provider's checking call too."""
     cpu = device.type == "cpu"
     if cpu and per_turn is None:
         return {name: measure(fn, device, warmup, min_reps, min_time_s, max_reps) for name, fn in fns.items()}

@@ -116,10 +116,10 @@ def check_provider(name: str, got, want) -> None:
 
 
 def time_providers(provs: Dict[str, Callable], want, device: torch.device, quick: bool, params) -> Dict[str, tuple]:
-    """Check every provider, time them round-robin (H.measure_interleaved), then take each one's
-    peak memory: {name: (Stats, peak MiB)}."""
+    """Check every provider, time them (H.measure_interleaved: in turns on GPU), then take each
+    one's peak memory: {name: (Stats, peak MiB)}."""
     for name, call in provs.items():
-        H.release_free_memory()             # each provider starts from a trimmed heap (H.measure_interleaved)
+        H.release_free_memory()             # each provider's check from a trimmed heap (CPU)
         check_provider(name, call(), want)  # also the first call (compilation) of compiled providers
     stats = H.measure_interleaved(provs, device, warmup=1 if quick else 2, min_reps=3 if quick else 5,
                                   min_time_s=0.0 if quick else 1.0, max_reps=20)

@@ -147,11 +147,11 @@ def run(cases, Ks, provider_names, device, quick, queue_dtype=torch.float32):
                 want = full_step(provs["reference"], x, grad_names)
             steps = {name: (lambda fn=fn: full_step(fn, x, grad_names)) for name, fn in provs.items()}
             for name, step in steps.items():
-                H.release_free_memory()   # each provider starts from a trimmed heap (H.measure_interleaved)
+                H.release_free_memory()   # each provider's check from a trimmed heap (CPU)
                 got = step()  # warm-up (and compilation)
                 if want is not None:
                     H.check_close(name, [got[0]] + list(got[1]), [want[0]] + list(want[1]), atol=1e-4, rtol=1e-4)
-            # round-robin timing (H.measure_interleaved); the eager providers' large-K calls take seconds
+            # H.measure_interleaved: in turns on GPU; the eager providers' large-K calls take seconds
             heavy = K >= 16384 and len(steps) > 1
             all_stats = H.measure_interleaved(steps, device, warmup=0 if heavy else 1, min_reps=2 if quick else 5,
                                               min_time_s=0.0 if heavy else (0.2 if quick else 1.0))

@@ -153,7 +153,7 @@ def run_case(case: str, provs, a, device: torch.device, reps: int, failures: lis
             steps[prov] = ref_step
             continue
         tol = LOSS_RTOL[precision(prov)]                # first step: the check (and compilation)
-        H.release_free_memory()                         # from a trimmed heap (H.measure_interleaved)
+        H.release_free_memory()                         # the check from a trimmed heap (CPU)
         try:
             step = make(prov)
             with dropout_off(step.model):
@@ -165,7 +165,7 @@ def run_case(case: str, provs, a, device: torch.device, reps: int, failures: lis
         print(f"{case:8s} {prov:18s} first-step loss {ref_loss.item():.6f}: rel. error {err:.1e} < {tol:g}")
         steps[prov] = step
     cpu = device.type == "cpu"
-    # round-robin timing (H.measure_interleaved: machine drift lands on every provider alike)
+    # H.measure_interleaved: in turns on GPU (machine drift lands on every provider alike)
     stats = H.measure_interleaved(steps, device, warmup=(0 if a.quick else 1) if cpu else 3, min_reps=reps,
                                   min_time_s=0.0 if cpu else 1.0, max_reps=reps if cpu else 200) if steps else {}
     results = {prov: (stats[prov], None if a.no_memory else H.peak_memory_mb(step, device))

@@ -72,8 +72,9 @@ class _GroupedConvSplitBackward(torch.autograd.Function):
 
     oneDNN's grouped channels-last forward is fast, but its grouped backward is 1.2-1.7x slower
     than G separate backwards on this workload (measured, 1 thread, N*M=64: 1244 vs 875 ms for the
-    256-channel 9x1 conv); the per-group slices cost one extra copy of x and grad_out.
-    Same maths as the grouped backward (each group's gradients only involve its own channels).
+    256-channel 9x1 conv); the per-group slices cost one extra copy of x and grad_out. Narrow
+    groups lose to the grouped backward at 2 threads, so this runs only from
+    SPLIT_BACKWARD_MIN_MACS on (below). Same maths as the grouped backward (each group's gradients only involve its own channels).
     """
 
     @staticmethod
@@ -116,7 +117,7 @@ SPLIT_BACKWARD_MIN_MACS = 64 * 64 * 9
 def _grouped_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """conv(x) for a grouped Conv2d; on CPU with autograd and wide groups, the split backward above."""
     if (x.device.type == "cpu" and torch.is_grad_enabled() and conv.groups > 1 and not torch.is_autocast_enabled("cpu")
-            and conv.weight[0].numel() * conv.out_channels // conv.groups >= SPLIT_BACKWARD_MIN_MACS):
+            and conv.weight.numel() // conv.groups >= SPLIT_BACKWARD_MIN_MACS):
         return _GroupedConvSplitBackward.apply(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.groups)
     return conv(x)
 
