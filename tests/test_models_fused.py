@@ -2,6 +2,7 @@
 same losses and parameter gradients for one step of every pretraining model (method.md §5, §6)."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from skelfast.models import build, fused_kernels
 from skelfast.nn import StackedEncoders
@@ -213,3 +214,97 @@ def test_deferred_enqueue_uses_the_queue_in_place(backend, name, phase):
     b.enqueue_(out["teacher_q" if "teacher_q" in out else "k"])     # the trainer's after_step, before backward
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out["loss"].backward()
+
+
+LINEAR_TINY = dict(hidden_channels=4, hidden_dim=16, dropout=0.0, num_class=5)
+
+
+def _linear_pair(name, **kw):
+    """(skelfast, reference) LinearEval `name`, float64, same weights."""
+    torch.manual_seed(0)
+    fast = build(name, **LINEAR_TINY, **kw).double()
+    ref = build(name, backend="reference", **LINEAR_TINY, **kw).double()
+    assert isinstance(fast.encoders, StackedEncoders) and not fast.per_stream and ref.per_stream
+    assert fast.state_dict().keys() == ref.state_dict().keys()
+    ref.load_state_dict(fast.state_dict())
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 3, 12, 25, 2, generator=g, dtype=torch.float64)
+    x[2, ..., 1] = 0                                     # an absent second person
+    return fast, ref, x, torch.randint(30, 300, (6,), generator=g)
+
+
+@pytest.mark.parametrize("name, views", [("linear6", ("all", "3views", "joint", "omega")),
+                                         ("linear_student3to1", ("all",))])
+def test_linear_eval_on_stacked_encoders_matches_reference(name, views):
+    """Linear evaluation (§7) on skelfast's batched encoders: the logits of every view equal the
+    per-stream reference encoders', and only the heads are trainable, as in the reference."""
+    fast, ref, x, frames = _linear_pair(name)
+    trainable = lambda m: sorted(k for k, p in m.named_parameters() if p.requires_grad)  # noqa: E731
+    assert trainable(fast) == ["encoders.fc.bias", "encoders.fc.weight"]
+    assert {k.split(".")[-2] for k in trainable(ref)} == {"fc"}
+    fast.train(), ref.train()                             # backbones stay in eval mode (§7)
+    assert not fast.encoders.training
+    with torch.no_grad():
+        for view in views:
+            torch.testing.assert_close(fast(x, frames, view), ref(x, frames, view), atol=1e-10, rtol=1e-9,
+                                       msg=lambda m: f"{view}: {m}")
+    # heads-only training on a view of all streams: the same head gradients
+    F.cross_entropy(fast(x, frames, "all"), torch.arange(6) % 5).backward()
+    F.cross_entropy(ref(x, frames, "all"), torch.arange(6) % 5).backward()
+    gf, gr = reference_layout_grads(fast), reference_layout_grads(ref)
+    assert set(gf) == set(gr) and all(".fc." in k for k in gr)
+    for n in gr:
+        torch.testing.assert_close(gf[n], gr[n], atol=1e-10, rtol=1e-9, msg=lambda m: f"{n}: {m}")
+
+
+def test_linear_eval_subset_view_cannot_train_stacked_encoders():
+    """A view of some streams runs all batched encoders: allowed frozen and without gradients, an
+    error (naming the fix) whenever parameters would be trained; the reference trains only its own."""
+    fast, ref, x, frames = _linear_pair("linear6")
+    fast.train()
+    with pytest.raises(ValueError, match=r"build the model with streams=\('joint',\)"):
+        fast(x, frames, "joint")                          # the heads require grad
+    ref(x, frames, "joint").sum().backward()
+    assert ref.encoders[0].fc.weight.grad is not None and ref.encoders[1].fc.weight.grad is None
+    tuned = build("linear6", backbone_eval=False, **LINEAR_TINY)
+    with torch.no_grad(), pytest.raises(ValueError, match="batched encoders"):
+        tuned(x.float(), frames, "3views")                # training mode: BN statistics would move
+    tuned.eval()
+    with torch.no_grad():
+        assert tuned(x.float(), frames, "3views").shape == (6, 5)
+
+
+@pytest.mark.parametrize("name", ["linear6", "linear_student3to1"])
+def test_finetuning_step_on_stacked_encoders_matches_reference(name):
+    """Fine-tuning (backbones in train mode, every parameter trainable) of all streams at once: the
+    same loss, gradients of every parameter, and BN running statistics as the reference encoders."""
+    fast, ref, x, frames = _linear_pair(name, backbone_eval=False)
+    for m in (fast, ref):
+        m.train()
+        m.requires_grad_(True)
+    lf = F.cross_entropy(fast(x, frames), torch.arange(6) % 5)
+    lr = F.cross_entropy(ref(x, frames), torch.arange(6) % 5)
+    torch.testing.assert_close(lf, lr, atol=1e-10, rtol=1e-9)
+    lf.backward(), lr.backward()
+    gf, gr = reference_layout_grads(fast), reference_layout_grads(ref)
+    assert len(gr) == sum(1 for _ in ref.parameters()) and set(gf) == set(gr)
+    for n in gr:
+        torch.testing.assert_close(gf[n], gr[n], atol=1e-8, rtol=1e-7, msg=lambda m: f"{n}: {m}")
+    sf, sr = fast.state_dict(), ref.state_dict()
+    moved = [k for k in sr if k.endswith("running_mean") and not torch.equal(sr[k], torch.zeros_like(sr[k]))]
+    assert moved                                          # train mode did update the statistics
+    for k in sr:
+        torch.testing.assert_close(sf[k], sr[k], atol=1e-10, rtol=1e-9, msg=lambda m: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("backend", ["skelfast", "reference"])
+def test_set_heads_writes_the_given_streams(backend):
+    model = build("linear6", backend=backend, **LINEAR_TINY)
+    before = model.state_dict()
+    w, b = torch.randn(2, 5, 16), torch.randn(2, 5)
+    model.set_heads_((4, 1), w, b)
+    after = model.state_dict()
+    torch.testing.assert_close(after["encoders.4.fc.weight"], w[0])
+    torch.testing.assert_close(after["encoders.1.fc.bias"], b[1])
+    untouched = [k for k in after if not k.startswith(("encoders.4.fc.", "encoders.1.fc."))]
+    assert all(torch.equal(after[k], before[k]) for k in untouched)

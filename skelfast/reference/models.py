@@ -20,9 +20,10 @@ from .modalities import nrm
 from .encoder_list import EncoderList
 from .moco import QueueBank, momentum_update_
 from .parity import Parity, resolve_lock
-from .stgcn import STGCN, weights_init_official
+from .stgcn import weights_init_official
 
-__all__ = ["MultiModalMoCo", "TeacherStudent", "LinearEval", "ikem_head", "REFERENCE_KERNELS", "kernel_set"]
+__all__ = ["MultiModalMoCo", "TeacherStudent", "LinearEval", "view_streams", "ikem_head", "REFERENCE_KERNELS",
+           "kernel_set"]
 
 # The functions a model calls for its modalities, losses and encoders. Fused implementations with
 # the same signatures (skelfast.ops, skelfast.nn.StackedEncoders.build) are swapped in through
@@ -284,12 +285,33 @@ class TeacherStudent(_ModalityInput):
         self.teacher_queue.enqueue_(concat_keys(tq).unsqueeze(0))
 
 
+def view_streams(streams: Sequence[str], fused: bool, view: str) -> Tuple[int, ...]:
+    """Indices into `streams` of the encoders whose logits a LinearEval averages for `view` (§7
+    'Views'): 'all', '3views' (joint, motion, bone) or one modality; the fused student has 'all' only."""
+    if fused:
+        if view != "all":
+            raise ValueError(f"the fused-student model only has view 'all', got {view!r}")
+        return (0,)
+    streams = tuple(streams)
+    if view == "all":
+        return tuple(range(len(streams)))
+    if view == "3views":
+        if not all(m in streams for m in MODALITIES3):
+            raise ValueError(f"view '3views' needs joint, motion and bone streams, have {streams}")
+        return tuple(streams.index(m) for m in MODALITIES3)
+    if view in streams:
+        return (streams.index(view),)
+    raise ValueError(f"unknown view {view!r}; expected 'all', '3views' or one of {streams}")
+
+
 class LinearEval(_ModalityInput):
     """Linear evaluation (§7): frozen encoders, a trainable Linear(256, num_class) per stream.
 
     streams: the modality of each encoder; with fused=True a single encoder reads the channel
     concatenation of all stream modalities (the §6.2 student). kind: 'teacher' (official names
-    encoder_q*) or 'student' (encoder_student_*), used by the checkpoint mapping.
+    encoder_q*) or 'student' (encoder_student_*), used by the checkpoint mapping. The encoders are
+    the kernel set's (an EncoderList of STGCNs with linear heads, or skelfast's batched
+    StackedEncoders); both have the state-dict layout `encoders.{i}.*`.
 
     forward(x, frames=None, view=None) -> logits (N, num_class):
         a modality name -> that stream; '3views' -> mean of joint, motion, bone logits;
@@ -307,19 +329,22 @@ class LinearEval(_ModalityInput):
             raise ValueError(f"kind must be 'teacher' or 'student', got {kind!r}")
         self.streams = _check_names(streams)
         self.fused, self.kind, self.parity = fused, kind, parity
-        self.default_view, self.backbone_eval = default_view, backbone_eval
+        self.default_view, self.backbone_eval, self.hidden_dim = default_view, backbone_eval, hidden_dim
         self._init_inputs(modality_topology, true_timeline, kernels)
         n_enc = 1 if fused else len(self.streams)
         c_in = in_channels * len(self.streams) if fused else in_channels
-        self.encoders = nn.ModuleList(
-            STGCN(in_channels=c_in, hidden_channels=hidden_channels, hidden_dim=hidden_dim, head="linear",
-                  num_class=num_class, dropout=dropout, topology=topology, edge_importance=edge_importance)
-            for _ in range(n_enc))
-        # Only fc.weight and fc.bias of each encoder are trainable (§7 'What is trained').
-        for enc in self.encoders:
-            for name, p in enc.named_parameters():
-                p.requires_grad_(name.startswith("fc."))
+        self.encoders = self.kernels.encoders(n_enc, in_channels=c_in, hidden_channels=hidden_channels,
+                                              hidden_dim=hidden_dim, head="linear", num_class=num_class,
+                                              dropout=dropout, topology=topology, edge_importance=edge_importance)
+        # Only the heads (fc.weight and fc.bias of each encoder) are trainable (§7 'What is trained').
+        for name, p in self.encoders.named_parameters():
+            p.requires_grad_("fc" in name.split("."))
         self.train()
+
+    @property
+    def per_stream(self) -> bool:
+        """True when the encoders are separate modules (an EncoderList), so a view runs only its own."""
+        return isinstance(self.encoders, nn.ModuleList)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -329,29 +354,46 @@ class LinearEval(_ModalityInput):
 
     def view_streams(self, view: str) -> Tuple[int, ...]:
         """Indices of the encoders whose logits are averaged for `view` (§7 'Views')."""
+        return view_streams(self.streams, self.fused, view)
+
+    def encoder_inputs(self, x: torch.Tensor, frames: Optional[torch.Tensor],
+                       idx: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """x (N, 3, T, V, M) -> the inputs of encoders `idx` (default all): (len(idx), N, 3, T, V, M),
+        or (1, N, 3S, T, V, M) for the fused student (channels of its S modalities concatenated)."""
         if self.fused:
-            if view != "all":
-                raise ValueError(f"the fused-student model only has view 'all', got {view!r}")
-            return (0,)
-        if view == "all":
-            return tuple(range(len(self.streams)))
-        if view == "3views":
-            if not all(m in self.streams for m in MODALITIES3):
-                raise ValueError(f"view '3views' needs joint, motion and bone streams, have {self.streams}")
-            return tuple(self.streams.index(m) for m in MODALITIES3)
-        if view in self.streams:
-            return (self.streams.index(view),)
-        raise ValueError(f"unknown view {view!r}; expected 'all', '3views' or one of {self.streams}")
+            xs = self.make_inputs(x, frames, self.streams)                 # (S, N, 3, T, V, M)
+            return xs.transpose(0, 1).flatten(1, 2).unsqueeze(0)
+        idx = range(len(self.streams)) if idx is None else idx
+        return self.make_inputs(x, frames, [self.streams[i] for i in idx])
 
     def forward(self, x: torch.Tensor, frames: Optional[torch.Tensor] = None, view: Optional[str] = None):
         """x (N, 3, T, V, M), frames (N,) -> logits (N, num_class), the mean over the view's streams."""
         view = self.default_view if view is None else view
         idx = self.view_streams(view)
-        if self.fused:
-            xs = self.make_inputs(x, frames, self.streams)               # (S, N, 3, T, V, M)
-            inputs = [xs.transpose(0, 1).flatten(1, 2)]                   # (N, 3S, T, V, M)
-        else:
-            xs = self.make_inputs(x, frames, [self.streams[i] for i in idx])
-            inputs = list(xs)
         # Logit average inside the model: one CE on it trains the participating heads jointly (§7).
-        return torch.stack([self.encoders[i](xi)[0] for i, xi in zip(idx, inputs)]).mean(0)
+        if self.per_stream:
+            inputs = self.encoder_inputs(x, frames, idx)
+            return torch.stack([self.encoders[i](xi)[0] for i, xi in zip(idx, inputs)]).mean(0)
+        if len(idx) == self.encoders.num_models:
+            return self.encoders(self.encoder_inputs(x, frames))[0].mean(0)
+        # Batched encoders always run all streams. Frozen and without gradients, the other streams'
+        # outputs are simply unused; otherwise those streams' BN statistics would move and their
+        # stacked parameters would get zero (not absent) gradients, so weight decay would change them.
+        if self.encoders.training or (torch.is_grad_enabled()
+                                      and any(p.requires_grad for p in self.encoders.parameters())):
+            raise ValueError(f"view {view!r} uses {len(idx)} of the {len(self.streams)} batched encoders, which "
+                             f"would run and train all of them; build the model with streams="
+                             f"{tuple(self.streams[i] for i in idx)} to train this view (skelfast.train.finetune "
+                             f"does), or use the reference backend")
+        return self.encoders(self.encoder_inputs(x, frames))[0][list(idx)].mean(0)
+
+    @torch.no_grad()
+    def set_heads_(self, idx: Sequence[int], weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Write linear heads: encoder idx[j] gets weight[j] (num_class, H) and bias[j] (num_class,)."""
+        heads = {}
+        for j, i in enumerate(idx):
+            heads[f"{i}.fc.weight"], heads[f"{i}.fc.bias"] = weight[j], bias[j]
+        # per-model keys work for both encoder kinds (StackedEncoders maps them onto its stacks)
+        missing, unexpected = self.encoders.load_state_dict(heads, strict=False)
+        if unexpected:
+            raise KeyError(f"no such heads: {unexpected}")

@@ -10,10 +10,10 @@ Layer: training (public API).
 
 The modalities (motion, bone, ..., method.md §3) are computed inside from the raw joints. The
 encoders run in eval mode without gradients, exactly as in linear evaluation (§7), the streams as
-one batched network. On CPU, `skelfast.cpu_allocator.tune_cpu_allocator()` (what the training CLI
-does; the library never changes malloc on its own) made 6-stream features of a 128-sample batch
-about 3x faster on the 2-core box (batched 8.5-10 s -> 2.8 s): glibc otherwise maps and
-page-faults every large activation afresh.
+one batched network on the skelfast backend. On CPU, `skelfast.cpu_allocator.tune_cpu_allocator()`
+(what the training CLI does; the library never changes malloc on its own) made 6-stream features of
+a 128-sample batch about 3x faster on the 2-core box (batched 8.5-10 s -> 2.8 s): glibc otherwise
+maps and page-faults every large activation afresh.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint
-from .features import batched_backbones, eval_model_from_checkpoint, stream_features
+from .features import eval_model_from_checkpoint, stream_features
 
 __all__ = ["Embedder"]
 
@@ -56,15 +56,7 @@ class Embedder(nn.Module):
     @property
     def dim(self) -> int:
         """Per-stream embedding size (hidden_dim, 256 with the official settings)."""
-        return self.model.encoders[0].hidden_dim
-
-    def _batched(self, dev: torch.device):
-        """The streams as one batched network (features.batched_backbones), built on first use per
-        device and kept outside the module tree (a copy of frozen weights, not extra state)."""
-        cached = getattr(self, "_batched_cache", None)
-        if cached is None or cached[0] != dev:
-            cached = self._batched_cache = (dev, batched_backbones(self.model))
-        return cached[1]
+        return self.model.hidden_dim
 
     def train(self, mode: bool = True):
         return super().train(False)    # always eval (BN running statistics, no dropout)
@@ -79,7 +71,7 @@ class Embedder(nn.Module):
         x = x.to(dev, torch.float32)
         if frames is None:
             frames = torch.full((x.shape[0],), x.shape[2], dtype=torch.int64, device=dev)
-        f = stream_features(self.model, x, frames.to(dev), self._batched(dev))   # (S, N, H)
+        f = stream_features(self.model, x, frames.to(dev))   # (S, N, H)
         streams = {name: f[i] for i, name in enumerate(self.streams)}
         unit = F.normalize(f, dim=-1)
         fused = F.normalize(unit.transpose(0, 1).reshape(x.shape[0], -1), dim=-1)

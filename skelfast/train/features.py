@@ -14,14 +14,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..nn import BatchedSTGCN
-from ..reference.models import REFERENCE_KERNELS
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import Split
 from .loops import autocast
 from .models import LINEAR_OF, build_linear, load_encoders
 
-__all__ = ["eval_model_from_checkpoint", "batched_backbones", "stream_features", "extract_features",
+__all__ = ["eval_model_from_checkpoint", "stream_features", "extract_features",
            "cached_features", "view_indices", "calibrate_bn"]
 
 
@@ -42,11 +40,12 @@ def resolve_evaluation(section: Dict[str, Any], command: str, checkpoint: Option
 
 def eval_model_from_checkpoint(ck: Optional[Mapping[str, Any]], num_class: int, backend: str = "skelfast",
                                random_init: bool = False, model_cfg: Optional[Mapping[str, Any]] = None,
-                               source_name: Optional[str] = None, train_backbone: bool = False) -> Tuple[nn.Module, str]:
+                               source_name: Optional[str] = None, train_backbone: bool = False,
+                               view: Optional[str] = None) -> Tuple[nn.Module, str]:
     """(LinearEval model, source model name) for a pretraining / distillation checkpoint.
 
     random_init=True keeps the freshly initialised encoders (the random-init baseline) but uses the
-    checkpoint's (or model_cfg's) architecture.
+    checkpoint's (or model_cfg's) architecture. view: only that view's streams (build_linear).
     """
     if ck is not None:
         source_name = ck["model_name"]
@@ -56,7 +55,7 @@ def eval_model_from_checkpoint(ck: Optional[Mapping[str, Any]], num_class: int, 
         model_cfg = ck["config"]["model"]
     if source_name is None or model_cfg is None:
         raise ValueError("need a checkpoint, or source_name and model_cfg for a random-init model")
-    model = build_linear(source_name, model_cfg, num_class, backend, train_backbone=train_backbone)
+    model = build_linear(source_name, model_cfg, num_class, backend, train_backbone=train_backbone, view=view)
     if ck is not None and not random_init:
         load_encoders(model, source_name, ck["model"])
     return model, source_name
@@ -67,37 +66,16 @@ def view_indices(model: nn.Module, view: str) -> Tuple[int, ...]:
     return tuple(model.view_streams(view))
 
 
-def batched_backbones(model: nn.Module) -> Optional[BatchedSTGCN]:
-    """An eval-mode BatchedSTGCN holding a copy of a LinearEval's S stream encoders, or None.
-
-    LinearEval keeps one reference STGCN per stream (the official checkpoint layout, and the
-    trainable heads of fine-tuning); feature extraction of the skelfast backend runs the frozen
-    streams as one batched network instead (6 streams, official sizes, a 128-sample batch on the
-    2-core CPU: 4.6-5.1 s stream by stream, 2.8 s batched). None for the reference backend and
-    for a single (fused-student) encoder. The copy does not follow later changes of the model's
-    weights or BN statistics: build it after them.
-    """
-    if model.fused or len(model.encoders) < 2 or model.kernels.encoders is REFERENCE_KERNELS.encoders:
-        return None
-    return BatchedSTGCN.from_reference(list(model.encoders)).eval()
-
-
 @torch.no_grad()
-def stream_features(model: nn.Module, x: torch.Tensor, frames: torch.Tensor,
-                    batched: Optional[BatchedSTGCN] = None) -> torch.Tensor:
-    """Pooled backbone features of every stream of a LinearEval: x (N, 3, T, V, M) -> (S, N, H).
-
-    batched: batched_backbones(model) to run the S streams as one network (eval mode only: it
-    does not update the model's BN statistics).
-    """
-    xs = model.make_inputs(x, frames, model.streams)                  # (S, N, 3, T, V, M)
-    if batched is not None:
-        return batched.backbone(xs).float()
-    if model.fused:
-        inputs = [xs.transpose(0, 1).flatten(1, 2)]                   # (N, 3S, T, V, M), [J, Mo, B]
-    else:
-        inputs = list(xs)
-    return torch.stack([enc.backbone(xi).float() for enc, xi in zip(model.encoders, inputs)])
+def stream_features(model: nn.Module, x: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """Pooled backbone features of every stream of a LinearEval: x (N, 3, T, V, M) -> (S, N, H)
+    (S = 1 for the fused student). The skelfast backend's encoders are one batched network, so the
+    streams run at once (6 streams, official sizes, a 128-sample batch on the 2-core CPU: 4.6-5.1 s
+    stream by stream, 2.8 s batched); the reference backend runs them one after another."""
+    xs = model.encoder_inputs(x, frames)                              # (S, N, C, T, V, M)
+    if model.per_stream:
+        return torch.stack([enc.backbone(xi).float() for enc, xi in zip(model.encoders, xs)])
+    return model.encoders.backbone(xs).float()
 
 
 @torch.no_grad()
@@ -105,14 +83,13 @@ def extract_features(model: nn.Module, split: Split, device: torch.device, batch
                      amp: str = "none", progress=None) -> Dict[str, torch.Tensor]:
     """Features of every sample of `split` in order: {'feats': (S, Ns, H), 'labels': (Ns,)} (CPU)."""
     model.eval().to(device)
-    batched = batched_backbones(model)
     feats = []
     n = len(split)
     for lo in range(0, n, batch_size):
         idx = np.arange(lo, min(lo + batch_size, n))
         x, _, f = split.batch(idx, device)
         with autocast(device, amp):
-            feats.append(stream_features(model, x, f, batched).cpu())
+            feats.append(stream_features(model, x, f).cpu())
         if progress is not None:
             progress.update(len(idx))
     return {"feats": torch.cat(feats, 1), "labels": torch.from_numpy(split.labels.copy())}
@@ -147,8 +124,7 @@ def calibrate_bn(model: nn.Module, split: Split, device: torch.device, batch_siz
         m.reset_running_stats()
         m.momentum = None                 # cumulative moving average over the whole split
     model.to(device)
-    for enc in model.encoders:
-        enc.train()
+    model.encoders.train()
     n = len(split)
     for lo in range(0, n, batch_size):
         idx = np.arange(lo, min(lo + batch_size, n))

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint
 from .data import Split, augment_one, open_split, step_generator
-from .features import eval_model_from_checkpoint, view_indices
+from .features import eval_model_from_checkpoint
 from .linear import topk_accuracy
 from .logging_utils import format_table, plot_table
 from .loops import Task, Trainer, autocast
@@ -118,9 +118,9 @@ def run_finetune(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Op
     sess = start_session(cfg, "finetune", src["model_name"], run_dir)
     d = cfg["data"]
     train_full, test = open_split(sess.data_root, d["train_split"]), open_split(sess.data_root, d["test_split"])
+    # only the view's encoders: what fine-tuning trains (skelfast's batched encoders run all theirs)
     model, source = eval_model_from_checkpoint(src, train_full.num_classes, cfg["model"]["backend"],
-                                               train_backbone=True)
-    view_indices(model, view)
+                                               train_backbone=True, view=view)
     keep = label_subset(train_full.labels, fc["label_fraction"], fc["subset_seed"])
     train = subset_split(train_full, keep)
     if len(train) < d["batch_size"]:

@@ -129,10 +129,7 @@ def evaluate_checkpoint(cfg: Dict[str, Any], ck: Optional[Dict[str, Any]], views
         results[v] = res
     # write the heads of the first view into the model (the saved linear checkpoint)
     res = results[views[0]]
-    with torch.no_grad():
-        for j, i in enumerate(res["streams"]):
-            model.encoders[i].fc.weight.copy_(res["W"][j])
-            model.encoders[i].fc.bias.copy_(res["b"][j])
+    model.set_heads_(res["streams"], res["W"], res["b"])
     return {"results": results, "model": model, "source": source, "num_class": num_class}
 
 

@@ -9,16 +9,18 @@ Layer: training. The pretraining/distillation model names map onto linear-evalua
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from ..models import build
+from ..reference.build import MODEL_DEFAULTS
+from ..reference.models import view_streams
 from .checkpoint import CheckpointError
 
 __all__ = ["PRETRAIN_MODELS", "DISTILL_MODELS", "LINEAR_OF", "TEACHER_OF", "build_model", "build_linear",
-           "encoder_weights", "load_encoders"]
+           "source_streams", "encoder_weights", "load_encoders"]
 
 PRETRAIN_MODELS = ("crossclr3", "ikem6")
 DISTILL_MODELS = ("student6to3", "student3to1")
@@ -54,12 +56,20 @@ def build_model(cfg: Mapping[str, Any], name: Optional[str] = None, backend: Opt
     return build(name, backend=backend or m["backend"], **kw, **_parity(cfg))
 
 
+def source_streams(source_name: str) -> Tuple[str, ...]:
+    """The modalities of `source_name`'s evaluable encoders, in their checkpoint order (encoder g of
+    the pretraining / distillation model is stream g of its LinearEval)."""
+    return tuple(MODEL_DEFAULTS[LINEAR_OF[source_name]][1]["streams"])
+
+
 def build_linear(source_name: str, model_cfg: Mapping[str, Any], num_class: int, backend: str = "skelfast",
-                 train_backbone: bool = False) -> nn.Module:
+                 train_backbone: bool = False, view: Optional[str] = None) -> nn.Module:
     """The LinearEval model evaluating `source_name`'s encoders (method.md §7).
 
     train_backbone=True (fine-tuning) makes every parameter trainable and keeps the backbones in
     train mode; otherwise only the fc heads train and the backbones stay in eval mode (§7).
+    view: build only the streams of this view (fine-tuning one view trains exactly its encoders,
+    and the skelfast backend's batched encoders cannot train a subset of their streams).
     """
     if source_name not in LINEAR_OF:
         raise CheckpointError(f"cannot evaluate model {source_name!r}; expected one of {sorted(LINEAR_OF)}")
@@ -69,6 +79,10 @@ def build_linear(source_name: str, model_cfg: Mapping[str, Any], num_class: int,
         kw["true_timeline"] = model_cfg["true_timeline"]
     if train_backbone:
         kw["backbone_eval"] = False
+    if view is not None:
+        defaults = MODEL_DEFAULTS[LINEAR_OF[source_name]][1]
+        streams = source_streams(source_name)
+        kw["streams"] = tuple(streams[i] for i in view_streams(streams, defaults.get("fused", False), view))
     model = build(LINEAR_OF[source_name], backend=backend, **kw)
     if train_backbone:
         for p in model.parameters():
@@ -93,8 +107,21 @@ def encoder_weights(source_name: str, state_dict: Mapping[str, torch.Tensor]) ->
 
 
 def load_encoders(linear_model: nn.Module, source_name: str, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Load the backbones of `source_name` into a LinearEval; every non-fc key must be present."""
+    """Load the backbones of `source_name` into a LinearEval; every non-fc key must be present. A
+    LinearEval of some of the source's streams (build_linear(view=...)) gets those streams' encoders."""
     w = encoder_weights(source_name, state_dict)
+    if not linear_model.fused:
+        src = source_streams(source_name)
+        if not set(linear_model.streams) <= set(src):
+            raise CheckpointError(f"the evaluation model's streams {linear_model.streams} are not all encoders of "
+                                  f"{source_name!r} ({src})")
+        position = {str(src.index(m)): str(j) for j, m in enumerate(linear_model.streams)}
+        remapped = {}
+        for k, v in w.items():
+            _, g, sub = k.split(".", 2)              # encoders.{source index}.{rest}
+            if g in position:
+                remapped[f"encoders.{position[g]}.{sub}"] = v
+        w = remapped
     missing, unexpected = linear_model.load_state_dict(w, strict=False)
     missing = [k for k in missing if ".fc." not in k]
     if missing or unexpected:

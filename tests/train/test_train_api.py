@@ -6,8 +6,9 @@ from skelfast.train.api import Embedder
 from skelfast.train.checkpoint import CheckpointError
 from skelfast.train.config import load_config
 from skelfast.train.data import open_split, resolve_data_root
-from skelfast.nn import BatchedSTGCN
-from skelfast.train.features import batched_backbones, extract_features, stream_features
+from skelfast.nn import StackedEncoders
+from skelfast.train.features import eval_model_from_checkpoint, extract_features, stream_features
+from skelfast.train.checkpoint import load_checkpoint
 from skelfast.train.pretrain import run_pretrain
 
 
@@ -54,26 +55,47 @@ def test_embedder_matches_linear_eval_features(pretrained, synth_cache):
 
 
 def test_batched_stream_features_match_per_stream_encoders(pretrained):
-    """Feature extraction runs the S frozen streams as one BatchedSTGCN (skelfast backend); its
-    features equal the per-stream reference encoders' (issue 4), and the copy is taken in eval mode."""
+    """On the skelfast backend the evaluation model's S streams are one StackedEncoders, so feature
+    extraction runs them at once; the features equal the reference backend's per-stream encoders
+    (issue 4), with the backbones in eval mode."""
     ckpt, _ = pretrained
-    emb = Embedder.from_checkpoint(ckpt)
-    model = emb.model
-    batched = batched_backbones(model)
-    assert isinstance(batched, BatchedSTGCN) and batched.num_models == 6 and not batched.training
+    fast, ref = Embedder.from_checkpoint(ckpt), Embedder.from_checkpoint(ckpt, backend="reference")
+    batched = fast.model.encoders
+    assert isinstance(batched, StackedEncoders) and batched.num_models == 6 and not batched.training
+    assert not fast.model.per_stream and ref.model.per_stream
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 3, 50, 25, 2, generator=g)
     x[1, ..., 1] = 0                                     # an absent second person
     frames = torch.tensor([50, 77, 300])
-    per_stream = stream_features(model, x, frames)
-    fast = stream_features(model, x, frames, batched)
-    assert fast.shape == per_stream.shape == (6, 3, 16)
+    per_stream = stream_features(ref.model, x, frames)
+    together = stream_features(fast.model, x, frames)
+    assert together.shape == per_stream.shape == (6, 3, 16)
     assert per_stream.abs().max() > 1e-3                 # features are not trivially zero
-    torch.testing.assert_close(fast, per_stream, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(emb(x, frames)["streams"]["omega"], per_stream[5], atol=1e-5, rtol=1e-4)
-    ref = Embedder.from_checkpoint(ckpt, backend="reference")
-    assert batched_backbones(ref.model) is None          # the reference backend stays per stream
+    torch.testing.assert_close(together, per_stream, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fast(x, frames)["streams"]["omega"], per_stream[5], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(ref(x, frames)["streams"]["joint"], per_stream[0], atol=1e-5, rtol=1e-4)
+    assert fast.dim == ref.dim == 16
+
+
+@pytest.mark.parametrize("backend", ["skelfast", "reference"])
+def test_view_model_holds_that_views_encoders(pretrained, backend):
+    """eval_model_from_checkpoint(view=...) (fine-tuning) builds only the view's streams and loads
+    each from its own source encoder: stream 'bone' is the checkpoint's encoder 2."""
+    ckpt, _ = pretrained
+    ck = load_checkpoint(ckpt, expect_commands=("pretrain",))
+    full, _ = eval_model_from_checkpoint(ck, num_class=3, backend="reference")
+    g = torch.Generator().manual_seed(3)
+    x, frames = torch.randn(2, 3, 50, 25, 2, generator=g), torch.tensor([50, 120])
+    want = stream_features(full.eval(), x, frames)
+    for view, streams in (("bone", ("bone",)), ("3views", ("joint", "motion", "bone"))):
+        part, _ = eval_model_from_checkpoint(ck, num_class=3, backend=backend, view=view, train_backbone=True)
+        assert part.streams == streams
+        assert {k.split(".")[1] for k in part.state_dict() if k.startswith("encoders.")} == \
+            {str(i) for i in range(len(streams))}
+        got = stream_features(part.eval(), x, frames)
+        torch.testing.assert_close(got, want[[full.streams.index(m) for m in streams]], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="unknown view"):
+        eval_model_from_checkpoint(ck, num_class=3, backend=backend, view="elbow")
 
 
 def test_embedder_rejects_bad_input(pretrained, tmp_path):

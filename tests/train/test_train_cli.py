@@ -90,8 +90,10 @@ def test_finetune_semi_supervised(chain):
     res = json.load(open(out / "runs" / "ft" / "results.json"))
     used, total = map(int, res["labels"].split("/"))
     assert used < total and used >= 4        # half of every class, at least one per class
-    ck = load_checkpoint(out / "runs" / "ft" if False else str(out / "runs" / "ft"))
+    ck = load_checkpoint(str(out / "runs" / "ft"))
     assert ck["command"] == "finetune"
+    # the fine-tuned model holds the view's encoder only (stream 'joint', the source's encoder 0)
+    assert {k.split(".")[1] for k in ck["model"] if k.startswith("encoders.")} == {"0"}
 
 
 def test_errors_before_training(chain, tiny, tmp_path, capsys):
