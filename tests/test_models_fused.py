@@ -1,5 +1,6 @@
 """skelfast.models.build (fused modalities and losses) vs skelfast.reference.build: same state dict,
-same losses and parameter gradients for one step of every pretraining model (method.md §5, §6)."""
+same losses and parameter gradients for one step of every pretraining model (method.md §5, §6), and
+the linear-evaluation / fine-tuning models on batched encoders (§7)."""
 import pytest
 import torch
 import torch.nn.functional as F
