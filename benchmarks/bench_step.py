@@ -5,7 +5,9 @@ model uses its queue buffers in place instead of copying them, 100-200 MB per st
 the keys (teacher queries and t for distillation) are enqueued after the optimiser step.
 
 Cases: `phase1` (ikem6, separate InfoNCE, method.md §5.3), `phase2` (ikem6, cross-modal context +
-IKEM, §5.4/§5.6) and `distill` (student6to3, §6.1), at the official N = 128, K = 32768 by default.
+IKEM, §5.4/§5.6) and `distill` (student6to3, §6.1), at the official N = 128, K = 32768 by default;
+`finetune` (linear6 with every weight trained, view 'all': six encoders and their 60-class heads,
+cross entropy; skelfast/configs/finetune.yaml, 100 epochs; K is unused).
 Providers:
   reference          skelfast.models.build(backend='reference'), eager (the baseline)
   reference+compile  the same with every encoder torch.compile'd (skelfast.train.loops.compile_encoders,
@@ -38,9 +40,9 @@ speedup_vs_compile (over reference+compile), tflops = achieved TFLOP/s at the st
 (step_flops), floor_us = those FLOPs / the GEMM rate measured in this run for the provider's compute
 dtype (fp32, bf16 for skelfast+bf16), pct_of_floor = floor / median, and the projected time of the
 official 300-epoch NTU-60 xsub pretraining (313 steps/epoch: 150 epochs of phase 1 + 150 of
-phase 2) or 150-epoch distillation.
+phase 2), 150-epoch distillation or 100-epoch fine-tuning.
 
-Usage: python -m benchmarks.bench_step [--quick] [--device cuda] [--cases phase1,phase2,distill]
+Usage: python -m benchmarks.bench_step [--quick] [--device cuda] [--cases phase1,phase2,distill,finetune]
        [--providers reference,skelfast] [--N 128 --K 32768 --hidden-channels 16 --hidden-dim 256] [--reps 5]
 """
 from __future__ import annotations
@@ -59,12 +61,13 @@ from .bench_encoder import M, encoder_forward_flops
 from .bench_losses import gemm_flops
 
 STEPS_PER_EPOCH = 313          # NTU-60 xsub: 40,091 training samples / 128, drop_last
-EPOCHS = {"phase1": 150, "phase2": 150, "distill": 150}
+EPOCHS = {"phase1": 150, "phase2": 150, "distill": 150, "finetune": 100}
 ALL_PROVIDERS = ("reference", "reference+compile", "skelfast", "skelfast+compile", "skelfast+graphs", "skelfast+bf16")
 CPU_PROVIDERS = ("reference", "reference+compile", "skelfast", "skelfast+compile")
 QUICK_CPU_PROVIDERS = ("reference", "skelfast")     # no compile in --quick (module docstring)
 G, S, FEATURE_DIM = 6, 3, 128                       # modalities, students, feature dim of ikem6 / student6to3
 LOSS_RTOL = {"fp32": 1e-3, "bf16": 2e-2}            # first-step loss vs the reference's
+NUM_CLASS = 60                                      # NTU-60 heads of the finetune case
 
 
 def step_flops(case: str, N: int, K: int, hidden_channels: int, hidden_dim: int) -> float:
@@ -75,6 +78,8 @@ def step_flops(case: str, N: int, K: int, hidden_channels: int, hidden_dim: int)
         return encoder_forward_flops(N * M, hidden_channels=hidden_channels, hidden_dim=hidden_dim,
                                      head_dims=head_dims)
     wide = G * FEATURE_DIM                                    # 768-d student / IKEM features
+    if case == "finetune":                                    # 6 encoders with linear heads, fwd+bwd
+        return 3 * G * encoder((hidden_dim, NUM_CLASS))
     if case == "distill":                                     # 6 teachers fwd + 3 students fwd+bwd
         encoders = G * encoder((hidden_dim, hidden_dim, FEATURE_DIM)) + 3 * S * encoder((hidden_dim, wide, wide))
     else:                                                     # 6 query encoders fwd+bwd + 6 key encoders fwd
@@ -104,8 +109,13 @@ def make_step(case: str, provider: str, N: int, K: int, hidden_channels: int, de
     is `step.model` (for dropout_off)."""
     torch.manual_seed(seed)
     backend = "reference" if provider.startswith("reference") else "skelfast"
-    kw = dict(queue_size=K, hidden_channels=hidden_channels, hidden_dim=hidden_dim, dropout=dropout)
-    model = build("student6to3" if case == "distill" else "ikem6", backend=backend, **kw).to(device).train()
+    kw = dict(hidden_channels=hidden_channels, hidden_dim=hidden_dim, dropout=dropout)
+    if case == "finetune":   # as skelfast.train.models.build_linear(train_backbone=True)
+        model = build("linear6", backend=backend, backbone_eval=False, num_class=NUM_CLASS, **kw)
+        model.requires_grad_(True)
+    else:
+        model = build("student6to3" if case == "distill" else "ikem6", backend=backend, queue_size=K, **kw)
+    model = model.to(device).train()
     compile_encoders(model, device, provider.endswith("+compile"), provider == "skelfast+graphs")
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9,
                           weight_decay=1e-4)
@@ -116,6 +126,17 @@ def make_step(case: str, provider: str, N: int, K: int, hidden_channels: int, de
     amp = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if provider == "skelfast+bf16"
            else contextlib.nullcontext())
     kwargs = {} if case == "distill" else {"phase": 1 if case == "phase1" else 2}
+    labels = torch.randint(0, NUM_CLASS, (N,), generator=g).to(device)
+
+    def finetune_step():
+        # as the trainer (train/finetune.py): logits of view 'all', cross entropy, backward, SGD
+        with amp:
+            logits = model(x1, frames)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
 
     def step():
         # as the trainer (train/pretrain.py, train/distill.py): forward without enqueue (the model
@@ -127,6 +148,8 @@ def make_step(case: str, provider: str, N: int, K: int, hidden_channels: int, de
         opt.step()
         model.enqueue_(out["teacher_q" if case == "distill" else "k"].float())
         return out["loss"].detach()
+    if case == "finetune":
+        step = finetune_step
     step.model = model
     return step
 
@@ -138,7 +161,8 @@ def precision(provider: str) -> str:
 def run_case(case: str, provs, a, device: torch.device, reps: int, failures: list):
     """Check every provider's first-step loss against the reference's, then time it; one row each.
     A provider that fails or misses the check gets no row; the failure is appended to `failures`."""
-    shape = f"N={a.N},K={a.K},C={a.hidden_channels},H={a.hidden_dim},p={a.dropout:g}"
+    queue = "" if case == "finetune" else f"K={a.K},"
+    shape = f"N={a.N},{queue}C={a.hidden_channels},H={a.hidden_dim},p={a.dropout:g}"
     make = lambda prov: make_step(case, prov, a.N, a.K, a.hidden_channels, device,  # noqa: E731
                                   hidden_dim=a.hidden_dim, dropout=a.dropout)
     ref_step = make("reference")
@@ -192,7 +216,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true",
                     help="N=16, K=1024, 4 channels, 32-d, 2 reps, no compile providers on CPU (smoke test)")
-    ap.add_argument("--cases", default="phase1,phase2,distill")
+    ap.add_argument("--cases", default="phase1,phase2,distill", help=f"comma list from {sorted(EPOCHS)}")
     ap.add_argument("--providers", default=None, help=f"comma list from {ALL_PROVIDERS}")
     ap.add_argument("--N", type=int, default=128)
     ap.add_argument("--K", type=int, default=32768)
