@@ -39,8 +39,9 @@ Columns: median/p20/p80 step time, throughput = samples/s, peak memory, speedup_
 speedup_vs_compile (over reference+compile), tflops = achieved TFLOP/s at the step's nominal FLOPs
 (step_flops), floor_us = those FLOPs / the GEMM rate measured in this run for the provider's compute
 dtype (fp32, bf16 for skelfast+bf16), pct_of_floor = floor / median, and the projected time of the
-official 300-epoch NTU-60 xsub pretraining (313 steps/epoch: 150 epochs of phase 1 + 150 of
-phase 2), 150-epoch distillation or 100-epoch fine-tuning.
+official 300-epoch NTU-60 xsub pretraining (150 epochs of phase 1 + 150 of phase 2), 150-epoch
+distillation or 100-epoch fine-tuning, at the run's batch size N (40,091 // N steps per epoch: 313
+at the official N = 128).
 
 Usage: python -m benchmarks.bench_step [--quick] [--device cuda] [--cases phase1,phase2,distill,finetune]
        [--providers reference,skelfast] [--N 128 --K 32768 --hidden-channels 16 --hidden-dim 256] [--reps 5]
@@ -60,7 +61,7 @@ from . import _harness as H
 from .bench_encoder import M, encoder_forward_flops
 from .bench_losses import gemm_flops
 
-STEPS_PER_EPOCH = 313          # NTU-60 xsub: 40,091 training samples / 128, drop_last
+TRAIN_SAMPLES = 40091          # NTU-60 xsub training samples; an epoch is TRAIN_SAMPLES // N steps (drop_last)
 EPOCHS = {"phase1": 150, "phase2": 150, "distill": 150, "finetune": 100}
 ALL_PROVIDERS = ("reference", "reference+compile", "skelfast", "skelfast+compile", "skelfast+graphs", "skelfast+bf16")
 CPU_PROVIDERS = ("reference", "reference+compile", "skelfast", "skelfast+compile")
@@ -201,7 +202,7 @@ def run_case(case: str, provs, a, device: torch.device, reps: int, failures: lis
                           reference_ms=ref and ref[0].p50, compile_ms=comp and comp[0].p50, flops=flops,
                           floor_dtype=torch.bfloat16 if precision(prov) == "bf16" else torch.float32,
                           throughput=(a.N / (st.p50 * 1e-3), "samples/s"),
-                          projected_h=st.p50 * 1e-3 * STEPS_PER_EPOCH * EPOCHS[case] / 3600)
+                          projected_h=st.p50 * 1e-3 * (TRAIN_SAMPLES // a.N) * EPOCHS[case] / 3600)
         rows.append(row)
         speedups = "".join(f"  x{row[k]:.2f} vs {k[11:]}" for k in ("speedup_vs_reference", "speedup_vs_compile")
                            if k in row)
@@ -262,7 +263,7 @@ def main(argv=None) -> int:
     for prov in provs:
         p = [r for r in rows if r["provider"] == prov and r["mode"] in ("phase1", "phase2")]
         if len(p) == 2:
-            print(f"projected official IKEM pretraining (150 + 150 epochs x {STEPS_PER_EPOCH} steps), {prov}: "
+            print(f"projected official IKEM pretraining (150 + 150 epochs x {TRAIN_SAMPLES // a.N} steps), {prov}: "
                   f"{sum(r['projected_h'] for r in p):.2f} h")
     if not a.no_write:
         print("results:", H.write_rows(rows, "bench_step", device, a.out_dir))
