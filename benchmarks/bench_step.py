@@ -126,31 +126,31 @@ def make_step(case: str, provider: str, N: int, K: int, hidden_channels: int, de
     frames = torch.randint(30, 301, (N,), generator=g).to(device)
     amp = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if provider == "skelfast+bf16"
            else contextlib.nullcontext())
-    kwargs = {} if case == "distill" else {"phase": 1 if case == "phase1" else 2}
-    labels = torch.randint(0, NUM_CLASS, (N,), generator=g).to(device)
-
-    def finetune_step():
-        # as the trainer (train/finetune.py): logits of view 'all', cross entropy, backward, SGD
-        with amp:
-            logits = model(x1, frames)
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach()
-
-    def step():
-        # as the trainer (train/pretrain.py, train/distill.py): forward without enqueue (the model
-        # then reads its queues in place, no snapshot copy), backward, SGD, enqueue
-        with amp:
-            out = model(x1, x2, frames, enqueue=False, **kwargs)
-        opt.zero_grad(set_to_none=True)
-        out["loss"].float().backward()
-        opt.step()
-        model.enqueue_(out["teacher_q" if case == "distill" else "k"].float())
-        return out["loss"].detach()
     if case == "finetune":
-        step = finetune_step
+        labels = torch.randint(0, NUM_CLASS, (N,), generator=g).to(device)
+
+        def step():
+            # as the trainer (train/finetune.py): logits of view 'all', cross entropy, backward, SGD
+            with amp:
+                logits = model(x1, frames)
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss.detach()
+    else:
+        kwargs = {} if case == "distill" else {"phase": 1 if case == "phase1" else 2}
+
+        def step():
+            # as the trainer (train/pretrain.py, train/distill.py): forward without enqueue (the
+            # model then reads its queues in place, no snapshot copy), backward, SGD, enqueue
+            with amp:
+                out = model(x1, x2, frames, enqueue=False, **kwargs)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].float().backward()
+            opt.step()
+            model.enqueue_(out["teacher_q" if case == "distill" else "k"].float())
+            return out["loss"].detach()
     step.model = model
     return step
 

@@ -74,7 +74,8 @@ class _GroupedConvSplitBackward(torch.autograd.Function):
     than G separate backwards on this workload (measured, 1 thread, N*M=64: 1244 vs 875 ms for the
     256-channel 9x1 conv); the per-group slices cost one extra copy of x and grad_out. Narrow
     groups lose to the grouped backward at 2 threads, so this runs only from
-    SPLIT_BACKWARD_MIN_MACS on (below). Same maths as the grouped backward (each group's gradients only involve its own channels).
+    SPLIT_BACKWARD_MIN_MACS on (below). Same maths as the grouped backward (each group's
+    gradients only involve its own channels).
     """
 
     @staticmethod

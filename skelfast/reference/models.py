@@ -374,18 +374,19 @@ class LinearEval(_ModalityInput):
         if self.per_stream:
             inputs = self.encoder_inputs(x, frames, idx)
             return torch.stack([self.encoders[i](xi)[0] for i, xi in zip(idx, inputs)]).mean(0)
-        if len(idx) == self.encoders.num_models:
-            return self.encoders(self.encoder_inputs(x, frames))[0].mean(0)
-        # Batched encoders always run all streams. Frozen and without gradients, the other streams'
-        # outputs are simply unused; otherwise those streams' BN statistics would move and their
-        # stacked parameters would get zero (not absent) gradients, so weight decay would change them.
-        if self.encoders.training or (torch.is_grad_enabled()
-                                      and any(p.requires_grad for p in self.encoders.parameters())):
+        # Batched encoders always run all streams. For a view of some of them, frozen and without
+        # gradients, the other streams' outputs are simply unused; otherwise those streams' BN
+        # statistics would move and their stacked parameters would get zero (not absent) gradients,
+        # so weight decay would change them.
+        partial = len(idx) < self.encoders.num_models
+        if partial and (self.encoders.training or (torch.is_grad_enabled()
+                                                   and any(p.requires_grad for p in self.encoders.parameters()))):
             raise ValueError(f"view {view!r} uses {len(idx)} of the {len(self.streams)} batched encoders, which "
                              f"would run and train all of them; build the model with streams="
                              f"{tuple(self.streams[i] for i in idx)} to train this view (skelfast.train.finetune "
                              f"does), or use the reference backend")
-        return self.encoders(self.encoder_inputs(x, frames))[0][list(idx)].mean(0)
+        logits = self.encoders(self.encoder_inputs(x, frames))[0]      # (S, N, num_class)
+        return (logits[list(idx)] if partial else logits).mean(0)
 
     @torch.no_grad()
     def set_heads_(self, idx: Sequence[int], weight: torch.Tensor, bias: torch.Tensor) -> None:
@@ -394,6 +395,6 @@ class LinearEval(_ModalityInput):
         for j, i in enumerate(idx):
             heads[f"{i}.fc.weight"], heads[f"{i}.fc.bias"] = weight[j], bias[j]
         # per-model keys work for both encoder kinds (StackedEncoders maps them onto its stacks)
-        missing, unexpected = self.encoders.load_state_dict(heads, strict=False)
+        _, unexpected = self.encoders.load_state_dict(heads, strict=False)   # the other keys stay
         if unexpected:
             raise KeyError(f"no such heads: {unexpected}")
