@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "skelfast/cpu_clones.h"
+#include "skelfast/cpu_elementwise.h"
 #include "skelfast/dropout_math.h"
 
 namespace skelfast {
@@ -19,24 +20,6 @@ using torch::stable::Tensor;
 using torch::headeronly::ScalarType;
 
 constexpr int64_t kGrain = 32768;
-
-// Contiguous, or channels-last (4-d): the memory orders whose offsets the mask is defined on.
-bool dense_layout(const Tensor& t) {
-  if (t.is_contiguous()) return true;
-  if (t.dim() != 4) return false;
-  const int64_t C = t.size(1), H = t.size(2), W = t.size(3);
-  const int64_t want[4] = {C * H * W, 1, W * C, C};
-  for (int d = 0; d < 4; ++d)
-    if (t.size(d) > 1 && t.stride(d) != want[d]) return false;
-  return true;
-}
-
-bool same_geometry(const Tensor& a, const Tensor& b) {
-  if (a.dim() != b.dim()) return false;
-  for (int64_t d = 0; d < a.dim(); ++d)
-    if (a.size(d) != b.size(d) || (a.size(d) > 1 && a.stride(d) != b.stride(d))) return false;
-  return true;
-}
 
 template <typename T, bool kDrop, bool kResidual>
 SKELFAST_CPU_CLONES void forward_range(const T* x, const T* res, T* out, const DropoutParams d, int64_t begin,
@@ -62,46 +45,6 @@ SKELFAST_CPU_CLONES void backward_row(const T* grad, const T* out, T* gx, T* gre
     if constexpr (kResidualGrad) gres[i] = g;
     gx[i] = kDrop ? g * dropout_weight<T>(d, static_cast<uint64_t>(i), scale) : g;
   }
-}
-
-// out's dims in memory order (contiguous: as is; channels-last: N, H, W, C) with grad's strides
-// permuted alike.
-struct MemoryOrder {
-  int64_t dims = 0;
-  int64_t size[8];
-  int64_t grad_stride[8];
-};
-
-MemoryOrder memory_order(const Tensor& out, const Tensor& grad) {
-  MemoryOrder m;
-  m.dims = out.dim();
-  const bool cl = !out.is_contiguous();  // dense_layout(out) holds: channels-last 4-d
-  for (int64_t k = 0; k < m.dims; ++k) {
-    const int64_t src = cl ? (k == 0 ? 0 : (k == 3 ? 1 : k + 1)) : k;
-    m.size[k] = out.size(src);
-    m.grad_stride[k] = grad.stride(src);
-  }
-  if (m.dims == 0) {  // a scalar: one row of one element
-    m.dims = 1;
-    m.size[0] = 1;
-    m.grad_stride[0] = 1;
-  }
-  return m;
-}
-
-template <typename Fn>
-void dispatch_float(ScalarType st, const char* op, Fn&& fn) {
-  if (st == ScalarType::Float) {
-    fn(float{});
-  } else if (st == ScalarType::Double) {
-    fn(double{});
-  } else {
-    STD_TORCH_CHECK(false, op, ": the CPU kernel takes float32 or float64 (other dtypes use the PyTorch path)");
-  }
-}
-
-void check_p(double p, const char* op) {
-  STD_TORCH_CHECK(p >= 0.0 && p <= 1.0, op, ": dropout probability p must be in [0, 1], got ", p);
 }
 
 Tensor dropout_add_relu_cpu(Tensor x, std::optional<Tensor> residual, double p, int64_t seed) {
@@ -145,7 +88,7 @@ std::tuple<Tensor, Tensor> dropout_add_relu_backward_cpu(Tensor grad_out, Tensor
   const int64_t n = out.numel();
   if (n == 0) return {gx, gres};
   const MemoryOrder m = memory_order(out, grad_out);
-  const int64_t inner = m.size[m.dims - 1];
+  const int64_t inner = m.inner();
   STD_TORCH_CHECK(inner == 1 || m.grad_stride[m.dims - 1] == 1, op,
                   ": grad_out must be contiguous along out's innermost memory dimension");
   const int64_t rows = n / inner;
@@ -158,12 +101,7 @@ std::tuple<Tensor, Tensor> dropout_add_relu_backward_cpu(Tensor grad_out, Tensor
     T* grp = residual_grad ? gres.mutable_data_ptr<T>() : nullptr;
     torch::stable::parallel_for(0, rows, std::max<int64_t>(1, kGrain / inner), [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
-        int64_t goff = 0, rem = r;  // grad's offset of row r: its outer coordinates times strides
-        for (int64_t k = m.dims - 2; k >= 0; --k) {
-          goff += (rem % m.size[k]) * m.grad_stride[k];
-          rem /= m.size[k];
-        }
-        const T* gr = g + goff;
+        const T* gr = g + m.grad_offset(r);
         const int64_t i0 = r * inner;
         if (d.active && grp) backward_row<T, true, true>(gr, o, gxp, grp, d, i0, inner);
         else if (d.active) backward_row<T, true, false>(gr, o, gxp, grp, d, i0, inner);

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops.epilogue import dropout_add_relu
+from ..ops.batch_norm_relu import batch_norm_relu
 from ..ops.graph_conv import graph_conv, graph_conv_composite
 from ..reference.graph import spatial_adjacency
 from ..reference.stgcn import STGCN, TEMPORAL_KERNEL, block_specs, weights_init_official
@@ -175,24 +175,44 @@ class BatchedSTGCNBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, A: torch.Tensor, importance: Optional[torch.Tensor] = None,
                 fused: bool = True) -> torch.Tensor:
-        # = relu(tcn(gcn(x)) + residual(x)), with fewer full passes over the activations: the
-        # first ReLU runs in place on a fresh tensor (BatchNorm's backward does not use its
-        # output); fused, dropout + residual add + ReLU are one op (skelfast.ops.dropout_add_relu);
-        # unfused, dropout is skipped when it is the identity and the add and ReLU run in place.
+        # = relu(tcn(gcn(x)) + residual(x)), with fewer full passes over the activations. Fused:
+        # BN1 + ReLU and BN2 + dropout + residual add + ReLU are each one op
+        # (skelfast.ops.batch_norm_relu). Unfused: the first ReLU runs in place on a fresh tensor
+        # (BatchNorm's backward does not use its output), dropout is skipped when it is the
+        # identity and the add and ReLU run in place.
         bn1, _, conv, bn2, drop = self.tcn
-        y = bn2(_grouped_conv(conv, F.relu(bn1(self.gcn(x, A, importance, fused)), inplace=True)))
+        h = self.gcn(x, A, importance, fused)
+        h = _batch_norm_relu(bn1, h) if fused else F.relu(bn1(h), inplace=True)
+        y = _grouped_conv(conv, h)
         residual = None
         if self.residual_kind == "identity":
             residual = x
         elif self.residual_kind == "conv":
             residual = self.residual[1](_grouped_conv(self.residual[0], x))
         if fused:
-            return dropout_add_relu(y, residual, drop.p, self.training)
+            return _batch_norm_relu(bn2, y, residual, drop.p if self.training else 0.0)
+        y = bn2(y)
         if self.training and drop.p > 0:
             y = drop(y)
         if residual is not None:
             y = y.add_(residual)
         return F.relu(y, inplace=True)
+
+
+def _batch_norm_relu(bn: nn.BatchNorm2d, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                     p: float = 0.0) -> torch.Tensor:
+    """relu(dropout(bn(x), p) + residual) through skelfast.ops.batch_norm_relu, with the
+    bookkeeping of nn.BatchNorm2d.forward (num_batches_tracked; momentum None = cumulative
+    average; batch statistics in eval mode when the module tracks none)."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            factor = 1.0 / float(bn.num_batches_tracked)
+    batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    tracked = not bn.training or bn.track_running_stats
+    return batch_norm_relu(x, bn.running_mean if tracked else None, bn.running_var if tracked else None, bn.weight,
+                           bn.bias, batch_stats, factor, bn.eps, residual, p)
 
 
 def _make_head(G: int, head: Optional[str], hidden_dim: int, feature_dim: int, num_class: Optional[int],
@@ -216,10 +236,10 @@ class BatchedSTGCN(nn.Module):
     `(fc(h), h)`.
 
     Args mirror skelfast.reference.STGCN, plus num_models = G. `topology` may also be a (K, V, V)
-    adjacency tensor. `fused=False` runs the spatial unit as grouped conv + einsum and the block
-    epilogue as dropout, add, ReLU (plain PyTorch) instead of the skelfast.ops graph_conv and
-    dropout_add_relu ops; in training mode with dropout > 0 the two draw different (equally
-    distributed) dropout masks. `memory_format`: 'auto' runs the blocks channels-last
+    adjacency tensor. `fused=False` runs the spatial unit as grouped conv + einsum and the
+    temporal unit's BatchNorms, ReLUs, dropout and residual add as plain PyTorch modules instead of
+    the skelfast.ops graph_conv and batch_norm_relu ops; in training mode with dropout > 0 the two
+    draw different (equally distributed) dropout masks. `memory_format`: 'auto' runs the blocks channels-last
     on CPU (oneDNN's grouped convolutions are 2-4x faster there than NCHW, and graph_conv has a
     channels-last kernel) and contiguous NCHW elsewhere; 'channels_last' / 'contiguous' force one.
     """

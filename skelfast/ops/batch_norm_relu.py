@@ -1,0 +1,130 @@
+"""skelfast.ops.batch_norm_relu: ReLU(dropout(BatchNorm(x)) + residual) as one op.
+
+An ST-GCN block's temporal unit is BN, ReLU, conv, BN, Dropout, then the residual add and ReLU
+(method.md §4.2). Eager PyTorch spends full passes over the activation on each step: BN forward
+writes its output and the next op reads it back, and BN backward re-reads the gradient that the
+ReLU / epilogue backward has just written. `torch.ops.skelfast.batch_norm_relu` (csrc/
+batch_norm_relu.cpp, CPU kernel in csrc/cpu/batch_norm_relu_cpu.cpp) covers both BN+ReLU pairs of
+a block: forward = a statistics pass plus one normalise-drop-add-rectify pass, backward = one
+reduction pass plus one pass writing grad_x. The dropout mask is the counter-based mask of
+`dropout_add_relu` (same seed and layout, same mask), recomputed in the backward, never stored.
+
+The running statistics are updated here, as `F.batch_norm` does (momentum, unbiased variance).
+On CUDA, in low precision, while torch.compile traces and with SKELFAST_BACKEND=torch, the
+plain PyTorch ops run (`batch_norm_relu_composite`).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .. import _extension
+from . import _backend
+from ._layout import memory_format
+from .epilogue import _grad_layout, dropout_add_relu_composite
+
+__all__ = ["batch_norm_relu", "batch_norm_relu_composite"]
+
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+def batch_norm_relu_composite(x: torch.Tensor, running_mean: Optional[torch.Tensor],
+                              running_var: Optional[torch.Tensor], weight: Optional[torch.Tensor],
+                              bias: Optional[torch.Tensor], training: bool, momentum: float, eps: float,
+                              residual: Optional[torch.Tensor] = None, p: float = 0.0) -> torch.Tensor:
+    """ReLU(dropout(F.batch_norm(x, ...), p) + residual) with PyTorch ops (torch's dropout stream)."""
+    y = F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    return dropout_add_relu_composite(y, residual, p, training)
+
+
+def _kernel_applies(x, running_mean, running_var, weight, bias, residual, training) -> bool:
+    if not (_HAS_KERNEL and x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES and x.dim() >= 2
+            and x.numel() > 0 and not torch.compiler.is_compiling() and _backend.resolve(x.device) != "torch"):
+        return False
+    if weight is None or bias is None or (not training and (running_mean is None or running_var is None)):
+        return False
+    vectors = [weight, bias] + ([running_mean, running_var] if running_mean is not None else [])
+    return (all(v.dtype == x.dtype and v.device == x.device for v in vectors)
+            and (residual is None or (residual.dtype == x.dtype and residual.shape == x.shape)))
+
+
+def batch_norm_relu(x: torch.Tensor, running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
+                    weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], training: bool = False,
+                    momentum: float = 0.1, eps: float = 1e-5, residual: Optional[torch.Tensor] = None,
+                    p: float = 0.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """ReLU(dropout(batch_norm(x), p) + residual), arguments as `F.batch_norm` plus the epilogue's.
+
+    Args:
+        x: (B, C, ...) float; channels are dim 1.
+        running_mean, running_var: (C,) or None; updated in place when `training` (momentum,
+            unbiased variance), used for normalising otherwise.
+        weight, bias: (C,) affine parameters (None runs the PyTorch path).
+        residual: x's shape, or None. p: dropout probability, active only when `training`.
+        generator: CPU generator the dropout seed is drawn from (default: torch's global one).
+    Returns:
+        x's shape, in x's memory format (contiguous or channels-last).
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"batch_norm_relu: p must be in [0, 1], got {p}")
+    if x.dim() < 2:
+        raise ValueError(f"batch_norm_relu: x must be (B, C, ...), got shape {tuple(x.shape)}")
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"batch_norm_relu: residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
+    if not _kernel_applies(x, running_mean, running_var, weight, bias, residual, training):
+        return batch_norm_relu_composite(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                                         residual, p)
+    values_per_channel = x.numel() // x.shape[1]
+    if training and values_per_channel <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+    p = float(p) if training else 0.0
+    fmt = memory_format(x)
+    x = x.contiguous(memory_format=fmt)
+    if residual is not None:
+        residual = residual.contiguous(memory_format=fmt)
+    seed = int(torch.randint(-2**63, 2**63 - 1, (), generator=generator)) if p > 0 else 0
+    stats = (None, None) if training else (running_mean.contiguous(), running_var.contiguous())
+    out, mean, _, var = torch.ops.skelfast.batch_norm_relu(x, weight.contiguous(), bias.contiguous(), *stats,
+                                                           residual, float(eps), p, seed)
+    if training and running_mean is not None:
+        with torch.no_grad():   # as F.batch_norm: unbiased variance in the running estimate
+            running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+            running_var.mul_(1 - momentum).add_(var * (values_per_channel / (values_per_channel - 1)),
+                                                alpha=momentum)
+    return out
+
+
+def _register() -> None:
+    @torch.library.register_fake("skelfast::batch_norm_relu")
+    def _fake(x, weight, bias, mean, var, residual, eps, p, seed):
+        C = x.shape[1]
+        return torch.empty_like(x), x.new_empty((C,)), x.new_empty((C,)), x.new_empty((C,))
+
+    @torch.library.register_fake("skelfast::batch_norm_relu_backward")
+    def _backward_fake(grad_out, out, x, weight, mean, invstd, batch_stats, p, seed, residual_grad):
+        C = out.shape[1]
+        gres = torch.empty_like(out) if residual_grad else out.new_empty((0,))
+        return torch.empty_like(out), out.new_empty((C,)), out.new_empty((C,)), gres
+
+    def _setup_context(ctx, inputs, output):
+        x, weight, _, mean_in, _, residual, _, p, seed = inputs
+        out, mean, invstd, var = output
+        ctx.p, ctx.seed, ctx.has_residual, ctx.batch_stats = p, seed, residual is not None, mean_in is None
+        ctx.mark_non_differentiable(mean, invstd, var)
+        ctx.save_for_backward(x, weight, out, mean, invstd)   # out: ReLU's mask; dropout's is recomputed
+
+    def _backward(ctx, grad_out, _gmean, _ginvstd, _gvar):
+        x, weight, out, mean, invstd = ctx.saved_tensors
+        need_res = ctx.has_residual and ctx.needs_input_grad[5]
+        gx, gw, gb, gres = torch.ops.skelfast.batch_norm_relu_backward(
+            _grad_layout(grad_out, out), out, x, weight, mean, invstd, ctx.batch_stats, ctx.p, ctx.seed, need_res)
+        return (gx, gw if ctx.needs_input_grad[1] else None, gb if ctx.needs_input_grad[2] else None, None, None,
+                gres if need_res else None, None, None, None)
+
+    torch.library.register_autograd("skelfast::batch_norm_relu", _backward, setup_context=_setup_context)
+
+
+_HAS_KERNEL = _extension.has_cpu_kernels() and hasattr(torch.ops.skelfast, "batch_norm_relu")
+if _HAS_KERNEL:
+    _register()
