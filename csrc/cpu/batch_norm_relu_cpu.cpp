@@ -229,20 +229,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_relu_cpu(Tensor x, Tensor 
 //   grad_x = w invstd (gz - [batch] (sum gz / M + (x - mean) invstd^2 sum gz (x - mean) / M))
 // ------------------------------------------------------------------------------------------------
 
-// gz of one row of n elements at memory offset i0 into buf (and the ReLU gradient into gres when
-// kResidualGrad): the loop of dropout_add_relu's backward, kept simple so that it vectorises.
-template <typename T, bool kDrop, bool kResidualGrad>
-__attribute__((always_inline)) inline void grad_z_row(const T* grad, const T* out, T* gres, T* buf, const DropoutParams d,
-                                                      int64_t i0, int64_t n) {
-  const T keep = static_cast<T>(d.scale);
-  for (int64_t j = 0; j < n; ++j) {
-    const int64_t i = i0 + j;
-    const T go = out[i] > T(0) ? grad[j] : T(0);  // ReLU'(0) = 0, as threshold_backward
-    if constexpr (kResidualGrad) gres[i] = go;
-    buf[j] = kDrop ? go * dropout_weight<T>(d, static_cast<uint64_t>(i), keep) : go;
-  }
-}
-
 // Pass 1 over rows [r0, r1): s1[c] += sum gz, s2[c] += sum gz (x - mean[c]); grad_residual = the
 // ReLU gradient when kResidualGrad. kAll: rows hold all channels (Geometry::all_channels).
 template <typename T, bool kAll, bool kDrop, bool kResidualGrad>
@@ -251,7 +237,7 @@ SKELFAST_CPU_CLONES void reduce_rows(const T* grad, const MemoryOrder m, const T
                                      double* s1, double* s2, T* buf) {
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t i0 = r * g.inner;
-    grad_z_row<T, kDrop, kResidualGrad>(grad + m.grad_offset(r), out, gres, buf, d, i0, g.inner);
+    relu_dropout_grad_row<T, kDrop, kResidualGrad>(grad + m.grad_offset(r), out, gres, buf, d, i0, g.inner);
     const T* xr = x + i0;
     if constexpr (kAll) {
       for (int64_t c = 0; c < g.inner; ++c) {
@@ -279,7 +265,7 @@ SKELFAST_CPU_CLONES void grad_x_rows(const T* grad, const MemoryOrder m, const T
                                      const DropoutParams d, int64_t r0, int64_t r1, T* buf) {
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t i0 = r * g.inner;
-    grad_z_row<T, kDrop, false>(grad + m.grad_offset(r), out, nullptr, buf, d, i0, g.inner);
+    relu_dropout_grad_row<T, kDrop, false>(grad + m.grad_offset(r), out, nullptr, buf, d, i0, g.inner);
     const T* xr = x + i0;
     T* gr = gx + i0;
     if constexpr (kAll) {

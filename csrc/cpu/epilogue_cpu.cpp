@@ -38,13 +38,7 @@ SKELFAST_CPU_CLONES void forward_range(const T* x, const T* res, T* out, const D
 template <typename T, bool kDrop, bool kResidualGrad>
 SKELFAST_CPU_CLONES void backward_row(const T* grad, const T* out, T* gx, T* gres, const DropoutParams d,
                                       int64_t i0, int64_t inner) {
-  const T scale = static_cast<T>(d.scale);
-  for (int64_t j = 0; j < inner; ++j) {
-    const int64_t i = i0 + j;
-    const T g = out[i] > T(0) ? grad[j] : T(0);  // ReLU'(0) = 0, as threshold_backward
-    if constexpr (kResidualGrad) gres[i] = g;
-    gx[i] = kDrop ? g * dropout_weight<T>(d, static_cast<uint64_t>(i), scale) : g;
-  }
+  relu_dropout_grad_row<T, kDrop, kResidualGrad>(grad, out, gres, gx + i0, d, i0, inner);
 }
 
 Tensor dropout_add_relu_cpu(Tensor x, std::optional<Tensor> residual, double p, int64_t seed) {

@@ -22,8 +22,7 @@ import torch.nn.functional as F
 
 from .. import _extension
 from . import _backend
-from ._layout import memory_format
-from .epilogue import _grad_layout, dropout_add_relu_composite
+from .epilogue import _grad_layout, dropout_add_relu_composite, kernel_inputs
 
 __all__ = ["batch_norm_relu", "batch_norm_relu_composite"]
 
@@ -78,12 +77,7 @@ def batch_norm_relu(x: torch.Tensor, running_mean: Optional[torch.Tensor], runni
     values_per_channel = x.numel() // x.shape[1]
     if training and values_per_channel <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
-    p = float(p) if training else 0.0
-    fmt = memory_format(x)
-    x = x.contiguous(memory_format=fmt)
-    if residual is not None:
-        residual = residual.contiguous(memory_format=fmt)
-    seed = int(torch.randint(-2**63, 2**63 - 1, (), generator=generator)) if p > 0 else 0
+    x, residual, p, seed = kernel_inputs(x, residual, p, training, generator)
     stats = (None, None) if training else (running_mean.contiguous(), running_var.contiguous())
     out, mean, _, var = torch.ops.skelfast.batch_norm_relu(x, weight.contiguous(), bias.contiguous(), *stats,
                                                            residual, float(eps), p, seed)

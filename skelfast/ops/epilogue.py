@@ -69,13 +69,22 @@ def dropout_add_relu(x: torch.Tensor, residual: Optional[torch.Tensor] = None, p
         raise ValueError(f"dropout_add_relu: residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
     if not _kernel_applies(x, residual):
         return dropout_add_relu_composite(x, residual, p, training)
+    x, residual, p, seed = kernel_inputs(x, residual, p, training, generator)
+    return torch.ops.skelfast.dropout_add_relu(x, residual, p, seed)
+
+
+def kernel_inputs(x: torch.Tensor, residual: Optional[torch.Tensor], p: float, training: bool,
+                  generator: Optional[torch.Generator]):
+    """(x, residual, p, seed) as the CPU kernels of the epilogue ops take them: x in its own memory
+    format (contiguous or channels-last), the residual in x's, p = 0 outside training, and the
+    dropout seed drawn from `generator` (torch's global one by default) only when p > 0."""
     p = float(p) if training else 0.0
     fmt = memory_format(x)
     x = x.contiguous(memory_format=fmt)
     if residual is not None:
         residual = residual.contiguous(memory_format=fmt)
     seed = int(torch.randint(-2**63, 2**63 - 1, (), generator=generator)) if p > 0 else 0
-    return torch.ops.skelfast.dropout_add_relu(x, residual, p, seed)
+    return x, residual, p, seed
 
 
 def _register() -> None:

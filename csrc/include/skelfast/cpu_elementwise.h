@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "skelfast/dropout_math.h"
+
 namespace skelfast {
 
 // Contiguous, or channels-last (4-d): the memory orders whose offsets the kernels are defined on.
@@ -67,6 +69,22 @@ inline MemoryOrder memory_order(const torch::stable::Tensor& out, const torch::s
     m.grad_stride[0] = 1;
   }
   return m;
+}
+
+// The gradient through out = relu(dropout(z) + residual) of one row of n elements at memory offset
+// i0: dz[j] = grad[j] * [out > 0] * dropout multiplier, and (kResidualGrad) gres[i0 + j] = the ReLU
+// gradient. grad and dz are the row's own (contiguous) pointers. Kept a plain loop so that it
+// vectorises in the SKELFAST_CPU_CLONES functions that inline it.
+template <typename T, bool kDrop, bool kResidualGrad>
+__attribute__((always_inline)) inline void relu_dropout_grad_row(const T* grad, const T* out, T* gres, T* dz,
+                                                                 const DropoutParams d, int64_t i0, int64_t n) {
+  const T keep = static_cast<T>(d.scale);
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t i = i0 + j;
+    const T go = out[i] > T(0) ? grad[j] : T(0);  // ReLU'(0) = 0, as threshold_backward
+    if constexpr (kResidualGrad) gres[i] = go;
+    dz[j] = kDrop ? go * dropout_weight<T>(d, static_cast<uint64_t>(i), keep) : go;
+  }
 }
 
 // Runs fn(float{}) or fn(double{}) for the tensor dtype st; other dtypes raise.
