@@ -57,19 +57,16 @@ Geometry geometry(const Tensor& x) {
   return g;
 }
 
-// Runs fn(block, r0, r1) for the kBlocks fixed row ranges, in parallel.
+// Per-channel sums over all rows: fn(r0, r1, partial) adds the sums of rows [r0, r1) into `width`
+// zeroed doubles; the kBlocks fixed row ranges run in parallel and their partials are added in
+// block order. Returns the `width` totals (zeros when there are no rows).
 template <typename Fn>
-void for_blocks(int64_t rows, Fn&& fn) {
+std::vector<double> blocked_sums(int64_t rows, int64_t width, Fn&& fn) {
   const int64_t nb = std::min(kBlocks, rows);
+  std::vector<double> partial(nb * width, 0.0), total(width, 0.0);
   torch::stable::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) fn(b, rows * b / nb, rows * (b + 1) / nb);
+    for (int64_t b = b0; b < b1; ++b) fn(rows * b / nb, rows * (b + 1) / nb, partial.data() + b * width);
   });
-}
-
-// Adds the per-block partial sums (kBlocks x width) in block order.
-std::vector<double> sum_blocks(const std::vector<double>& partial, int64_t width, int64_t rows) {
-  std::vector<double> total(width, 0.0);
-  const int64_t nb = std::min(kBlocks, rows);
   for (int64_t b = 0; b < nb; ++b)
     for (int64_t c = 0; c < width; ++c) total[c] += partial[b * width + c];
   return total;
@@ -182,12 +179,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_relu_cpu(Tensor x, Tensor 
       const T* xp = x.const_data_ptr<T>();
       std::vector<T> ref(g.C);  // each channel's first value (memory order)
       for (int64_t c = 0; c < g.C; ++c) ref[c] = g.all_channels ? xp[c] : xp[c * g.rows_per_channel * g.inner];
-      std::vector<double> partial(std::min(kBlocks, g.rows) * 2 * g.C, 0.0);
-      for_blocks(g.rows, [&](int64_t b, int64_t r0, int64_t r1) {
-        double* s = partial.data() + b * 2 * g.C;
-        stats_rows<T>(xp, g, ref.data(), r0, r1, s, s + g.C);
+      const std::vector<double> s = blocked_sums(g.rows, 2 * g.C, [&](int64_t r0, int64_t r1, double* ps) {
+        stats_rows<T>(xp, g, ref.data(), r0, r1, ps, ps + g.C);
       });
-      const std::vector<double> s = sum_blocks(partial, 2 * g.C, g.rows);
       for (int64_t c = 0; c < g.C; ++c) {
         const double m1 = s[c] / g.M;
         mean[c] = static_cast<double>(ref[c]) + m1;
@@ -310,7 +304,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_relu_backward_cpu(Tensor g
   const Geometry g = geometry(out);
   Tensor gx = torch::stable::empty_like(out);
   Tensor gres = residual_grad ? torch::stable::empty_like(out) : torch::stable::new_empty(out, {0});
-  std::vector<double> s(2 * g.C, 0.0);
+  std::vector<double> s;  // (sum gz, sum gz (x - mean)) per channel
+  const std::vector<double> w = read_vector(weight), is = read_vector(invstd);
   const MemoryOrder m = memory_order(out, grad_out);
   STD_TORCH_CHECK(m.inner() == 1 || out.numel() == 0 || m.grad_stride[m.dims - 1] == 1, op,
                   ": grad_out must be contiguous along out's innermost memory dimension");
@@ -322,19 +317,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_relu_backward_cpu(Tensor g
     const T* xp = x.const_data_ptr<T>();
     const T* mp = mean.const_data_ptr<T>();
     T* grp = residual_grad ? gres.mutable_data_ptr<T>() : nullptr;
-    if (g.rows > 0) {
-      std::vector<double> partial(std::min(kBlocks, g.rows) * 2 * g.C, 0.0);
-      for_blocks(g.rows, [&](int64_t b, int64_t r0, int64_t r1) {
-        double* ps = partial.data() + b * 2 * g.C;
-        std::vector<T> buf(g.inner);
-        dispatch_flags(g.all_channels, d.active, grp != nullptr, [&](auto all, auto drop, auto res) {
-          reduce_rows<T, decltype(all)::value, decltype(drop)::value, decltype(res)::value>(
-              gp, m, o, xp, mp, grp, g, d, r0, r1, ps, ps + g.C, buf.data());
-        });
+    s = blocked_sums(g.rows, 2 * g.C, [&](int64_t r0, int64_t r1, double* ps) {
+      std::vector<T> buf(g.inner);
+      dispatch_flags(g.all_channels, d.active, grp != nullptr, [&](auto all, auto drop, auto res) {
+        reduce_rows<T, decltype(all)::value, decltype(drop)::value, decltype(res)::value>(
+            gp, m, o, xp, mp, grp, g, d, r0, r1, ps, ps + g.C, buf.data());
       });
-      s = sum_blocks(partial, 2 * g.C, g.rows);
-    }
-    const std::vector<double> w = read_vector(weight), is = read_vector(invstd);
+    });
     std::vector<T> ka(g.C), kb(g.C), kc(g.C);
     for (int64_t c = 0; c < g.C; ++c) {
       ka[c] = static_cast<T>(w[c] * is[c]);
@@ -351,12 +340,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_relu_backward_cpu(Tensor g
       });
     });
   });
-  std::vector<double> gw(g.C), gb(g.C);
-  const std::vector<double> is = read_vector(invstd);
-  for (int64_t c = 0; c < g.C; ++c) {
-    gb[c] = s[c];
-    gw[c] = s[g.C + c] * is[c];
-  }
+  const std::vector<double> gb(s.begin(), s.begin() + g.C);
+  std::vector<double> gw(g.C);
+  for (int64_t c = 0; c < g.C; ++c) gw[c] = s[g.C + c] * is[c];
   return {gx, channel_vector(out, gw), channel_vector(out, gb), gres};
 }
 
