@@ -11,6 +11,7 @@ An explicit choice that cannot be met raises at `set_backend` and at the first o
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from typing import Callable, Dict, List, Optional
@@ -57,6 +58,22 @@ def register_triton_kernel(op: str, fn: Callable, fallbacks: Optional[Dict[str, 
     """Declare the Triton implementation of skelfast::<op> (and composite fallbacks for ops that
     have no Triton kernel, used only where no compiled kernel exists for the device)."""
     _TRITON_KERNELS[op] = (fn, dict(fallbacks or {}))
+
+
+_triton_cuda_libs: List[torch.library.Library] = []
+
+
+def register_triton_for_cuda(impls: Dict[str, Callable]) -> bool:
+    """Make Triton launchers the CUDA kernels of ops that have no compiled CUDA kernel (skelfast::<op>
+    -> fn). Returns False, registering nothing, where triton is not installed. Uses find_spec,
+    not import: importing triton here would fix its TRITON_INTERPRET mode too early."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    lib = torch.library.Library("skelfast", "IMPL")
+    for op, fn in impls.items():
+        lib.impl(op, fn, "CUDA")
+    _triton_cuda_libs.append(lib)
+    return True
 
 
 def attach_triton(dispatch_key: str = "CUDA") -> None:

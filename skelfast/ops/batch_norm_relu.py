@@ -10,8 +10,11 @@ reduction pass plus one pass writing grad_x. The dropout mask is the counter-bas
 `dropout_add_relu` (same seed and layout, same mask), recomputed in the backward, never stored.
 
 The running statistics are updated here, as `F.batch_norm` does (momentum, unbiased variance).
-On CUDA, in low precision, while torch.compile traces and with SKELFAST_BACKEND=torch, the
-plain PyTorch ops run (`batch_norm_relu_composite`).
+On CUDA the kernels are Triton (skelfast/triton/epilogue.py: same passes, same mask), and there
+bf16/fp16 x with fp32 affine parameters and statistics (the autocast path) runs them too. The
+plain PyTorch ops (`batch_norm_relu_composite`) run where `dropout_add_relu` runs them (see
+skelfast.ops.epilogue: torch.compile tracing, SKELFAST_BACKEND=torch, no triton on CUDA, CUDA
+graph capture with p > 0) and without affine parameters.
 """
 from __future__ import annotations
 
@@ -22,11 +25,10 @@ import torch.nn.functional as F
 
 from .. import _extension
 from . import _backend
-from .epilogue import _grad_layout, dropout_add_relu_composite, kernel_inputs
+from .epilogue import _grad_layout, dropout_add_relu_composite, kernel_applies, kernel_inputs
 
 __all__ = ["batch_norm_relu", "batch_norm_relu_composite"]
 
-_KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
 def batch_norm_relu_composite(x: torch.Tensor, running_mean: Optional[torch.Tensor],
@@ -38,14 +40,18 @@ def batch_norm_relu_composite(x: torch.Tensor, running_mean: Optional[torch.Tens
     return dropout_add_relu_composite(y, residual, p, training)
 
 
-def _kernel_applies(x, running_mean, running_var, weight, bias, residual, training) -> bool:
-    if not (_HAS_KERNEL and x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES and x.dim() >= 2
-            and x.numel() > 0 and not torch.compiler.is_compiling() and _backend.resolve(x.device) != "torch"):
+def param_dtype(x: torch.Tensor) -> torch.dtype:
+    """Dtype the kernels take affine parameters and statistics in: x's (fp32/fp64), fp32 for bf16/fp16 x."""
+    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _kernel_applies(x, running_mean, running_var, weight, bias, residual, training, p) -> bool:
+    if not (_HAS_KERNEL and x.dim() >= 2 and x.numel() > 0 and kernel_applies(x, p if training else 0.0)):
         return False
     if weight is None or bias is None or (not training and (running_mean is None or running_var is None)):
         return False
     vectors = [weight, bias] + ([running_mean, running_var] if running_mean is not None else [])
-    return (all(v.dtype == x.dtype and v.device == x.device for v in vectors)
+    return (all(v.dtype == param_dtype(x) and v.device == x.device for v in vectors)
             and (residual is None or (residual.dtype == x.dtype and residual.shape == x.shape)))
 
 
@@ -61,7 +67,8 @@ def batch_norm_relu(x: torch.Tensor, running_mean: Optional[torch.Tensor], runni
             unbiased variance), used for normalising otherwise.
         weight, bias: (C,) affine parameters (None runs the PyTorch path).
         residual: x's shape, or None. p: dropout probability, active only when `training`.
-        generator: CPU generator the dropout seed is drawn from (default: torch's global one).
+        generator: CPU generator the dropout seed is drawn from (default: torch's global one; on
+            CUDA too).
     Returns:
         x's shape, in x's memory format (contiguous or channels-last).
     """
@@ -71,7 +78,7 @@ def batch_norm_relu(x: torch.Tensor, running_mean: Optional[torch.Tensor], runni
         raise ValueError(f"batch_norm_relu: x must be (B, C, ...), got shape {tuple(x.shape)}")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"batch_norm_relu: residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
-    if not _kernel_applies(x, running_mean, running_var, weight, bias, residual, training):
+    if not _kernel_applies(x, running_mean, running_var, weight, bias, residual, training, p):
         return batch_norm_relu_composite(x, running_mean, running_var, weight, bias, training, momentum, eps,
                                          residual, p)
     values_per_channel = x.numel() // x.shape[1]
@@ -92,14 +99,14 @@ def batch_norm_relu(x: torch.Tensor, running_mean: Optional[torch.Tensor], runni
 def _register() -> None:
     @torch.library.register_fake("skelfast::batch_norm_relu")
     def _fake(x, weight, bias, mean, var, residual, eps, p, seed):
-        C = x.shape[1]
-        return torch.empty_like(x), x.new_empty((C,)), x.new_empty((C,)), x.new_empty((C,))
+        C = x.shape[1]   # statistics in the parameters' dtype (fp32 for bf16/fp16 x on CUDA)
+        return torch.empty_like(x), weight.new_empty((C,)), weight.new_empty((C,)), weight.new_empty((C,))
 
     @torch.library.register_fake("skelfast::batch_norm_relu_backward")
     def _backward_fake(grad_out, out, x, weight, mean, invstd, batch_stats, p, seed, residual_grad):
         C = out.shape[1]
         gres = torch.empty_like(out) if residual_grad else out.new_empty((0,))
-        return torch.empty_like(out), out.new_empty((C,)), out.new_empty((C,)), gres
+        return torch.empty_like(out), weight.new_empty((C,)), weight.new_empty((C,)), gres
 
     def _setup_context(ctx, inputs, output):
         x, weight, _, mean_in, _, residual, _, p, seed = inputs
@@ -119,6 +126,19 @@ def _register() -> None:
     torch.library.register_autograd("skelfast::batch_norm_relu", _backward, setup_context=_setup_context)
 
 
+def _triton_forward(x, weight, bias, mean, var, residual, eps, p, seed):
+    from ..triton.epilogue import batch_norm_relu_forward
+    return batch_norm_relu_forward(x, weight, bias, mean, var, residual, eps, p, seed)
+
+
+def _triton_backward(grad_out, out, x, weight, mean, invstd, batch_stats, p, seed, residual_grad):
+    from ..triton.epilogue import batch_norm_relu_backward
+    return batch_norm_relu_backward(grad_out, out, x, weight, mean, invstd, batch_stats, p, seed, residual_grad)
+
+
 _HAS_KERNEL = _extension.has_cpu_kernels() and hasattr(torch.ops.skelfast, "batch_norm_relu")
 if _HAS_KERNEL:
     _register()
+    _backend.register_triton_for_cuda({"batch_norm_relu": _triton_forward, "batch_norm_relu_backward": _triton_backward})
+    _backend.register_triton_kernel("batch_norm_relu", _triton_forward)
+    _backend.register_triton_kernel("batch_norm_relu_backward", _triton_backward)

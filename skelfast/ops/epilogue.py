@@ -9,8 +9,12 @@ element offset, csrc/include/skelfast/dropout_math.h): no mask is stored, the ba
 
 The mask follows the same Bernoulli(1 - p) law as torch's dropout but not torch's random stream:
 the seed is drawn from torch's CPU generator (so `torch.manual_seed` and a restored RNG state
-reproduce it), the bits come from the hash. On CUDA, in low precision, while torch.compile traces
-(Inductor fuses these ops itself) and with SKELFAST_BACKEND=torch, the plain PyTorch ops run.
+reproduce it), the bits come from the hash. On CUDA the kernels are Triton
+(skelfast/triton/epilogue.py) with the same hash, so one seed and one layout give the same mask
+on both devices; they also take bf16/fp16 there. The plain PyTorch ops run while torch.compile
+traces (Inductor fuses these ops itself), with SKELFAST_BACKEND=torch, on CUDA without triton, in
+low precision on CPU, and while a CUDA graph is captured with p > 0 (a seed argument would be
+baked into the graph: the same mask on every replay).
 """
 from __future__ import annotations
 
@@ -25,7 +29,9 @@ from ._layout import memory_format
 
 __all__ = ["dropout_add_relu", "dropout_add_relu_composite"]
 
-_KERNEL_DTYPES = (torch.float32, torch.float64)
+_CPU_DTYPES = (torch.float32, torch.float64)
+_CUDA_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_TRITON_ON_CUDA = False   # set below when the Triton launchers are the ops' CUDA kernels
 
 
 def dropout_add_relu_composite(x: torch.Tensor, residual: Optional[torch.Tensor], p: float,
@@ -45,10 +51,20 @@ def _grad_layout(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return grad.contiguous(memory_format=memory_format(out))
 
 
-def _kernel_applies(x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
-    return (_HAS_KERNEL and x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES
-            and (residual is None or (residual.dtype == x.dtype and residual.shape == x.shape))
-            and not torch.compiler.is_compiling() and _backend.resolve(x.device) != "torch")
+def kernel_applies(x: torch.Tensor, p: float) -> bool:
+    """Whether x's device and dtype run the epilogue kernels (C++ on CPU, Triton on CUDA: see the
+    module docstring) rather than the PyTorch ops; p is the effective dropout probability."""
+    if not _HAS_KERNEL or torch.compiler.is_compiling() or _backend.resolve(x.device) == "torch":
+        return False
+    if x.device.type == "cpu":
+        return x.dtype in _CPU_DTYPES
+    return (x.device.type == "cuda" and _TRITON_ON_CUDA and x.dtype in _CUDA_DTYPES
+            and not (p > 0 and torch.cuda.is_current_stream_capturing()))
+
+
+def _kernel_applies(x: torch.Tensor, residual: Optional[torch.Tensor], p: float) -> bool:
+    return (kernel_applies(x, p) and x.dim() >= 1
+            and (residual is None or (residual.dtype == x.dtype and residual.shape == x.shape)))
 
 
 def dropout_add_relu(x: torch.Tensor, residual: Optional[torch.Tensor] = None, p: float = 0.0,
@@ -59,7 +75,8 @@ def dropout_add_relu(x: torch.Tensor, residual: Optional[torch.Tensor] = None, p
         x: any shape (a block's (B, C, T, V) activations), float.
         residual: x's shape, or None (no residual, the first block).
         p: dropout probability in [0, 1]; dropout is active only when `training`.
-        generator: CPU generator the kernel's seed is drawn from (default: torch's global one).
+        generator: CPU generator the kernel's seed is drawn from (default: torch's global one; on
+            CUDA too).
     Returns:
         x's shape, in x's memory format (contiguous or channels-last).
     """
@@ -67,7 +84,7 @@ def dropout_add_relu(x: torch.Tensor, residual: Optional[torch.Tensor] = None, p
         raise ValueError(f"dropout_add_relu: p must be in [0, 1], got {p}")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"dropout_add_relu: residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
-    if not _kernel_applies(x, residual):
+    if not _kernel_applies(x, residual, p if training else 0.0):
         return dropout_add_relu_composite(x, residual, p, training)
     x, residual, p, seed = kernel_inputs(x, residual, p, training, generator)
     return torch.ops.skelfast.dropout_add_relu(x, residual, p, seed)
@@ -111,6 +128,20 @@ def _register() -> None:
     torch.library.register_autograd("skelfast::dropout_add_relu", _backward, setup_context=_setup_context)
 
 
+def _triton_forward(x, residual, p, seed):
+    from ..triton.epilogue import dropout_add_relu_forward
+    return dropout_add_relu_forward(x, residual, p, seed)
+
+
+def _triton_backward(grad_out, out, p, seed, residual_grad):
+    from ..triton.epilogue import dropout_add_relu_backward
+    return dropout_add_relu_backward(grad_out, out, p, seed, residual_grad)
+
+
 _HAS_KERNEL = _extension.has_cpu_kernels() and hasattr(torch.ops.skelfast, "dropout_add_relu")
 if _HAS_KERNEL:
     _register()
+    _TRITON_ON_CUDA = _backend.register_triton_for_cuda({"dropout_add_relu": _triton_forward,
+                                                         "dropout_add_relu_backward": _triton_backward})
+    _backend.register_triton_kernel("dropout_add_relu", _triton_forward)
+    _backend.register_triton_kernel("dropout_add_relu_backward", _triton_backward)

@@ -1,0 +1,378 @@
+"""Triton kernels of the ST-GCN block epilogues: skelfast::dropout_add_relu and
+skelfast::batch_norm_relu (method.md §4.2), forward and backward.
+
+Same contract as the CPU kernels (csrc/cpu/epilogue_cpu.cpp, csrc/cpu/batch_norm_relu_cpu.cpp):
+x is contiguous or channels-last and element i of a call keeps or drops by the counter-based hash
+of (seed, i) (csrc/include/skelfast/dropout_math.h), i the element's offset in memory. So one seed
+and one layout give the same mask on every device, and the tests compare these kernels with the
+C++ ones exactly. The hash runs in int64 arithmetic masked to 32 bits: integer promotion of
+unsigned 32-bit constants differs between Triton versions and its interpreter, int64 wrap-around
+does not.
+
+Memory order as (O, C, S): a contiguous (B, C, ...) tensor is O = B, S = the product of the
+trailing dims; a channels-last 4-d one is O = B*H*W, S = 1. Offset i has channel (i // S) % C.
+BatchNorm statistics: per channel, sums of (x - shift) and (x - shift)^2 with shift = the
+channel's first value (no cancellation in the one-pass variance, as on CPU), accumulated in fp32
+(fp64 for fp64 x) over a fixed split of the rows, the splits added in fp64 by torch: the result
+does not depend on scheduling. bf16/fp16 x is read and written in its dtype and computed in fp32,
+with fp32 affine parameters and statistics (the autocast path).
+
+Import only with triton installed; under TRITON_INTERPRET=1 (set before this import) it also runs
+on CPU tensors (tests). Attached to the CUDA key by skelfast.ops.epilogue / batch_norm_relu.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["dropout_add_relu_forward", "dropout_add_relu_backward", "batch_norm_relu_forward",
+           "batch_norm_relu_backward", "dropout_key"]
+
+_BLOCK = 1024          # elements per program of the element-wise kernels
+_MAX_SPLITS = 128      # row splits of the per-channel reductions (partials: (splits, 2, C))
+
+
+# ------------------------------------------------------------------------------------------------
+# The counter-based mask (dropout_math.h: hash32 "lowbias32", two rounds over the 64-bit offset)
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _hash32(x):
+    """lowbias32 on int64 values in [0, 2^32)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def _dropout_weight(i, key0, key1, threshold, keep_hi, keep_lo, ACC: tl.constexpr):
+    """The kept scale 1/(1-p) where hash(seed, i) >= threshold, else 0; i int64 offsets. The scale
+    comes as two fp32 halves (float arguments are fp32): hi + lo is within 2^-48 of the double."""
+    lo = i & 0xFFFFFFFF
+    hi = (i >> 32) & 0xFFFFFFFF
+    h = _hash32(lo ^ key0)
+    h = _hash32((h + (key1 ^ ((hi * 0x9E3779B9) & 0xFFFFFFFF))) & 0xFFFFFFFF)
+    return tl.where(h >= threshold, tl.cast(keep_hi, ACC) + tl.cast(keep_lo, ACC), 0.0)
+
+
+def dropout_key(p: float, seed: int) -> Tuple[bool, tuple]:
+    """(active, kernel arguments key0, key1, threshold, keep_hi, keep_lo) of dropout_math.h's
+    dropout_params(): p = 1 drops everything (threshold 2^32 - 1 with a zero scale)."""
+    s = int(seed) & 0xFFFFFFFFFFFFFFFF
+    key0, key1 = s & 0xFFFFFFFF, s >> 32
+    if p <= 0.0:
+        return False, (key0, key1, 0, 1.0, 0.0)
+    t = p * 4294967296.0
+    threshold = 0xFFFFFFFF if p >= 1.0 or t >= 4294967295.0 else int(t)
+    keep = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
+    hi = float(torch.tensor(keep, dtype=torch.float32))
+    return True, (key0, key1, threshold, hi, keep - hi)
+
+
+def _acc_dtype(t: torch.Tensor):
+    return tl.float64 if t.dtype == torch.float64 else tl.float32
+
+
+def _geometry(t: torch.Tensor) -> Tuple[int, int, int, torch.memory_format]:
+    """(O, C, S) of the module docstring and t's memory format; raises for other layouts."""
+    if t.dim() < 2:
+        raise RuntimeError(f"the epilogue kernels need (B, C, ...) tensors, got shape {tuple(t.shape)}")
+    if t.is_contiguous():
+        C = t.shape[1]
+        return t.shape[0], C, (t.numel() // (t.shape[0] * C) if t.numel() else 0), torch.contiguous_format
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        B, C, H, W = t.shape
+        return B * H * W, C, 1, torch.channels_last
+    raise RuntimeError("the epilogue kernels need contiguous or channels-last (4-d) tensors")
+
+
+def _dense_like(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    return t if t.is_contiguous(memory_format=fmt) else t.contiguous(memory_format=fmt)
+
+
+def _check_p(p: float, op: str) -> None:
+    if not 0.0 <= p <= 1.0:
+        raise RuntimeError(f"{op}: p must be in [0, 1], got {p}")
+
+
+# ------------------------------------------------------------------------------------------------
+# dropout_add_relu: out = relu(dropout(x) + residual)
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _epilogue_fwd_kernel(x_ptr, res_ptr, out_ptr, n, key0, key1, threshold, keep_hi, keep_lo,
+                         HAS_RES: tl.constexpr, DROP: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    y = tl.load(x_ptr + i, mask=m, other=0.0).to(ACC)
+    if DROP:
+        y = y * _dropout_weight(i, key0, key1, threshold, keep_hi, keep_lo, ACC)
+    if HAS_RES:
+        y = y + tl.load(res_ptr + i, mask=m, other=0.0).to(ACC)
+    tl.store(out_ptr + i, tl.where(y > 0, y, 0.0).to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _epilogue_bwd_kernel(g_ptr, out_ptr, gx_ptr, gres_ptr, n, key0, key1, threshold, keep_hi, keep_lo,
+                         RES_GRAD: tl.constexpr, DROP: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    o = tl.load(out_ptr + i, mask=m, other=0.0)
+    gz = tl.where(o > 0, tl.load(g_ptr + i, mask=m, other=0.0).to(ACC), 0.0)   # ReLU'(0) = 0
+    if RES_GRAD:
+        tl.store(gres_ptr + i, gz.to(gres_ptr.dtype.element_ty), mask=m)
+    if DROP:
+        gz = gz * _dropout_weight(i, key0, key1, threshold, keep_hi, keep_lo, ACC)
+    tl.store(gx_ptr + i, gz.to(gx_ptr.dtype.element_ty), mask=m)
+
+
+def _elementwise_grid(n: int):
+    return (triton.cdiv(n, _BLOCK),)
+
+
+def dropout_add_relu_forward(x: torch.Tensor, residual: Optional[torch.Tensor], p: float, seed: int) -> torch.Tensor:
+    """Triton skelfast::dropout_add_relu: x contiguous or channels-last, residual x's layout."""
+    _check_p(p, "skelfast::dropout_add_relu")
+    fmt = _geometry(x)[3] if x.dim() >= 2 else torch.contiguous_format
+    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype
+                                 or not residual.is_contiguous(memory_format=fmt)):
+        raise RuntimeError("skelfast::dropout_add_relu: residual must have x's shape, dtype and strides")
+    out = torch.empty_like(x)
+    n = x.numel()
+    if n == 0:
+        return out
+    drop, key = dropout_key(p, seed)
+    _epilogue_fwd_kernel[_elementwise_grid(n)](x, residual if residual is not None else x, out, n, *key,
+                                               HAS_RES=residual is not None, DROP=drop, BLOCK=_BLOCK,
+                                               ACC=_acc_dtype(x))
+    return out
+
+
+def dropout_add_relu_backward(grad_out: torch.Tensor, out: torch.Tensor, p: float, seed: int,
+                              residual_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Triton skelfast::dropout_add_relu_backward -> (grad_x, grad_residual or an empty (0,))."""
+    _check_p(p, "skelfast::dropout_add_relu_backward")
+    fmt = _geometry(out)[3] if out.dim() >= 2 else torch.contiguous_format
+    g = _dense_like(grad_out.to(out.dtype), fmt)
+    gx = torch.empty_like(out)
+    gres = torch.empty_like(out) if residual_grad else out.new_empty((0,))
+    n = out.numel()
+    if n == 0:
+        return gx, gres
+    drop, key = dropout_key(p, seed)
+    _epilogue_bwd_kernel[_elementwise_grid(n)](g, out, gx, gres if residual_grad else gx, n, *key,
+                                               RES_GRAD=residual_grad, DROP=drop, BLOCK=_BLOCK, ACC=_acc_dtype(out))
+    return gx, gres
+
+
+# ------------------------------------------------------------------------------------------------
+# batch_norm_relu: out = relu(dropout(x * scale[c] + shift[c]) + residual)
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _tile_offsets(l, c, C, S):
+    """Memory offsets of the (rows l, channels c) tile of an (O, C, S) tensor, row l = o * S + s."""
+    o = l // S
+    s = l - o * S
+    return (o * C * S + s)[:, None] + (c.to(tl.int64) * S)[None, :]
+
+
+@triton.jit
+def _bn_stats_kernel(x_ptr, ref_ptr, part_ptr, L, C, S, per_split,
+                     BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """part[split, 0, c] = sum (x - ref[c]), part[split, 1, c] = sum (x - ref[c])^2 over the rows
+    [split * per_split, (split + 1) * per_split) of channel block c."""
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    split = tl.program_id(1)
+    cm = c < C
+    ref = tl.load(ref_ptr + c, mask=cm, other=0.0).to(ACC)
+    s1 = tl.zeros([BLOCK_C], dtype=ACC)
+    s2 = tl.zeros([BLOCK_C], dtype=ACC)
+    start = split.to(tl.int64) * per_split
+    for l0 in range(0, per_split, BLOCK_L):
+        l = start + l0 + tl.arange(0, BLOCK_L)
+        m = (l < L)[:, None] & cm[None, :]
+        v = tl.load(x_ptr + _tile_offsets(l, c, C, S), mask=m, other=0.0).to(ACC)
+        d = tl.where(m, v - ref[None, :], 0.0)
+        s1 += tl.sum(d, axis=0)
+        s2 += tl.sum(d * d, axis=0)
+    tl.store(part_ptr + split * 2 * C + c, s1, mask=cm)
+    tl.store(part_ptr + split * 2 * C + C + c, s2, mask=cm)
+
+
+@triton.jit
+def _bn_apply_kernel(x_ptr, res_ptr, out_ptr, scale_ptr, shift_ptr, n, C, S, key0, key1, threshold, keep_hi,
+                     keep_lo, HAS_RES: tl.constexpr, DROP: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    c = (i // S) % C
+    y = (tl.load(x_ptr + i, mask=m, other=0.0).to(ACC) * tl.load(scale_ptr + c, mask=m, other=0.0)
+         + tl.load(shift_ptr + c, mask=m, other=0.0))
+    if DROP:
+        y = y * _dropout_weight(i, key0, key1, threshold, keep_hi, keep_lo, ACC)
+    if HAS_RES:
+        y = y + tl.load(res_ptr + i, mask=m, other=0.0).to(ACC)
+    tl.store(out_ptr + i, tl.where(y > 0, y, 0.0).to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _bn_reduce_kernel(g_ptr, out_ptr, x_ptr, mean_ptr, gres_ptr, part_ptr, L, C, S, per_split,
+                      key0, key1, threshold, keep_hi, keep_lo, RES_GRAD: tl.constexpr, DROP: tl.constexpr,
+                      BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """Backward pass 1: part[split] = (sum gz, sum gz (x - mean)) per channel, gz the gradient at
+    BN's output; grad_residual = the ReLU gradient when RES_GRAD."""
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    split = tl.program_id(1)
+    cm = c < C
+    mean = tl.load(mean_ptr + c, mask=cm, other=0.0).to(ACC)
+    s1 = tl.zeros([BLOCK_C], dtype=ACC)
+    s2 = tl.zeros([BLOCK_C], dtype=ACC)
+    start = split.to(tl.int64) * per_split
+    for l0 in range(0, per_split, BLOCK_L):
+        l = start + l0 + tl.arange(0, BLOCK_L)
+        m = (l < L)[:, None] & cm[None, :]
+        off = _tile_offsets(l, c, C, S)
+        o = tl.load(out_ptr + off, mask=m, other=0.0)
+        gz = tl.where(o > 0, tl.load(g_ptr + off, mask=m, other=0.0).to(ACC), 0.0)
+        if RES_GRAD:
+            tl.store(gres_ptr + off, gz.to(gres_ptr.dtype.element_ty), mask=m)
+        if DROP:
+            gz = gz * _dropout_weight(off, key0, key1, threshold, keep_hi, keep_lo, ACC)
+        xc = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC) - mean[None, :]
+        s1 += tl.sum(gz, axis=0)
+        s2 += tl.sum(tl.where(m, gz * xc, 0.0), axis=0)
+    tl.store(part_ptr + split * 2 * C + c, s1, mask=cm)
+    tl.store(part_ptr + split * 2 * C + C + c, s2, mask=cm)
+
+
+@triton.jit
+def _bn_grad_x_kernel(g_ptr, out_ptr, x_ptr, mean_ptr, ka_ptr, kb_ptr, kc_ptr, gx_ptr, n, C, S,
+                      key0, key1, threshold, keep_hi, keep_lo, DROP: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """Backward pass 2: grad_x = ka[c] gz + kb[c] + kc[c] (x - mean[c])."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    c = (i // S) % C
+    o = tl.load(out_ptr + i, mask=m, other=0.0)
+    gz = tl.where(o > 0, tl.load(g_ptr + i, mask=m, other=0.0).to(ACC), 0.0)
+    if DROP:
+        gz = gz * _dropout_weight(i, key0, key1, threshold, keep_hi, keep_lo, ACC)
+    xc = tl.load(x_ptr + i, mask=m, other=0.0).to(ACC) - tl.load(mean_ptr + c, mask=m, other=0.0).to(ACC)
+    gx = (tl.load(ka_ptr + c, mask=m, other=0.0) * gz + tl.load(kb_ptr + c, mask=m, other=0.0)
+          + tl.load(kc_ptr + c, mask=m, other=0.0) * xc)
+    tl.store(gx_ptr + i, gx.to(gx_ptr.dtype.element_ty), mask=m)
+
+
+def _reduction_launch(L: int, C: int, S: int):
+    """(grid, per_split, BLOCK_L, BLOCK_C) of the per-channel reductions: wide channel tiles when
+    channels are innermost (channels-last: coalesced along C), tall row tiles otherwise."""
+    block_c = min(64, triton.next_power_of_2(C)) if S == 1 else min(8, triton.next_power_of_2(C))
+    block_l = 64 if S == 1 else 256
+    splits = max(1, min(_MAX_SPLITS, triton.cdiv(L, block_l)))
+    per_split = triton.cdiv(triton.cdiv(L, splits), block_l) * block_l
+    splits = triton.cdiv(L, per_split)
+    return (triton.cdiv(C, block_c), splits), per_split, block_l, block_c
+
+
+def _check_vector(v: torch.Tensor, x: torch.Tensor, dtype: torch.dtype, name: str, op: str) -> None:
+    C = x.shape[1]
+    if v.dim() != 1 or v.shape[0] != C or v.dtype != dtype or not v.is_contiguous() or v.device != x.device:
+        raise RuntimeError(f"{op}: {name} must be a contiguous ({C},) {dtype} tensor on {x.device}")
+
+
+def _param_dtype(x: torch.Tensor) -> torch.dtype:
+    """Dtype of the affine parameters and statistics: x's for fp32/fp64, fp32 for bf16/fp16 x."""
+    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def batch_norm_relu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: Optional[torch.Tensor],
+                            var: Optional[torch.Tensor], residual: Optional[torch.Tensor], eps: float, p: float,
+                            seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton skelfast::batch_norm_relu (schema in csrc/batch_norm_relu.cpp): mean/var both None =
+    batch statistics. Returns (out, mean, invstd, var), the statistics in the parameters' dtype."""
+    op = "skelfast::batch_norm_relu"
+    _check_p(p, op)
+    if not (eps >= 0.0):
+        raise RuntimeError(f"{op}: eps must be >= 0, got {eps}")
+    O, C, S, fmt = _geometry(x)
+    pdt = _param_dtype(x)
+    _check_vector(weight, x, pdt, "weight", op)
+    _check_vector(bias, x, pdt, "bias", op)
+    if (mean is None) != (var is None):
+        raise RuntimeError(f"{op}: mean and var must be given together")
+    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype
+                                 or not residual.is_contiguous(memory_format=fmt)):
+        raise RuntimeError(f"{op}: residual must have x's shape, dtype and strides")
+    L = O * S
+    if mean is None:
+        if L == 0:
+            raise RuntimeError(f"{op}: batch statistics need at least one value per channel")
+        flat = x.as_strided((x.numel(),), (1,))                  # memory order (x is dense)
+        ref = flat[torch.arange(C, device=x.device) * S]           # each channel's first value
+        grid, per_split, block_l, block_c = _reduction_launch(L, C, S)
+        part = torch.empty((grid[1], 2, C), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
+                           device=x.device)
+        _bn_stats_kernel[grid](x, ref, part, L, C, S, per_split, BLOCK_L=block_l, BLOCK_C=block_c,
+                               ACC=_acc_dtype(x))
+        s = part.double().sum(0)
+        m1 = s[0] / L
+        mean_d = ref.double() + m1
+        var_d = (s[1] / L - m1 * m1).clamp_min(0.0)
+    else:
+        _check_vector(mean, x, pdt, "mean", op)
+        _check_vector(var, x, pdt, "var", op)
+        mean_d, var_d = mean.double(), var.double()
+    invstd_d = (var_d + eps).rsqrt()
+    scale_d = weight.double() * invstd_d
+    shift_d = bias.double() - mean_d * scale_d
+    out = torch.empty_like(x)
+    n = x.numel()
+    if n:
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        drop, key = dropout_key(p, seed)
+        _bn_apply_kernel[_elementwise_grid(n)](x, residual if residual is not None else x, out, scale_d.to(acc),
+                                               shift_d.to(acc), n, C, S, *key, HAS_RES=residual is not None, DROP=drop, BLOCK=_BLOCK,
+                                               ACC=_acc_dtype(x))
+    return out, mean_d.to(pdt), invstd_d.to(pdt), var_d.to(pdt)
+
+
+def batch_norm_relu_backward(grad_out: torch.Tensor, out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                             mean: torch.Tensor, invstd: torch.Tensor, batch_stats: bool, p: float, seed: int,
+                             residual_grad: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton skelfast::batch_norm_relu_backward -> (grad_x, grad_weight, grad_bias, grad_residual
+    or an empty (0,)); gz = grad_out [out > 0] * dropout multiplier is the gradient at BN's output:
+    grad_bias = sum gz, grad_weight = invstd sum gz (x - mean),
+    grad_x = w invstd (gz - [batch] (sum gz / M + (x - mean) invstd^2 sum gz (x - mean) / M))."""
+    op = "skelfast::batch_norm_relu_backward"
+    _check_p(p, op)
+    O, C, S, fmt = _geometry(out)
+    if x.shape != out.shape or x.dtype != out.dtype or not x.is_contiguous(memory_format=fmt):
+        raise RuntimeError(f"{op}: x must have out's dtype, shape and strides")
+    if grad_out.shape != out.shape:
+        raise RuntimeError(f"{op}: grad_out must have out's shape")
+    pdt = _param_dtype(out)
+    for v, name in ((weight, "weight"), (mean, "mean"), (invstd, "invstd")):
+        _check_vector(v, out, pdt, name, op)
+    g = _dense_like(grad_out.to(out.dtype), fmt)
+    gx = torch.empty_like(out)
+    gres = torch.empty_like(out) if residual_grad else out.new_empty((0,))
+    L, n = O * S, out.numel()
+    acc = torch.float64 if out.dtype == torch.float64 else torch.float32
+    if n == 0:
+        zeros = weight.new_zeros((C,))
+        return gx, zeros, zeros.clone(), gres
+    drop, key = dropout_key(p, seed)
+    grid, per_split, block_l, block_c = _reduction_launch(L, C, S)
+    part = torch.empty((grid[1], 2, C), dtype=acc, device=out.device)
+    _bn_reduce_kernel[grid](g, out, x, mean, gres if residual_grad else gx, part, L, C, S, per_split, *key,
+                            RES_GRAD=residual_grad, DROP=drop, BLOCK_L=block_l, BLOCK_C=block_c,
+                            ACC=_acc_dtype(out))
+    s = part.double().sum(0)
+    w, istd = weight.double(), invstd.double()
+    ka = w * istd
+    kb = -ka * s[0] / L if batch_stats else torch.zeros_like(ka)
+    kc = -ka * istd * istd * s[1] / L if batch_stats else torch.zeros_like(ka)
+    _bn_grad_x_kernel[_elementwise_grid(n)](g, out, x, mean, ka.to(acc), kb.to(acc), kc.to(acc), gx, n, C, S,
+                                            *key, DROP=drop, BLOCK=_BLOCK, ACC=_acc_dtype(out))
+    return gx, (s[1] * istd).to(pdt), s[0].to(pdt), gres
