@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_session.sh build-test   # build skelfast._C with CUDA (incremental), skelfast.info,
 #                                               # then the test files that run on the GPU when one is seen
 #   bash benchmarks/gpu_session.sh test-all     # the whole suite (CUDA tests run instead of skipping)
-#   bash benchmarks/gpu_session.sh bench-ops    # bench_modalities, bench_losses, bench_moco on cuda
+#   bash benchmarks/gpu_session.sh bench-ops    # bench_modalities, bench_losses, bench_moco, bench_epilogue on cuda
 #   bash benchmarks/gpu_session.sh bench-encoder  # bench_encoder (N=64,128, last block)
 #   bash benchmarks/gpu_session.sh bench-step   # bench_step (N=128, K=32768, every GPU provider)
 #   bash benchmarks/gpu_session.sh report       # Markdown report and plots of every CSV in the results
@@ -52,7 +52,8 @@ case "${1:-}" in
     "$PY" -m skelfast.info | tee "$LOGS/info.txt"
     # files parametrised over the devices seen (tests/_common.py DEVICES) or holding @pytest.mark.cuda tests
     pytest_run 480 pytest_gpu.txt tests/test_graph_conv.py tests/test_modalities_op.py tests/test_losses_op.py \
-      tests/test_batched_encoder.py tests/test_epilogue.py tests/test_models_fused.py tests/test_backend.py \
+      tests/test_batched_encoder.py tests/test_epilogue.py tests/test_batch_norm_relu.py tests/test_models_fused.py \
+      tests/test_backend.py \
       tests/triton tests/data/test_data_augment.py
     ;;
   test-all)
@@ -61,7 +62,7 @@ case "${1:-}" in
     ;;
   bench-ops)
     build
-    for b in bench_modalities bench_losses bench_moco; do
+    for b in bench_modalities bench_losses bench_moco bench_epilogue; do
       echo "== $b $(date -u +%T)"
       "$PY" -m "benchmarks.$b" --device cuda --out-dir "$RES" 2>&1 | tee "$LOGS/$b.txt" | tail -25
     done

@@ -98,7 +98,7 @@ def test_quick_suite_runs_end_to_end(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / csvs[0])))
     ops = {r["op"] for r in rows}
     assert {"modalities", "momentum_update", "enqueue", "encoder", "train_step", "data_reader", "augment_2views",
-            "losses_phase1", "losses_phase2", "losses_distill"} <= ops
+            "losses_phase1", "losses_phase2", "losses_distill", "epilogue"} <= ops
     for r in rows:
         case = (r["op"], r["provider"], r["mode"])
         assert float(r["p50_ms"]) > 0, case
@@ -107,7 +107,7 @@ def test_quick_suite_runs_end_to_end(tmp_path):
             assert r[col] != "", (col, case)
         assert r["gbs"] or r["tflops"], case
         # ops whose torch.compile baseline runs in --quick (encoder and train_step leave it out there)
-        if r["op"] in ("modalities", "momentum_update", "augment_2views") or r["op"].startswith("losses_"):
+        if r["op"] in ("modalities", "momentum_update", "augment_2views", "epilogue") or r["op"].startswith("losses_"):
             assert r["speedup_vs_compile"] != "", case
     assert (tmp_path / csvs[0].replace(".csv", ".md")).exists()
     again = subprocess.run([sys.executable, "-m", "benchmarks", "--compare", str(tmp_path / csvs[0]),

@@ -5,9 +5,8 @@ Same contract as the CPU kernels (csrc/cpu/epilogue_cpu.cpp, csrc/cpu/batch_norm
 x is contiguous or channels-last and element i of a call keeps or drops by the counter-based hash
 of (seed, i) (csrc/include/skelfast/dropout_math.h), i the element's offset in memory. So one seed
 and one layout give the same mask on every device, and the tests compare these kernels with the
-C++ ones exactly. The hash runs in int64 arithmetic masked to 32 bits: integer promotion of
-unsigned 32-bit constants differs between Triton versions and its interpreter, int64 wrap-around
-does not.
+C++ ones exactly. The hash runs in int64 arithmetic reduced mod 2^32 (the low 32 bits of a
+wrapped int64 product are exact), which keeps it clear of Triton's unsigned-integer promotion rules.
 
 Memory order as (O, C, S): a contiguous (B, C, ...) tensor is O = B, S = the product of the
 trailing dims; a channels-last 4-d one is O = B*H*W, S = 1. Offset i has channel (i // S) % C.
@@ -39,23 +38,29 @@ _MAX_SPLITS = 128      # row splits of the per-channel reductions (partials: (sp
 # The counter-based mask (dropout_math.h: hash32 "lowbias32", two rounds over the 64-bit offset)
 # ------------------------------------------------------------------------------------------------
 @triton.jit
+def _low32(x):
+    """x mod 2^32 for int64 x (any sign: the shift is arithmetic, floor(x / 2^32)). Written without
+    a 0xFFFFFFFF literal, which Triton types as uint32: the result must not depend on how that
+    widens to int64."""
+    return x - ((x >> 32) << 32)
+
+
+@triton.jit
 def _hash32(x):
-    """lowbias32 on int64 values in [0, 2^32)."""
+    """lowbias32 on int64 values in [0, 2^32); products wrap in int64, their low 32 bits are exact."""
     x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x = _low32(x * 0x7FEB352D)
     x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    x = _low32(x * 0x846CA68B)
     return x ^ (x >> 16)
 
 
 @triton.jit
 def _dropout_weight(i, key0, key1, threshold, keep_hi, keep_lo, ACC: tl.constexpr):
-    """The kept scale 1/(1-p) where hash(seed, i) >= threshold, else 0; i int64 offsets. The scale
-    comes as two fp32 halves (float arguments are fp32): hi + lo is within 2^-48 of the double."""
-    lo = i & 0xFFFFFFFF
-    hi = (i >> 32) & 0xFFFFFFFF
-    h = _hash32(lo ^ key0)
-    h = _hash32((h + (key1 ^ ((hi * 0x9E3779B9) & 0xFFFFFFFF))) & 0xFFFFFFFF)
+    """The kept scale 1/(1-p) where hash(seed, i) >= threshold, else 0; i int64 offsets >= 0. The
+    scale comes as two fp32 halves (float arguments are fp32): hi + lo is within 2^-48 of the double."""
+    h = _hash32(_low32(i) ^ key0)
+    h = _hash32(_low32(h + (key1 ^ _low32((i >> 32) * 0x9E3779B9))))
     return tl.where(h >= threshold, tl.cast(keep_hi, ACC) + tl.cast(keep_lo, ACC), 0.0)
 
 
