@@ -32,6 +32,7 @@ __all__ = ["dropout_add_relu_forward", "dropout_add_relu_backward", "batch_norm_
 
 _BLOCK = 1024          # elements per program of the element-wise kernels
 _MAX_SPLITS = 128      # row splits of the per-channel reductions (partials: (splits, 2, C))
+_WIDE_FROM = 2**31     # element counts from which the channel index is computed in int64 (tests lower it)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -208,11 +209,22 @@ def _bn_stats_kernel(x_ptr, ref_ptr, part_ptr, L, C, S, per_split,
 
 
 @triton.jit
+def _channel(i, C, S, WIDE: tl.constexpr):
+    """Channel (i // S) % C of memory offsets i; in int32 unless the tensor has 2^31 elements or
+    more (64-bit division costs several times the 32-bit one on GPUs)."""
+    if WIDE:
+        return (i // S) % C
+    else:
+        return (i.to(tl.int32) // S) % C
+
+
+@triton.jit
 def _bn_apply_kernel(x_ptr, res_ptr, out_ptr, scale_ptr, shift_ptr, n, C, S, key0, key1, threshold, keep_hi,
-                     keep_lo, HAS_RES: tl.constexpr, DROP: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+                     keep_lo, HAS_RES: tl.constexpr, DROP: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
+                     WIDE: tl.constexpr):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = i < n
-    c = (i // S) % C
+    c = _channel(i, C, S, WIDE)
     y = (tl.load(x_ptr + i, mask=m, other=0.0).to(ACC) * tl.load(scale_ptr + c, mask=m, other=0.0)
          + tl.load(shift_ptr + c, mask=m, other=0.0))
     if DROP:
@@ -254,11 +266,12 @@ def _bn_reduce_kernel(g_ptr, out_ptr, x_ptr, mean_ptr, gres_ptr, part_ptr, L, C,
 
 @triton.jit
 def _bn_grad_x_kernel(g_ptr, out_ptr, x_ptr, mean_ptr, ka_ptr, kb_ptr, kc_ptr, gx_ptr, n, C, S,
-                      key0, key1, threshold, keep_hi, keep_lo, DROP: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+                      key0, key1, threshold, keep_hi, keep_lo, DROP: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
+                      WIDE: tl.constexpr):
     """Backward pass 2: grad_x = ka[c] gz + kb[c] + kc[c] (x - mean[c])."""
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = i < n
-    c = (i // S) % C
+    c = _channel(i, C, S, WIDE)
     o = tl.load(out_ptr + i, mask=m, other=0.0)
     gz = tl.where(o > 0, tl.load(g_ptr + i, mask=m, other=0.0).to(ACC), 0.0)
     if DROP:
@@ -338,7 +351,7 @@ def batch_norm_relu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
         drop, key = dropout_key(p, seed)
         _bn_apply_kernel[_elementwise_grid(n)](x, residual if residual is not None else x, out, scale_d.to(acc),
                                                shift_d.to(acc), n, C, S, *key, HAS_RES=residual is not None, DROP=drop, BLOCK=_BLOCK,
-                                               ACC=_acc_dtype(x))
+                                               ACC=_acc_dtype(x), WIDE=n >= _WIDE_FROM)
     return out, mean_d.to(pdt), invstd_d.to(pdt), var_d.to(pdt)
 
 
@@ -379,5 +392,6 @@ def batch_norm_relu_backward(grad_out: torch.Tensor, out: torch.Tensor, x: torch
     kb = -ka * s[0] / L if batch_stats else torch.zeros_like(ka)
     kc = -ka * istd * istd * s[1] / L if batch_stats else torch.zeros_like(ka)
     _bn_grad_x_kernel[_elementwise_grid(n)](g, out, x, mean, ka.to(acc), kb.to(acc), kc.to(acc), gx, n, C, S,
-                                            *key, DROP=drop, BLOCK=_BLOCK, ACC=_acc_dtype(out))
+                                            *key, DROP=drop, BLOCK=_BLOCK, ACC=_acc_dtype(out),
+                                            WIDE=n >= _WIDE_FROM)
     return gx, (s[1] * istd).to(pdt), s[0].to(pdt), gres

@@ -107,6 +107,19 @@ def test_batch_norm_relu_other_shapes(shape):
     _close(got_b, want_b, TOL[torch.float64])
 
 
+def test_int64_channel_index_path(monkeypatch):
+    """Tensors of 2^31 elements or more index channels in int64: forced here on a small one."""
+    TE = _te()
+    monkeypatch.setattr(TE, "_WIDE_FROM", 0)
+    x, r, w, b, rm, rv, go = make(torch.float64, torch.contiguous_format)
+    want = torch.ops.skelfast.batch_norm_relu(x, w, b, None, None, r, 1e-5, 0.5, SEED)
+    _close(TE.batch_norm_relu_forward(*_dev(x, w, b, None, None, r), 1e-5, 0.5, SEED), want, TOL[torch.float64])
+    out, mean, invstd, _ = want
+    want_b = torch.ops.skelfast.batch_norm_relu_backward(go, out, x, w, mean, invstd, True, 0.5, SEED, True)
+    got_b = TE.batch_norm_relu_backward(*_dev(go, out, x, w, mean, invstd), True, 0.5, SEED, True)
+    _close(got_b, want_b, TOL[torch.float64])
+
+
 def _hash32(v: int) -> int:
     """csrc/include/skelfast/dropout_math.h hash32, transcribed."""
     m = 0xFFFFFFFF
