@@ -1,8 +1,9 @@
 """Benchmark B8: the ST-GCN block's BatchNorm + ReLU pairs (method.md §4.2), forward + backward.
 
-Cases, per stage of the batched encoders (G=6 at N=64, M=2: 128 sequences; channels 6*64 at T=50,
-6*128 at T=25, 6*256 at T=13; V=25), in the layout the batched encoder runs there (channels-last
-on CPU, contiguous NCHW on GPU), training mode:
+Cases, per stage of the batched encoders (G=6 at N=64, M=2: 128 sequences; V=25; the blocks of
+skelfast.reference.stgcn.block_specs: 6*16 channels at T=50, 6*32 at T=25, 6*64 at T=13 and the
+last block's 6*256 at T=13), in the layout the batched encoder runs there (channels-last on CPU,
+contiguous NCHW on GPU), training mode:
   bn_relu          ReLU(BN(x))                               (the block's first pair)
   bn_drop_add_relu ReLU(dropout(BN(x), 0.5) + residual)      (the second pair, with the residual)
 Providers (gradients to x, weight, bias and the residual; running statistics updated):
@@ -36,7 +37,7 @@ from skelfast import ops
 from . import _harness as H
 
 G, N_SEQ, V = 6, 128, 25
-STAGES = ((64, 50), (128, 25), (256, 13))     # (channels per encoder, T)
+STAGES = ((16, 50), (32, 25), (64, 13), (256, 13))     # (channels per encoder, T) of block_specs(3, 16, 256)
 P_DROP = 0.5
 EPS, MOMENTUM = 1e-5, 0.1
 
