@@ -30,7 +30,6 @@ from .epilogue import _grad_layout, dropout_add_relu_composite, kernel_applies, 
 __all__ = ["batch_norm_relu", "batch_norm_relu_composite"]
 
 
-
 def batch_norm_relu_composite(x: torch.Tensor, running_mean: Optional[torch.Tensor],
                               running_var: Optional[torch.Tensor], weight: Optional[torch.Tensor],
                               bias: Optional[torch.Tensor], training: bool, momentum: float, eps: float,
@@ -139,6 +138,7 @@ def _triton_backward(grad_out, out, x, weight, mean, invstd, batch_stats, p, see
 _HAS_KERNEL = _extension.has_cpu_kernels() and hasattr(torch.ops.skelfast, "batch_norm_relu")
 if _HAS_KERNEL:
     _register()
-    _backend.register_triton_for_cuda({"batch_norm_relu": _triton_forward, "batch_norm_relu_backward": _triton_backward})
+    _backend.register_triton_for_cuda({"batch_norm_relu": _triton_forward,
+                                       "batch_norm_relu_backward": _triton_backward})
     _backend.register_triton_kernel("batch_norm_relu", _triton_forward)
     _backend.register_triton_kernel("batch_norm_relu_backward", _triton_backward)

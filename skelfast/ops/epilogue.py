@@ -63,7 +63,7 @@ def kernel_applies(x: torch.Tensor, p: float) -> bool:
 
 
 def _kernel_applies(x: torch.Tensor, residual: Optional[torch.Tensor], p: float) -> bool:
-    return (kernel_applies(x, p) and x.dim() >= 1
+    return (kernel_applies(x, p)
             and (residual is None or (residual.dtype == x.dtype and residual.shape == x.shape)))
 
 

@@ -83,17 +83,26 @@ def _acc_dtype(t: torch.Tensor):
     return tl.float64 if t.dtype == torch.float64 else tl.float32
 
 
+def _layout(t: torch.Tensor) -> torch.memory_format:
+    """t's memory format: contiguous (any rank) or channels-last (4-d); raises for other layouts,
+    whose memory offsets the kernels (and the mask) are not defined on."""
+    if t.is_contiguous():
+        return torch.contiguous_format
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    raise RuntimeError("the epilogue kernels need contiguous or channels-last (4-d) tensors")
+
+
 def _geometry(t: torch.Tensor) -> Tuple[int, int, int, torch.memory_format]:
-    """(O, C, S) of the module docstring and t's memory format; raises for other layouts."""
+    """(O, C, S) of the module docstring and t's memory format."""
     if t.dim() < 2:
         raise RuntimeError(f"the epilogue kernels need (B, C, ...) tensors, got shape {tuple(t.shape)}")
-    if t.is_contiguous():
-        C = t.shape[1]
-        return t.shape[0], C, (t.numel() // (t.shape[0] * C) if t.numel() else 0), torch.contiguous_format
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+    fmt = _layout(t)
+    if fmt is torch.channels_last:
         B, C, H, W = t.shape
-        return B * H * W, C, 1, torch.channels_last
-    raise RuntimeError("the epilogue kernels need contiguous or channels-last (4-d) tensors")
+        return B * H * W, C, 1, fmt
+    C = t.shape[1]
+    return t.shape[0], C, (t.numel() // (t.shape[0] * C) if t.numel() else 0), fmt
 
 
 def _dense_like(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
@@ -142,7 +151,7 @@ def _elementwise_grid(n: int):
 def dropout_add_relu_forward(x: torch.Tensor, residual: Optional[torch.Tensor], p: float, seed: int) -> torch.Tensor:
     """Triton skelfast::dropout_add_relu: x contiguous or channels-last, residual x's layout."""
     _check_p(p, "skelfast::dropout_add_relu")
-    fmt = _geometry(x)[3] if x.dim() >= 2 else torch.contiguous_format
+    fmt = _layout(x)
     if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype
                                  or not residual.is_contiguous(memory_format=fmt)):
         raise RuntimeError("skelfast::dropout_add_relu: residual must have x's shape, dtype and strides")
@@ -161,7 +170,7 @@ def dropout_add_relu_backward(grad_out: torch.Tensor, out: torch.Tensor, p: floa
                               residual_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     """Triton skelfast::dropout_add_relu_backward -> (grad_x, grad_residual or an empty (0,))."""
     _check_p(p, "skelfast::dropout_add_relu_backward")
-    fmt = _geometry(out)[3] if out.dim() >= 2 else torch.contiguous_format
+    fmt = _layout(out)
     g = _dense_like(grad_out.to(out.dtype), fmt)
     gx = torch.empty_like(out)
     gres = torch.empty_like(out) if residual_grad else out.new_empty((0,))
@@ -266,8 +275,8 @@ def _bn_reduce_kernel(g_ptr, out_ptr, x_ptr, mean_ptr, gres_ptr, part_ptr, L, C,
 
 @triton.jit
 def _bn_grad_x_kernel(g_ptr, out_ptr, x_ptr, mean_ptr, ka_ptr, kb_ptr, kc_ptr, gx_ptr, n, C, S,
-                      key0, key1, threshold, keep_hi, keep_lo, DROP: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
-                      WIDE: tl.constexpr):
+                      key0, key1, threshold, keep_hi, keep_lo, DROP: tl.constexpr, BLOCK: tl.constexpr,
+                      ACC: tl.constexpr, WIDE: tl.constexpr):
     """Backward pass 2: grad_x = ka[c] gz + kb[c] + kc[c] (x - mean[c])."""
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = i < n
@@ -350,8 +359,8 @@ def batch_norm_relu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         drop, key = dropout_key(p, seed)
         _bn_apply_kernel[_elementwise_grid(n)](x, residual if residual is not None else x, out, scale_d.to(acc),
-                                               shift_d.to(acc), n, C, S, *key, HAS_RES=residual is not None, DROP=drop, BLOCK=_BLOCK,
-                                               ACC=_acc_dtype(x), WIDE=n >= _WIDE_FROM)
+                                               shift_d.to(acc), n, C, S, *key, HAS_RES=residual is not None, DROP=drop,
+                                               BLOCK=_BLOCK, ACC=_acc_dtype(x), WIDE=n >= _WIDE_FROM)
     return out, mean_d.to(pdt), invstd_d.to(pdt), var_d.to(pdt)
 
 

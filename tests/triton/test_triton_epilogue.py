@@ -195,6 +195,10 @@ def test_errors():
     x, r, w, b, rm, rv, go = _dev(*make(torch.float32, torch.contiguous_format))
     with pytest.raises(RuntimeError, match="p must be in"):
         TE.dropout_add_relu_forward(x, None, 1.5, 0)
+    with pytest.raises(RuntimeError, match="contiguous or channels-last"):
+        TE.dropout_add_relu_forward(x.flatten()[::2], None, 0.5, 0)
+    scalar = torch.tensor(-0.5, device=DEVICE)   # any rank, including 0-d
+    assert TE.dropout_add_relu_forward(scalar, torch.tensor(1.0, device=DEVICE), 0.0, 0).item() == 0.5
     with pytest.raises(RuntimeError, match="residual must have x's shape, dtype and strides"):
         TE.batch_norm_relu_forward(x, w, b, None, None, r.contiguous(memory_format=torch.channels_last), 1e-5, 0.0, 0)
     with pytest.raises(RuntimeError, match="weight must be a contiguous"):
@@ -261,10 +265,8 @@ def test_cuda_batched_block_under_autocast_and_graph_capture():
     y = ops.batch_norm_relu(x.bfloat16(), None, None, w, b, True, 0.1, 1e-5, r.bfloat16(), 0.0)
     want = F.relu(F.batch_norm(x.bfloat16().float(), None, None, w, b, True, 0.1, 1e-5) + r.bfloat16().float())
     torch.testing.assert_close(y.float(), want, rtol=2e-2, atol=3e-2)
-    s = torch.cuda.Stream()
-    with torch.cuda.stream(s):
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            assert not epilogue.kernel_applies(x, 0.5)
-            assert epilogue.kernel_applies(x, 0.0)
-            x.mul_(1.0)   # a non-empty graph
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):   # asserted after the capture, so a failure cannot leave it open
+        with_dropout, without = epilogue.kernel_applies(x, 0.5), epilogue.kernel_applies(x, 0.0)
+        x.mul_(1.0)             # a non-empty graph
+    assert not with_dropout and without
