@@ -195,24 +195,37 @@ def _tile_offsets(l, c, C, S):
 
 
 @triton.jit
-def _bn_stats_kernel(x_ptr, ref_ptr, part_ptr, L, C, S, per_split,
-                     BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    """part[split, 0, c] = sum (x - ref[c]), part[split, 1, c] = sum (x - ref[c])^2 over the rows
-    [split * per_split, (split + 1) * per_split) of channel block c."""
+def _channel_sums_kernel(x_ptr, center_ptr, g_ptr, out_ptr, gres_ptr, part_ptr, L, C, S, per_split,
+                         key0, key1, threshold, keep_hi, keep_lo, BACKWARD: tl.constexpr, RES_GRAD: tl.constexpr,
+                         DROP: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """part[split, 0, c] = sum a, part[split, 1, c] = sum a (x - center[c]) over the rows
+    [split * per_split, (split + 1) * per_split) of channel block c, where
+      forward  (center = each channel's first value): a = x - center, the shifted moments;
+      backward (center = mean): a = gz, the gradient at BN's output (grad_out [out > 0] times the
+               dropout multiplier), and grad_residual = the ReLU gradient when RES_GRAD."""
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     split = tl.program_id(1)
     cm = c < C
-    ref = tl.load(ref_ptr + c, mask=cm, other=0.0).to(ACC)
+    center = tl.load(center_ptr + c, mask=cm, other=0.0).to(ACC)
     s1 = tl.zeros([BLOCK_C], dtype=ACC)
     s2 = tl.zeros([BLOCK_C], dtype=ACC)
     start = split.to(tl.int64) * per_split
     for l0 in range(0, per_split, BLOCK_L):
         l = start + l0 + tl.arange(0, BLOCK_L)
         m = (l < L)[:, None] & cm[None, :]
-        v = tl.load(x_ptr + _tile_offsets(l, c, C, S), mask=m, other=0.0).to(ACC)
-        d = tl.where(m, v - ref[None, :], 0.0)
-        s1 += tl.sum(d, axis=0)
-        s2 += tl.sum(d * d, axis=0)
+        off = _tile_offsets(l, c, C, S)
+        xc = tl.where(m, tl.load(x_ptr + off, mask=m, other=0.0).to(ACC) - center[None, :], 0.0)
+        if BACKWARD:
+            o = tl.load(out_ptr + off, mask=m, other=0.0)
+            a = tl.where(o > 0, tl.load(g_ptr + off, mask=m, other=0.0).to(ACC), 0.0)
+            if RES_GRAD:
+                tl.store(gres_ptr + off, a.to(gres_ptr.dtype.element_ty), mask=m)
+            if DROP:
+                a = a * _dropout_weight(off, key0, key1, threshold, keep_hi, keep_lo, ACC)
+        else:
+            a = xc
+        s1 += tl.sum(a, axis=0)
+        s2 += tl.sum(a * xc, axis=0)
     tl.store(part_ptr + split * 2 * C + c, s1, mask=cm)
     tl.store(part_ptr + split * 2 * C + C + c, s2, mask=cm)
 
@@ -241,36 +254,6 @@ def _bn_apply_kernel(x_ptr, res_ptr, out_ptr, scale_ptr, shift_ptr, n, C, S, key
     if HAS_RES:
         y = y + tl.load(res_ptr + i, mask=m, other=0.0).to(ACC)
     tl.store(out_ptr + i, tl.where(y > 0, y, 0.0).to(out_ptr.dtype.element_ty), mask=m)
-
-
-@triton.jit
-def _bn_reduce_kernel(g_ptr, out_ptr, x_ptr, mean_ptr, gres_ptr, part_ptr, L, C, S, per_split,
-                      key0, key1, threshold, keep_hi, keep_lo, RES_GRAD: tl.constexpr, DROP: tl.constexpr,
-                      BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    """Backward pass 1: part[split] = (sum gz, sum gz (x - mean)) per channel, gz the gradient at
-    BN's output; grad_residual = the ReLU gradient when RES_GRAD."""
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    split = tl.program_id(1)
-    cm = c < C
-    mean = tl.load(mean_ptr + c, mask=cm, other=0.0).to(ACC)
-    s1 = tl.zeros([BLOCK_C], dtype=ACC)
-    s2 = tl.zeros([BLOCK_C], dtype=ACC)
-    start = split.to(tl.int64) * per_split
-    for l0 in range(0, per_split, BLOCK_L):
-        l = start + l0 + tl.arange(0, BLOCK_L)
-        m = (l < L)[:, None] & cm[None, :]
-        off = _tile_offsets(l, c, C, S)
-        o = tl.load(out_ptr + off, mask=m, other=0.0)
-        gz = tl.where(o > 0, tl.load(g_ptr + off, mask=m, other=0.0).to(ACC), 0.0)
-        if RES_GRAD:
-            tl.store(gres_ptr + off, gz.to(gres_ptr.dtype.element_ty), mask=m)
-        if DROP:
-            gz = gz * _dropout_weight(off, key0, key1, threshold, keep_hi, keep_lo, ACC)
-        xc = tl.load(x_ptr + off, mask=m, other=0.0).to(ACC) - mean[None, :]
-        s1 += tl.sum(gz, axis=0)
-        s2 += tl.sum(tl.where(m, gz * xc, 0.0), axis=0)
-    tl.store(part_ptr + split * 2 * C + c, s1, mask=cm)
-    tl.store(part_ptr + split * 2 * C + C + c, s2, mask=cm)
 
 
 @triton.jit
@@ -340,8 +323,8 @@ def batch_norm_relu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
         grid, per_split, block_l, block_c = _reduction_launch(L, C, S)
         part = torch.empty((grid[1], 2, C), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
                            device=x.device)
-        _bn_stats_kernel[grid](x, ref, part, L, C, S, per_split, BLOCK_L=block_l, BLOCK_C=block_c,
-                               ACC=_acc_dtype(x))
+        _channel_sums_kernel[grid](x, ref, x, x, x, part, L, C, S, per_split, *dropout_key(0.0, 0)[1], BACKWARD=False,
+                                   RES_GRAD=False, DROP=False, BLOCK_L=block_l, BLOCK_C=block_c, ACC=_acc_dtype(x))
         s = part.double().sum(0)
         m1 = s[0] / L
         mean_d = ref.double() + m1
@@ -392,9 +375,9 @@ def batch_norm_relu_backward(grad_out: torch.Tensor, out: torch.Tensor, x: torch
     drop, key = dropout_key(p, seed)
     grid, per_split, block_l, block_c = _reduction_launch(L, C, S)
     part = torch.empty((grid[1], 2, C), dtype=acc, device=out.device)
-    _bn_reduce_kernel[grid](g, out, x, mean, gres if residual_grad else gx, part, L, C, S, per_split, *key,
-                            RES_GRAD=residual_grad, DROP=drop, BLOCK_L=block_l, BLOCK_C=block_c,
-                            ACC=_acc_dtype(out))
+    _channel_sums_kernel[grid](x, mean, g, out, gres if residual_grad else gx, part, L, C, S, per_split, *key,
+                               BACKWARD=True, RES_GRAD=residual_grad, DROP=drop, BLOCK_L=block_l, BLOCK_C=block_c,
+                               ACC=_acc_dtype(out))
     s = part.double().sum(0)
     w, istd = weight.double(), invstd.double()
     ka = w * istd
