@@ -96,7 +96,7 @@ def check(name, got, want, low_precision: bool):
         H.check_rel_l2(name, got[1:], want[1:], 5e-3)
 
 
-def check_dropout_case(leaves, stats, grad_out, device):
+def check_dropout_case(leaves, stats, grad_out):
     """skelfast with dropout vs F.batch_norm + dropout_add_relu drawing the same mask (same seed)."""
     x, weight, bias, residual = leaves
     inputs = [t for t in leaves if t is not None]
@@ -131,7 +131,7 @@ def bench_case(shape, mode, device, memory_format, quick, bf16):
                 if name != "reference":
                     check(name, call(), want, low)
         else:
-            check_dropout_case(leaves, stats, go, device)
+            check_dropout_case(leaves, stats, go)
         providers.update(new)
     kw = dict(min_reps=5, min_time_s=0.2) if quick else dict(min_reps=10, min_time_s=1.0)
     stats_by_name = H.measure_interleaved(providers, device, **kw)
