@@ -8,6 +8,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for tests/_com
 
 import torch  # noqa: E402
 
+if os.environ.get("SKELFAST_RECORD_TRITON_LAUNCHES"):   # the recording run of test_triton_compiles_for_gpu.py
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "triton"))
+    from _launches import install_recorder  # noqa: E402
+    install_recorder(os.environ["SKELFAST_RECORD_TRITON_LAUNCHES"])
+
 
 @pytest.fixture(autouse=True)
 def _seed():
