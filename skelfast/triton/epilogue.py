@@ -118,16 +118,23 @@ def _check_p(p: float, op: str) -> None:
 # dropout_add_relu: out = relu(dropout(x) + residual)
 # ------------------------------------------------------------------------------------------------
 @triton.jit
-def _epilogue_fwd_kernel(x_ptr, res_ptr, out_ptr, n, key0, key1, threshold, keep_hi, keep_lo,
-                         HAS_RES: tl.constexpr, DROP: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    m = i < n
-    y = tl.load(x_ptr + i, mask=m, other=0.0).to(ACC)
+def _drop_add_relu_store(y, i, m, res_ptr, out_ptr, key0, key1, threshold, keep_hi, keep_lo,
+                         HAS_RES: tl.constexpr, DROP: tl.constexpr, ACC: tl.constexpr):
+    """out[i] = relu(dropout(y) + residual[i]): the forward tail of both ops."""
     if DROP:
         y = y * _dropout_weight(i, key0, key1, threshold, keep_hi, keep_lo, ACC)
     if HAS_RES:
         y = y + tl.load(res_ptr + i, mask=m, other=0.0).to(ACC)
     tl.store(out_ptr + i, tl.where(y > 0, y, 0.0).to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _epilogue_fwd_kernel(x_ptr, res_ptr, out_ptr, n, key0, key1, threshold, keep_hi, keep_lo,
+                         HAS_RES: tl.constexpr, DROP: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    _drop_add_relu_store(tl.load(x_ptr + i, mask=m, other=0.0).to(ACC), i, m, res_ptr, out_ptr, key0, key1,
+                         threshold, keep_hi, keep_lo, HAS_RES, DROP, ACC)
 
 
 @triton.jit
@@ -249,11 +256,7 @@ def _bn_apply_kernel(x_ptr, res_ptr, out_ptr, scale_ptr, shift_ptr, n, C, S, key
     c = _channel(i, C, S, WIDE)
     y = (tl.load(x_ptr + i, mask=m, other=0.0).to(ACC) * tl.load(scale_ptr + c, mask=m, other=0.0)
          + tl.load(shift_ptr + c, mask=m, other=0.0))
-    if DROP:
-        y = y * _dropout_weight(i, key0, key1, threshold, keep_hi, keep_lo, ACC)
-    if HAS_RES:
-        y = y + tl.load(res_ptr + i, mask=m, other=0.0).to(ACC)
-    tl.store(out_ptr + i, tl.where(y > 0, y, 0.0).to(out_ptr.dtype.element_ty), mask=m)
+    _drop_add_relu_store(y, i, m, res_ptr, out_ptr, key0, key1, threshold, keep_hi, keep_lo, HAS_RES, DROP, ACC)
 
 
 @triton.jit
