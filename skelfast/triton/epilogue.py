@@ -27,6 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ops._layout import memory_format
+from ..ops.batch_norm_relu import param_dtype
+
 __all__ = ["dropout_add_relu_forward", "dropout_add_relu_backward", "batch_norm_relu_forward",
            "batch_norm_relu_backward", "dropout_key"]
 
@@ -84,13 +87,12 @@ def _acc_dtype(t: torch.Tensor):
 
 
 def _layout(t: torch.Tensor) -> torch.memory_format:
-    """t's memory format: contiguous (any rank) or channels-last (4-d); raises for other layouts,
-    whose memory offsets the kernels (and the mask) are not defined on."""
-    if t.is_contiguous():
-        return torch.contiguous_format
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    raise RuntimeError("the epilogue kernels need contiguous or channels-last (4-d) tensors")
+    """t's memory format by the ops' rule (skelfast/ops/_layout.py); raises unless t is dense in
+    it: other layouts have no memory offsets the kernels (and the mask) are defined on."""
+    fmt = memory_format(t)
+    if not t.is_contiguous(memory_format=fmt):
+        raise RuntimeError("the epilogue kernels need contiguous or channels-last (4-d) tensors")
+    return fmt
 
 
 def _geometry(t: torch.Tensor) -> Tuple[int, int, int, torch.memory_format]:
@@ -294,11 +296,6 @@ def _check_vector(v: torch.Tensor, x: torch.Tensor, dtype: torch.dtype, name: st
         raise RuntimeError(f"{op}: {name} must be a contiguous ({C},) {dtype} tensor on {x.device}")
 
 
-def _param_dtype(x: torch.Tensor) -> torch.dtype:
-    """Dtype of the affine parameters and statistics: x's for fp32/fp64, fp32 for bf16/fp16 x."""
-    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-
-
 def batch_norm_relu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: Optional[torch.Tensor],
                             var: Optional[torch.Tensor], residual: Optional[torch.Tensor], eps: float, p: float,
                             seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -309,7 +306,7 @@ def batch_norm_relu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     if not (eps >= 0.0):
         raise RuntimeError(f"{op}: eps must be >= 0, got {eps}")
     O, C, S, fmt = _geometry(x)
-    pdt = _param_dtype(x)
+    pdt = param_dtype(x)
     _check_vector(weight, x, pdt, "weight", op)
     _check_vector(bias, x, pdt, "bias", op)
     if (mean is None) != (var is None):
@@ -364,7 +361,7 @@ def batch_norm_relu_backward(grad_out: torch.Tensor, out: torch.Tensor, x: torch
         raise RuntimeError(f"{op}: x must have out's dtype, shape and strides")
     if grad_out.shape != out.shape:
         raise RuntimeError(f"{op}: grad_out must have out's shape")
-    pdt = _param_dtype(out)
+    pdt = param_dtype(out)
     for v, name in ((weight, "weight"), (mean, "mean"), (invstd, "invstd")):
         _check_vector(v, out, pdt, name, op)
     g = _dense_like(grad_out.to(out.dtype), fmt)
