@@ -86,6 +86,11 @@ def _acc_dtype(t: torch.Tensor):
     return tl.float64 if t.dtype == torch.float64 else tl.float32
 
 
+def _torch_acc(t: torch.Tensor) -> torch.dtype:
+    """_acc_dtype as a torch dtype (partial sums, the per-channel factors the kernels read)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def _layout(t: torch.Tensor) -> torch.memory_format:
     """t's memory format by the ops' rule (skelfast/ops/_layout.py); raises unless t is dense in
     it: other layouts have no memory offsets the kernels (and the mask) are defined on."""
@@ -290,6 +295,22 @@ def _reduction_launch(L: int, C: int, S: int):
     return (triton.cdiv(C, block_c), splits), per_split, block_l, block_c
 
 
+def _channel_sums(x: torch.Tensor, center: torch.Tensor, L: int, C: int, S: int, grad: Optional[torch.Tensor] = None,
+                  out: Optional[torch.Tensor] = None, gres: Optional[torch.Tensor] = None, p: float = 0.0,
+                  seed: int = 0) -> torch.Tensor:
+    """(2, C) float64 totals of _channel_sums_kernel over all rows: the forward moments about
+    `center` when grad is None, else the backward sums (grad_residual written into gres if given)."""
+    backward = grad is not None
+    drop, key = dropout_key(p if backward else 0.0, seed)
+    grid, per_split, block_l, block_c = _reduction_launch(L, C, S)
+    part = torch.empty((grid[1], 2, C), dtype=_torch_acc(x), device=x.device)
+    _channel_sums_kernel[grid](x, center, grad if backward else x, out if backward else x,
+                               gres if gres is not None else x, part, L, C, S, per_split, *key, BACKWARD=backward,
+                               RES_GRAD=gres is not None, DROP=drop, BLOCK_L=block_l, BLOCK_C=block_c,
+                               ACC=_acc_dtype(x))
+    return part.double().sum(0)
+
+
 def _check_vector(v: torch.Tensor, x: torch.Tensor, dtype: torch.dtype, name: str, op: str) -> None:
     C = x.shape[1]
     if v.dim() != 1 or v.shape[0] != C or v.dtype != dtype or not v.is_contiguous() or v.device != x.device:
@@ -320,12 +341,7 @@ def batch_norm_relu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
             raise RuntimeError(f"{op}: batch statistics need at least one value per channel")
         flat = x.as_strided((x.numel(),), (1,))                  # memory order (x is dense)
         ref = flat[torch.arange(C, device=x.device) * S]           # each channel's first value
-        grid, per_split, block_l, block_c = _reduction_launch(L, C, S)
-        part = torch.empty((grid[1], 2, C), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
-                           device=x.device)
-        _channel_sums_kernel[grid](x, ref, x, x, x, part, L, C, S, per_split, *dropout_key(0.0, 0)[1], BACKWARD=False,
-                                   RES_GRAD=False, DROP=False, BLOCK_L=block_l, BLOCK_C=block_c, ACC=_acc_dtype(x))
-        s = part.double().sum(0)
+        s = _channel_sums(x, ref, L, C, S)
         m1 = s[0] / L
         mean_d = ref.double() + m1
         var_d = (s[1] / L - m1 * m1).clamp_min(0.0)
@@ -339,7 +355,7 @@ def batch_norm_relu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     out = torch.empty_like(x)
     n = x.numel()
     if n:
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        acc = _torch_acc(x)
         drop, key = dropout_key(p, seed)
         _bn_apply_kernel[_elementwise_grid(n)](x, residual if residual is not None else x, out, scale_d.to(acc),
                                                shift_d.to(acc), n, C, S, *key, HAS_RES=residual is not None, DROP=drop,
@@ -368,17 +384,12 @@ def batch_norm_relu_backward(grad_out: torch.Tensor, out: torch.Tensor, x: torch
     gx = torch.empty_like(out)
     gres = torch.empty_like(out) if residual_grad else out.new_empty((0,))
     L, n = O * S, out.numel()
-    acc = torch.float64 if out.dtype == torch.float64 else torch.float32
     if n == 0:
         zeros = weight.new_zeros((C,))
         return gx, zeros, zeros.clone(), gres
+    s = _channel_sums(x, mean, L, C, S, g, out, gres if residual_grad else None, p, seed)
+    acc = _torch_acc(out)
     drop, key = dropout_key(p, seed)
-    grid, per_split, block_l, block_c = _reduction_launch(L, C, S)
-    part = torch.empty((grid[1], 2, C), dtype=acc, device=out.device)
-    _channel_sums_kernel[grid](x, mean, g, out, gres if residual_grad else gx, part, L, C, S, per_split, *key,
-                               BACKWARD=True, RES_GRAD=residual_grad, DROP=drop, BLOCK_L=block_l, BLOCK_C=block_c,
-                               ACC=_acc_dtype(out))
-    s = part.double().sum(0)
     w, istd = weight.double(), invstd.double()
     ka = w * istd
     kb = -ka * s[0] / L if batch_stats else torch.zeros_like(ka)
