@@ -99,11 +99,13 @@ def test_outputs_and_all_gradients_match_reference(G, mode, head):
                 torch.testing.assert_close(sd[k], v, atol=1e-12, rtol=1e-12, msg=lambda m: f"{k}: {m}")
 
 
-@pytest.mark.parametrize("split_backward", [True, False])
-def test_conv_backward_split_per_group_or_grouped(monkeypatch, split_backward):
+@pytest.mark.parametrize("split_backward,memory_format", [(True, "channels_last"), (True, "contiguous"),
+                                                          (False, "channels_last")])
+def test_conv_backward_split_per_group_or_grouped(monkeypatch, split_backward, memory_format):
     """Both CPU backward strategies of the grouped convolutions (per-group convolution_backward on
     slices, or oneDNN's grouped backward; chosen by width, SPLIT_BACKWARD_MIN_MACS) give the
-    reference gradients, strided blocks and 1x1 residuals included."""
+    reference gradients, strided blocks and 1x1 residuals included; channels-last runs the 9x1
+    convs' split backward as 1x9 convs over transposed slices."""
     import skelfast.nn.batched_stgcn as bs
 
     monkeypatch.setattr(bs, "SPLIT_BACKWARD_MIN_MACS", 0 if split_backward else 2**62)
@@ -111,7 +113,7 @@ def test_conv_backward_split_per_group_or_grouped(monkeypatch, split_backward):
     real_apply = bs._GroupedConvSplitBackward.apply
     monkeypatch.setattr(bs._GroupedConvSplitBackward, "apply", lambda *a: calls.append(1) or real_apply(*a))
     refs = make_refs(3)
-    batched = BatchedSTGCN.from_reference(refs)
+    batched = BatchedSTGCN.from_reference(refs, memory_format=memory_format)
     got, want, grads, ref_grads = run_both(refs, batched, make_x(3))
     assert bool(calls) == split_backward
     torch.testing.assert_close(got[0], want[0], atol=1e-10, rtol=1e-10)
@@ -119,6 +121,34 @@ def test_conv_backward_split_per_group_or_grouped(monkeypatch, split_backward):
         for name in ref_grads[g]:
             torch.testing.assert_close(grads[g][name], ref_grads[g][name], atol=1e-10, rtol=1e-9,
                                        msg=lambda m: f"model {g} grad {name}: {m}")
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [((9, 1), (2, 1), (4, 0)), ((3, 1), (1, 1), (1, 0)),
+                                                    ((1, 1), (2, 1), (0, 0)), ((3, 3), (1, 2), (1, 1))])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_split_backward_matches_grouped_conv_autograd(kernel, stride, padding, channels_last):
+    """_GroupedConvSplitBackward's gradients (x, weight, bias) equal autograd through the grouped
+    F.conv2d, for the (k, 1) kernels it runs transposed as (1, k) and for kernels it does not."""
+    import skelfast.nn.batched_stgcn as bs
+
+    G, cin, cout = 3, 4, 5
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, G * cin, 11, 7, generator=gen, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(G * cout, cin, *kernel, generator=gen, dtype=torch.float64)
+    b = torch.randn(G * cout, generator=gen, dtype=torch.float64)
+    inputs = [t.clone().requires_grad_() for t in (x, w, b)]
+    want = torch.nn.functional.conv2d(*inputs, stride, padding, 1, G)
+    gout = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+    want_grads = torch.autograd.grad(want, inputs, gout)
+    split_inputs = [t.clone().requires_grad_() for t in (x, w, b)]
+    got = bs._GroupedConvSplitBackward.apply(*split_inputs, stride, padding, G)
+    got_grads = torch.autograd.grad(got, split_inputs, gout)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    for name, g, r in zip(("x", "weight", "bias"), got_grads, want_grads):
+        torch.testing.assert_close(g, r, atol=1e-12, rtol=1e-12, msg=lambda m: f"grad {name}: {m}")
+    assert got_grads[0].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def test_list_input_fp32_strided_odd_T():
