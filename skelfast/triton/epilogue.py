@@ -112,10 +112,6 @@ def _geometry(t: torch.Tensor) -> Tuple[int, int, int, torch.memory_format]:
     return t.shape[0], C, (t.numel() // (t.shape[0] * C) if t.numel() else 0), fmt
 
 
-def _dense_like(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
-    return t if t.is_contiguous(memory_format=fmt) else t.contiguous(memory_format=fmt)
-
-
 def _check_p(p: float, op: str) -> None:
     if not 0.0 <= p <= 1.0:
         raise RuntimeError(f"{op}: p must be in [0, 1], got {p}")
@@ -185,7 +181,7 @@ def dropout_add_relu_backward(grad_out: torch.Tensor, out: torch.Tensor, p: floa
     """Triton skelfast::dropout_add_relu_backward -> (grad_x, grad_residual or an empty (0,))."""
     _check_p(p, "skelfast::dropout_add_relu_backward")
     fmt = _layout(out)
-    g = _dense_like(grad_out.to(out.dtype), fmt)
+    g = grad_out.to(out.dtype).contiguous(memory_format=fmt)
     gx = torch.empty_like(out)
     gres = torch.empty_like(out) if residual_grad else out.new_empty((0,))
     n = out.numel()
@@ -380,7 +376,7 @@ def batch_norm_relu_backward(grad_out: torch.Tensor, out: torch.Tensor, x: torch
     pdt = param_dtype(out)
     for v, name in ((weight, "weight"), (mean, "mean"), (invstd, "invstd")):
         _check_vector(v, out, pdt, name, op)
-    g = _dense_like(grad_out.to(out.dtype), fmt)
+    g = grad_out.to(out.dtype).contiguous(memory_format=fmt)
     gx = torch.empty_like(out)
     gres = torch.empty_like(out) if residual_grad else out.new_empty((0,))
     L, n = O * S, out.numel()
