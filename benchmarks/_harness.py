@@ -369,9 +369,11 @@ def check_rel_l2(name: str, got, want, tol: float) -> List[float]:
 
 
 def device_name(device: torch.device) -> str:
+    """GPU model, or for CPUs cores, architecture and the vector ISA ATen dispatches to: hosts of one
+    kind with and without AVX-512 differ ~3x in fp32 GEMM rate, so their rows must not share a file."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu-{os.cpu_count()}core-{platform.machine()}"
+    return f"cpu-{os.cpu_count()}core-{platform.machine()}-{torch.backends.cpu.get_cpu_capability().lower()}"
 
 
 def device_slug(device: torch.device) -> str:

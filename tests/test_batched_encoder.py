@@ -126,10 +126,14 @@ def test_conv_backward_split_per_group_or_grouped(monkeypatch, split_backward, m
 @pytest.mark.parametrize("kernel,stride,padding", [((9, 1), (2, 1), (4, 0)), ((3, 1), (1, 1), (1, 0)),
                                                     ((1, 1), (2, 1), (0, 0)), ((3, 3), (1, 2), (1, 1))])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_split_backward_matches_grouped_conv_autograd(kernel, stride, padding, channels_last):
+@pytest.mark.parametrize("swap_taps", [True, False])
+def test_split_backward_matches_grouped_conv_autograd(kernel, stride, padding, channels_last, swap_taps, monkeypatch):
     """_GroupedConvSplitBackward's gradients (x, weight, bias) equal autograd through the grouped
-    F.conv2d, for the (k, 1) kernels it runs transposed as (1, k) and for kernels it does not."""
+    F.conv2d, for the (k, 1) kernels it runs transposed as (1, k) and for kernels it does not, with
+    the swap on and off whatever this host's ISA picked."""
     import skelfast.nn.batched_stgcn as bs
+
+    monkeypatch.setattr(bs, "SWAP_TEMPORAL_TAPS", swap_taps)
 
     G, cin, cout = 3, 4, 5
     gen = torch.Generator().manual_seed(0)

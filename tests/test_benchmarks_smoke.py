@@ -65,6 +65,18 @@ def test_measure_interleaved_cancels_drift(monkeypatch):
     assert sequential["reference"] / sequential["skelfast"] < 1.5   # what interleaving protects against
 
 
+def test_cpu_results_are_named_by_vector_isa(monkeypatch):
+    """Rows of an AVX2 and an AVX-512 host of the same core count go to different CSVs."""
+    cpu = torch.device("cpu")
+    for isa in ("AVX2", "AVX512"):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda isa=isa: isa)
+        assert H.device_name(cpu).endswith("-" + isa.lower())
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    avx2 = H.results_path(cpu)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert H.results_path(cpu) != avx2
+
+
 def test_compare_flags_regressions(tmp_path, capsys):
     old, same, slow = tmp_path / "old.csv", tmp_path / "same.csv", tmp_path / "slow.csv"
     _write(old, [_row("reference", 10.0), _row("skelfast", 1.0)])

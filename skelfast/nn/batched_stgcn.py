@@ -91,13 +91,10 @@ class _GroupedConvSplitBackward(torch.autograd.Function):
         cin, cout = x.shape[1] // G, weight.shape[0] // G
         channels_last = x.is_contiguous(memory_format=torch.channels_last)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        # A (k, 1) kernel over channels-last (N, T, V, C) runs as the same conv with a (1, k) kernel
-        # over (N, V, T, C): oneDNN's weight gradient is 1.6x faster with the taps along the
-        # innermost spatial dim (measured, 2 threads, N*M=128, 256 -> 256 9x1 at T=13: 178 vs
-        # 112 ms per group; data gradient equal; the last block's fwd+bwd, N*M=128, three process
-        # pairs: 2.71 / 2.97 / 2.60 -> 2.65 / 2.56 / 2.39 s). The per-group copies are taken in that
-        # order anyway, and dx is written back through a transposed view (same passes as the concat).
-        swap = channels_last and weight.shape[2] > 1 and weight.shape[3] == 1
+        # With SWAP_TEMPORAL_TAPS (below), a (k, 1) kernel over channels-last (N, T, V, C) runs as
+        # the same conv with a (1, k) kernel over (N, V, T, C). The per-group copies are taken in
+        # that order anyway, and dx is written back through a transposed view (same passes as the concat).
+        swap = SWAP_TEMPORAL_TAPS and channels_last and weight.shape[2] > 1 and weight.shape[3] == 1
 
         def oriented(t: torch.Tensor) -> torch.Tensor:
             return t.transpose(2, 3) if swap else t
@@ -121,6 +118,14 @@ class _GroupedConvSplitBackward(torch.autograd.Function):
         db = grad.sum(dim=(0, 2, 3)) if has_bias and ctx.needs_input_grad[2] else None
         return dx, torch.cat(dws, 0) if mask[1] else None, db, None, None, None
 
+
+# oneDNN's AVX-512 weight gradient of a (k, 1) kernel over channels-last is 1.6x faster with the taps
+# along the innermost spatial dim (2 threads, N*M=128, 256 -> 256 9x1 at T=13: 178 vs 112 ms per
+# group, data gradient equal; the last block's fwd+bwd, three process pairs: 2.71 / 2.97 / 2.60 ->
+# 2.65 / 2.56 / 2.39 s). Its AVX2 kernels gain nothing from it (2-core Zen 3 host, the 6-group
+# backward: 256 -> 256 at T=13 6.86 / 7.07 s unswapped vs 7.13 / 7.00 s swapped, 64 -> 64 at T=50
+# 1.95 / 1.98 vs 2.22 / 2.33 s), so the swap follows the ISA ATen dispatches to.
+SWAP_TEMPORAL_TAPS = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 # The split backward pays from this many multiply-adds per output pixel and group on (Cin * Cout *
 # kernel taps). Measured, 2 threads, N*M=256, channels-last, split vs grouped backward (copies and
