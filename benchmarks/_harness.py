@@ -18,6 +18,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import datetime as _dt
@@ -366,6 +367,16 @@ def check_rel_l2(name: str, got, want, tol: float) -> List[float]:
                                  f">= {tol} (no number for a wrong result)")
         errors.append(rel)
     return errors
+
+
+def bench_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
+    """Command line with the options every benchmark has: --quick (its smoke-test size, described
+    by `quick_help`), --device and --out-dir."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out-dir", default=None, help="CSV folder (default benchmarks/results)")
+    return parser
 
 
 def device_name(device: torch.device) -> str:

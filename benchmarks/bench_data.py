@@ -27,7 +27,6 @@ Usage: python -m benchmarks.bench_data [--quick] [--files N] [--device cpu|cuda]
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -131,13 +130,10 @@ def bench_augment(reps: int, device: torch.device):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small sizes, few repeats (< 30 s)")
+    ap = H.bench_parser(__doc__, "small sizes, few repeats (< 30 s)")
     ap.add_argument("--files", type=int, default=None, help="synthetic files for the reader benchmark")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-write", action="store_true", help="print only, do not write the CSV")
-    ap.add_argument("--out-dir", default=None, help="CSV folder (default benchmarks/results)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     n_files = args.files or (40 if args.quick else 300)

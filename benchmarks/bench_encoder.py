@@ -38,7 +38,6 @@ Usage: python -m benchmarks.bench_encoder [--quick] [--device cpu|cuda] [--sizes
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Callable, Dict, Optional
 
@@ -234,9 +233,7 @@ def run_last_block(sizes, G: int, device: torch.device, quick: bool, names):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="N=4, G=6, no compile providers, few repetitions")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = H.bench_parser(__doc__, "N=4, G=6, no compile providers, few repetitions")
     parser.add_argument("--sizes", default=None, help="comma-separated N (default 64,128)")
     parser.add_argument("--models", type=int, default=6, help="G encoders (default 6)")
     parser.add_argument("--modes", default="forward,forward+backward")
@@ -247,7 +244,6 @@ def main(argv=None):
     parser.add_argument("--last-block", action="store_true",
                         help="also time block 10 alone (TFLOP/s, %% of floor, %% of the bf16 datasheet peak "
                              "on H100/H200)")
-    parser.add_argument("--out-dir", default=None, help="CSV folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:

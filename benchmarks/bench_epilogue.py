@@ -25,7 +25,6 @@ Usage: python -m benchmarks.bench_epilogue [--quick] [--device cuda] [--out-dir 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Callable, Dict
 
@@ -151,10 +150,7 @@ def bench_case(shape, mode, device, memory_format, quick, bf16):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one small shape (8 sequences, 6*8 channels)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out-dir", default=None)
+    parser = H.bench_parser(__doc__, "one small shape (8 sequences, 6*8 channels)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format

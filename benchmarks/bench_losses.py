@@ -23,7 +23,6 @@ Usage: python -m benchmarks.bench_losses [--quick] [--cases phase1,phase2,distil
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import re
 import sys
@@ -181,15 +180,12 @@ def run(cases, Ks, provider_names, device, quick, queue_dtype=torch.float32):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="K=4096 only, short timing (smoke test)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = H.bench_parser(__doc__, "K=4096 only, short timing (smoke test)")
     parser.add_argument("--cases", default="phase1,phase2,distill")
     parser.add_argument("--K", default=None, help="comma-separated queue sizes (default 4096,32768,65536)")
     parser.add_argument("--providers", default="reference,reference+compile,skelfast")
     parser.add_argument("--queue-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="dtype of the queues read by skelfast (references get the same values in fp32)")
-    parser.add_argument("--out-dir", default=None, help="CSV folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     Ks = [int(k) for k in args.K.split(",")] if args.K else ([4096] if args.quick else [4096, 32768, 65536])

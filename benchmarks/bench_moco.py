@@ -18,7 +18,6 @@ Usage: python -m benchmarks.bench_moco [--quick] [--device cuda]
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
@@ -108,10 +107,7 @@ def bench_enqueue(G: int, N: int, K: int, D: int, device: torch.device, quick: b
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="G=1 momentum update, small queue")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out-dir", default=None)
+    parser = H.bench_parser(__doc__, "G=1 momentum update, small queue")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     print(H.ceilings_line(device))

@@ -10,7 +10,6 @@ and peak memory. Usage: python -m benchmarks.bench_modalities [--quick] [--devic
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
@@ -77,11 +76,8 @@ def run(sizes, device: torch.device, quick: bool):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="N=32 only, short timing (smoke test)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = H.bench_parser(__doc__, "N=32 only, short timing (smoke test)")
     parser.add_argument("--sizes", default=None, help="comma-separated batch sizes (default 32,128,256)")
-    parser.add_argument("--out-dir", default=None, help="CSV folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([32] if args.quick else [32, 128, 256])

@@ -48,7 +48,6 @@ Usage: python -m benchmarks.bench_step [--quick] [--device cuda] [--cases phase1
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 
@@ -213,10 +212,7 @@ def run_case(case: str, provs, a, device: torch.device, reps: int, failures: lis
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true",
-                    help="N=16, K=1024, 4 channels, 32-d, 2 reps, no compile providers on CPU (smoke test)")
+    ap = H.bench_parser(__doc__, "N=16, K=1024, 4 channels, 32-d, 2 reps, no compile providers on CPU (smoke test)")
     ap.add_argument("--cases", default="phase1,phase2,distill", help=f"comma list from {sorted(EPOCHS)}")
     ap.add_argument("--providers", default=None, help=f"comma list from {ALL_PROVIDERS}")
     ap.add_argument("--N", type=int, default=128)
@@ -229,7 +225,6 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-bf16", action="store_true", help="also time bf16 autocast on CPU")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory run (one extra step per row)")
     ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--out-dir", default=None, help="CSV folder (default benchmarks/results)")
     a = ap.parse_args(argv)
     device = torch.device(a.device)
     if a.threads:
