@@ -79,7 +79,6 @@ constexpr int kW = 8;
 #endif
 
 struct FloatRows {
-  const char* isa;
   // float32 dq += X . chunk^T as oneDNN's 1x1 weight gradient (AVX-512) or BLAS mm (otherwise):
   // on the 2-core Zen 3 (AVX2) host MKL's mm ran it 1.2-1.3x faster (N=128, D=128 / 384 x 768 per
   // 8192 columns: 2.24 vs 2.80 ms, 31.7 vs 35.9 ms); the similarities stay on oneDNN everywhere.
@@ -91,9 +90,11 @@ struct FloatRows {
   decltype(&rows_baseline::row_grad_exp) grad_exp;
   decltype(&rows_baseline::row_grad_exp_prod) grad_exp_prod;
 };
-#define SKELFAST_FLOAT_ROWS(ns, name) \
-  FloatRows { name, std::string(name) == "avx512", &ns::row_sum_exp, &ns::row_sum_exp_prod, &ns::row_exp_store, &ns::row_max, &ns::row_grad_exp, \
-              &ns::row_grad_exp_prod }
+#define SKELFAST_FLOAT_ROWS(ns, onednn_weight_grad)                                                         \
+  FloatRows {                                                                                              \
+    onednn_weight_grad, &ns::row_sum_exp, &ns::row_sum_exp_prod, &ns::row_exp_store, &ns::row_max,         \
+        &ns::row_grad_exp, &ns::row_grad_exp_prod                                                          \
+  }
 
 FloatRows pick_float_rows() {
   const char* env = std::getenv("SKELFAST_LOSS_ISA");
@@ -106,12 +107,12 @@ FloatRows pick_float_rows() {
   const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   STD_TORCH_CHECK(want != "avx512" || has512, "SKELFAST_LOSS_ISA=avx512, but this CPU has no AVX-512");
   STD_TORCH_CHECK(want != "avx2" || has2, "SKELFAST_LOSS_ISA=avx2, but this CPU has no AVX2+FMA");
-  if (has512 && (want.empty() || want == "avx512")) return SKELFAST_FLOAT_ROWS(rows_avx512, "avx512");
-  if (has2 && want != "baseline") return SKELFAST_FLOAT_ROWS(rows_avx2, "avx2");
+  if (has512 && (want.empty() || want == "avx512")) return SKELFAST_FLOAT_ROWS(rows_avx512, true);
+  if (has2 && want != "baseline") return SKELFAST_FLOAT_ROWS(rows_avx2, false);
 #else
   STD_TORCH_CHECK(want.empty() || want == "baseline", "SKELFAST_LOSS_ISA=", want, " needs an x86-64 GCC build");
 #endif
-  return SKELFAST_FLOAT_ROWS(rows_baseline, "baseline");
+  return SKELFAST_FLOAT_ROWS(rows_baseline, false);
 }
 
 const FloatRows& float_rows() {
