@@ -125,9 +125,10 @@ class _GroupedConvSplitBackward(torch.autograd.Function):
 # 2.65 / 2.56 / 2.39 s). Its AVX2 kernels gain nothing from it (2-core Zen 3 host, the 6-group
 # backward: 256 -> 256 at T=13 6.86 / 7.07 s unswapped vs 7.13 / 7.00 s swapped, 64 -> 64 at T=50
 # 1.95 / 1.98 vs 2.22 / 2.33 s), so the swap follows the ISA ATen dispatches to.
-SWAP_TEMPORAL_TAPS = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+_CPU_AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+SWAP_TEMPORAL_TAPS = _CPU_AVX512
 # See _GroupedGraphConv.forward: graph_conv's CPU kernel runs only where ATen dispatches AVX-512.
-GRAPH_CONV_KERNEL_ON_CPU = SWAP_TEMPORAL_TAPS
+GRAPH_CONV_KERNEL_ON_CPU = _CPU_AVX512
 
 # The split backward pays from this many multiply-adds per output pixel and group on (Cin * Cout *
 # kernel taps). Measured, 2 threads, N*M=256, channels-last, split vs grouped backward (copies and
