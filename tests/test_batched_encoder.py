@@ -155,6 +155,75 @@ def test_split_backward_matches_grouped_conv_autograd(kernel, stride, padding, c
     assert got_grads[0].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def _conv_calls(fn):
+    """(per-group input channels, kernel, stride) of every aten convolution and convolution_backward
+    that fn dispatches, forward and backward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    ops = {torch.ops.aten.convolution.default: 1, torch.ops.aten.convolution_backward.default: 2}
+    calls = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in ops:  # (input, weight, ..., stride at 3 / 4, ..., groups last but one or last)
+                w = args[ops[func]]
+                calls.append((w.shape[1], tuple(w.shape[2:]), tuple(args[ops[func] + 2])))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        fn()
+    return calls
+
+
+@pytest.mark.parametrize("G,hidden,strided_1x1_expected", [(1, 4, False), (6, 4, False), (1, 16, True)])
+def test_narrow_strided_1x1_convs_run_at_unit_stride(G, hidden, strided_1x1_expected):
+    """The oneDNN#6035 workaround (STRIDED_1X1_MIN_CHANNELS in skelfast/nn/batched_stgcn.py): on CPU a
+    stride-2 residual 1x1 conv with fewer than 16 input channels per group never reaches oneDNN with
+    its stride (forward or backward); a 16-channel one still does. The outputs and gradients of
+    these encoders against the reference are checked by the tests above."""
+    refs = make_refs(G, dtype=torch.float32, hidden_channels=hidden)
+    batched = BatchedSTGCN.from_reference(refs)
+    x = make_x(G, N=2, T=8, dtype=torch.float32)
+
+    def step():
+        head, pool = batched(x)
+        (head.sum() + pool.sum()).backward()
+
+    calls = _conv_calls(step)
+    strided_1x1 = [c for c in calls if c[1] == (1, 1) and c[2] != (1, 1)]
+    unit_1x1 = [c for c in calls if c[1] == (1, 1) and c[2] == (1, 1) and c[0] == hidden]
+    if strided_1x1_expected:
+        assert strided_1x1 and all(c[0] >= 16 for c in strided_1x1), calls
+    else:
+        # the 4 -> 8 residual (stride 2), at stride 1 in the forward and the backward
+        assert not strided_1x1, strided_1x1
+        assert len(unit_1x1) >= 2, calls
+
+
+def test_narrow_strided_1x1_conv_backward_keeps_the_heap_intact(tmp_path):
+    """Regression for the fine-tuning abort on an AVX2 host: glibc 'corrupted size vs. prev_size'
+    from oneDNN's strided 1x1 weight gradient on a 4-channel channels-last input (oneDNN#6035). A
+    one-encoder, 4-channel model trains a few steps in a fresh process with glibc's heap checks on
+    (MALLOC_CHECK_=3 aborts on the first inconsistency); without the workaround this aborted on
+    the Zen 3 AVX2 host on every run. Hosts whose oneDNN takes another kernel pass either way."""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "train_tiny.py"
+    script.write_text(
+        "import torch\n"
+        "torch.set_num_threads(1)\n"
+        "from skelfast.nn import BatchedSTGCN\n"
+        "torch.manual_seed(0)\n"
+        "m = BatchedSTGCN(1, hidden_channels=4, hidden_dim=16, feature_dim=8, dropout=0.0)\n"
+        "for _ in range(4):\n"
+        "    head, pool = m(torch.randn(1, 4, 3, 50, 25, 2))\n"
+        "    (head.square().sum() + pool.sum()).backward()\n"
+        "print('ok')\n")
+    env = dict(os.environ, MALLOC_CHECK_="3", SKELFAST_QUIET_IMPORT="1")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", (res.returncode, res.stderr[-2000:])
+
+
 def test_list_input_fp32_strided_odd_T():
     refs = make_refs(3, dtype=torch.float32)
     batched = BatchedSTGCN.from_reference(refs)

@@ -127,8 +127,17 @@ class _GroupedConvSplitBackward(torch.autograd.Function):
 # 1.95 / 1.98 vs 2.22 / 2.33 s), so the swap follows the ISA ATen dispatches to.
 _CPU_AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 SWAP_TEMPORAL_TAPS = _CPU_AVX512
-# See _GroupedGraphConv.forward: graph_conv's CPU kernel runs only where ATen dispatches AVX-512.
-GRAPH_CONV_KERNEL_ON_CPU = _CPU_AVX512
+
+# oneDNN's jit 1x1 weight gradient with a stride first copies the strided source rows into a
+# workspace ("reduce to unit stride"), and with a channels-last source of fewer input channels than
+# one vector block it writes past that workspace (uxlfoundation/oneDNN#6035). Seen here as glibc
+# heap corruption in a fine-tuning backward (2-core Zen 3, AVX2, torch 2.13: the 4 -> 8 residual
+# conv, stride (2, 1), of a 4-channel test encoder; valgrind: an invalid write inside
+# jit_avx2_1x1_convolution_bwd_weights_t). Below this many input channels per group (the widest
+# block, AVX-512's 16 floats) a strided 1x1 conv on CPU runs as a subsample plus a stride-1 conv:
+# the same maths, since a 1x1 kernel without padding reads only the strided rows. Wider layers (the
+# real encoders: 64 and 128 channels) keep the strided call, which measured 5-15% faster here.
+STRIDED_1X1_MIN_CHANNELS = 16
 
 # The split backward pays from this many multiply-adds per output pixel and group on (Cin * Cout *
 # kernel taps). Measured, 2 threads, N*M=256, channels-last, split vs grouped backward (copies and
@@ -139,11 +148,18 @@ SPLIT_BACKWARD_MIN_MACS = 64 * 64 * 9
 
 
 def _grouped_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """conv(x) for a grouped Conv2d; on CPU with autograd and wide groups, the split backward above."""
-    if (x.device.type == "cpu" and torch.is_grad_enabled() and conv.groups > 1 and not torch.is_autocast_enabled("cpu")
-            and conv.weight.numel() // conv.groups >= SPLIT_BACKWARD_MIN_MACS):
-        return _GroupedConvSplitBackward.apply(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.groups)
-    return conv(x)
+    """conv(x) for a grouped Conv2d; on CPU with autograd and wide groups, the split backward above,
+    and narrow strided 1x1 convs as subsample + stride-1 conv (STRIDED_1X1_MIN_CHANNELS)."""
+    stride = conv.stride
+    if x.device.type == "cpu":
+        if (conv.kernel_size == (1, 1) and stride != (1, 1) and conv.padding == (0, 0)
+                and conv.in_channels // conv.groups < STRIDED_1X1_MIN_CHANNELS):
+            fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+            x, stride = x[:, :, ::stride[0], ::stride[1]].contiguous(memory_format=fmt), (1, 1)
+        if (torch.is_grad_enabled() and conv.groups > 1 and not torch.is_autocast_enabled("cpu")
+                and conv.weight.numel() // conv.groups >= SPLIT_BACKWARD_MIN_MACS):
+            return _GroupedConvSplitBackward.apply(x, conv.weight, conv.bias, stride, conv.padding, conv.groups)
+    return F.conv2d(x, conv.weight, conv.bias, stride, conv.padding, conv.dilation, conv.groups)
 
 
 class _Zero(nn.Module):
@@ -162,12 +178,6 @@ class _GroupedGraphConv(nn.Module):
 
     def forward(self, x: torch.Tensor, A: torch.Tensor, importance: Optional[torch.Tensor],
                 fused: bool = True) -> torch.Tensor:
-        # Quarantine (2026-11-22): on a 2-core Zen 3 host (AVX2, no AVX-512) the finetune CLI test
-        # aborted in the backward with glibc "corrupted size vs. prev_size" when graph_conv's C++
-        # CPU kernel ran, and passed with this composite (and with SKELFAST_BACKEND=torch); the
-        # out-of-bounds write is not found yet, so CPUs without AVX-512 take the composite.
-        if x.device.type == "cpu" and not GRAPH_CONV_KERNEL_ON_CPU:
-            fused = False
         fn = graph_conv if fused else graph_conv_composite
         return fn(x, self.conv.weight, self.conv.bias, A, importance, self.num_models)
 
