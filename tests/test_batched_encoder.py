@@ -164,7 +164,7 @@ def _conv_calls(fn):
 
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func in ops:  # (input, weight, ..., stride at 3 / 4, ..., groups last but one or last)
+            if func in ops:  # the weight is argument 1 (forward) or 2 (backward), the stride two later
                 w = args[ops[func]]
                 calls.append((w.shape[1], tuple(w.shape[2:]), tuple(args[ops[func] + 2])))
             return func(*args, **(kwargs or {}))
