@@ -151,8 +151,8 @@ SPLIT_BACKWARD_MIN_MACS = 64 * 64 * 9
 def _grouped_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """conv(x) for a grouped Conv2d; on CPU with autograd and wide groups, the split backward above,
     and narrow strided 1x1 convs as subsample + stride-1 conv (STRIDED_1X1_MIN_CHANNELS)."""
-    stride = conv.stride
     if x.device.type == "cpu":
+        stride = conv.stride
         if (conv.kernel_size == (1, 1) and stride != (1, 1) and conv.padding == (0, 0)
                 and conv.in_channels // conv.groups < STRIDED_1X1_MIN_CHANNELS):
             fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
@@ -160,7 +160,9 @@ def _grouped_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         if (torch.is_grad_enabled() and conv.groups > 1 and not torch.is_autocast_enabled("cpu")
                 and conv.weight.numel() // conv.groups >= SPLIT_BACKWARD_MIN_MACS):
             return _GroupedConvSplitBackward.apply(x, conv.weight, conv.bias, stride, conv.padding, conv.groups)
-    return F.conv2d(x, conv.weight, conv.bias, stride, conv.padding, conv.dilation, conv.groups)
+        if stride != conv.stride:
+            return F.conv2d(x, conv.weight, conv.bias, stride, conv.padding, conv.dilation, conv.groups)
+    return conv(x)  # the module call where nothing changed (its hooks still fire)
 
 
 class _Zero(nn.Module):
