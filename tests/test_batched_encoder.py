@@ -199,7 +199,7 @@ def test_narrow_strided_1x1_convs_run_at_unit_stride(G, hidden, strided_1x1_expe
         assert len(unit_1x1) >= 2, calls
 
 
-def test_narrow_strided_1x1_conv_backward_keeps_the_heap_intact(tmp_path):
+def test_narrow_strided_1x1_conv_backward_keeps_the_heap_intact():
     """Regression for the fine-tuning abort on an AVX2 host: glibc 'corrupted size vs. prev_size'
     from oneDNN's strided 1x1 weight gradient on a 4-channel channels-last input (oneDNN#6035). A
     one-encoder, 4-channel model trains a few steps in a fresh process with glibc's heap checks on
@@ -208,8 +208,7 @@ def test_narrow_strided_1x1_conv_backward_keeps_the_heap_intact(tmp_path):
     import os
     import subprocess
     import sys
-    script = tmp_path / "train_tiny.py"
-    script.write_text(
+    code = (
         "import torch\n"
         "torch.set_num_threads(1)\n"
         "from skelfast.nn import BatchedSTGCN\n"
@@ -220,7 +219,7 @@ def test_narrow_strided_1x1_conv_backward_keeps_the_heap_intact(tmp_path):
         "    (head.square().sum() + pool.sum()).backward()\n"
         "print('ok')\n")
     env = dict(os.environ, MALLOC_CHECK_="3", SKELFAST_QUIET_IMPORT="1")
-    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "ok", (res.returncode, res.stderr[-2000:])
 
 

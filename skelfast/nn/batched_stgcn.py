@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..ops.batch_norm_relu import batch_norm_relu
 from ..ops.graph_conv import graph_conv, graph_conv_composite
+from ..ops._layout import memory_format as layout_of
 from ..reference.graph import spatial_adjacency
 from ..reference.stgcn import STGCN, TEMPORAL_KERNEL, block_specs, weights_init_official
 from ..topology import Topology
@@ -125,8 +126,7 @@ class _GroupedConvSplitBackward(torch.autograd.Function):
 # 2.65 / 2.56 / 2.39 s). Its AVX2 kernels gain nothing from it (2-core Zen 3 host, the 6-group
 # backward: 256 -> 256 at T=13 6.86 / 7.07 s unswapped vs 7.13 / 7.00 s swapped, 64 -> 64 at T=50
 # 1.95 / 1.98 vs 2.22 / 2.33 s), so the swap follows the ISA ATen dispatches to.
-_CPU_AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-SWAP_TEMPORAL_TAPS = _CPU_AVX512
+SWAP_TEMPORAL_TAPS = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 # oneDNN's jit 1x1 weight gradient with a stride first copies the strided source rows into a
 # workspace ("reduce to unit stride"), and with a channels-last source of fewer input channels than
@@ -155,8 +155,7 @@ def _grouped_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         stride = conv.stride
         if (conv.kernel_size == (1, 1) and stride != (1, 1) and conv.padding == (0, 0)
                 and conv.in_channels // conv.groups < STRIDED_1X1_MIN_CHANNELS):
-            fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-            x, stride = x[:, :, ::stride[0], ::stride[1]].contiguous(memory_format=fmt), (1, 1)
+            x, stride = x[:, :, ::stride[0], ::stride[1]].contiguous(memory_format=layout_of(x)), (1, 1)
         if (torch.is_grad_enabled() and conv.groups > 1 and not torch.is_autocast_enabled("cpu")
                 and conv.weight.numel() // conv.groups >= SPLIT_BACKWARD_MIN_MACS):
             return _GroupedConvSplitBackward.apply(x, conv.weight, conv.bias, stride, conv.padding, conv.groups)
