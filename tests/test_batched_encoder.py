@@ -379,3 +379,127 @@ def test_dropout_train_runs_and_scales():
         r.load_state_dict(sd)
         r.eval()
     torch.testing.assert_close(batched(x)[1][1], refs[1](x[1])[1], atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_dropout_follows_its_own_module_mode(fused):
+    """Dropout obeys its own train/eval flag, not the block's: model.train() then every Dropout's
+    .eval() (dropout off, batch-statistic BN) equals the reference in the same state; a dropout left
+    on while BN runs on running statistics still drops (the fused op cannot, so the block takes the
+    unfused path)."""
+    refs = make_refs(2, dropout=0.5)
+    batched = BatchedSTGCN.from_reference(refs, fused=fused).train()
+    x = make_x(2, N=2, T=6)
+    for m in refs + [batched]:
+        m.train()
+        for d in m.modules():
+            if isinstance(d, torch.nn.Dropout):
+                d.eval()
+    got = batched(x)[1]
+    want = torch.stack([r(x[g])[1] for g, r in enumerate(refs)])
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+    batched.eval()
+    no_drop = batched(x)[1]
+    for d in batched.modules():
+        if isinstance(d, torch.nn.Dropout):
+            d.train()
+    assert not torch.allclose(batched(x)[1], no_drop)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_hooks_on_the_grouped_convs_run(grad, monkeypatch):
+    """The temporal and residual convs stay module calls whichever CPU path they take (the split
+    backward, forced here for every width, runs with autograd on): a forward hook that zeroes block
+    8's strided 9x1 conv and residual conv outputs changes the result exactly as on the reference
+    encoders."""
+    import skelfast.nn.batched_stgcn as bs
+    monkeypatch.setattr(bs, "SPLIT_BACKWARD_MIN_MACS", 0)
+    split_calls, apply = [0], bs._GroupedConvSplitBackward.apply
+
+    def counted(*args):
+        split_calls[0] += 1
+        return apply(*args)
+
+    monkeypatch.setattr(bs._GroupedConvSplitBackward, "apply", counted)
+    refs = make_refs(2)
+    batched = BatchedSTGCN.from_reference(refs).eval()
+    for r in refs:
+        r.eval()
+    calls = []
+
+    def zero(module, inputs, output):
+        calls.append(type(module).__name__)
+        return output * 0
+
+    last = batched.st_gcn_networks[7]
+    handles = [last.tcn[2].register_forward_hook(zero), last.residual[0].register_forward_hook(zero)]
+    for r in refs:
+        handles += [r.st_gcn_networks[7].tcn[2].register_forward_hook(zero),
+                    r.st_gcn_networks[7].residual[0].register_forward_hook(zero)]
+    x = make_x(2, N=2, T=8)
+    with torch.set_grad_enabled(grad):
+        got = batched(x)[1]
+        want = torch.stack([r(x[g])[1] for g, r in enumerate(refs)])
+    for h in handles:
+        h.remove()
+    assert calls.count("GroupedConv2d") == 2
+    assert (split_calls[0] > 0) == grad   # with autograd the convs took the split-backward path
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+    assert not torch.allclose(got, batched(x)[1])
+
+
+def test_per_model_shape_errors_name_the_key_and_the_model():
+    refs = make_refs(2)
+    batched = BatchedSTGCN.from_reference(refs)
+    good = [r.state_dict() for r in refs]
+    key = "st_gcn_networks.3.tcn.0.weight"
+    for a, b in [(5, 4), (3, 5)]:   # 3 + 5 = 2 x 4: concatenation alone would not notice
+        bad = [dict(sd) for sd in good]
+        bad[0][key], bad[1][key] = torch.ones(a).double(), torch.ones(b).double()
+        with pytest.raises(ValueError, match=rf"per-model state dict {0 if a != 4 else 1}: '{key}' has shape"):
+            batched.load_per_model_state_dicts(bad)
+    bad = [dict(sd) for sd in good]
+    bad[1]["fc.2.weight"] = bad[1]["fc.2.weight"][:5]
+    with pytest.raises(ValueError, match=r"per-model state dict 1: 'fc.2.weight' has shape \(5, 16\)"):
+        batched.load_per_model_state_dicts(bad)
+
+
+def test_from_reference_keeps_bn_settings_and_requires_grad():
+    """What a state dict does not carry: BN momentum and eps, frozen parameters."""
+    refs = make_refs(2)
+    for r in refs:
+        for m in r.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.momentum, m.eps = 0.01, 1e-3
+        r.requires_grad_(False)
+    batched = BatchedSTGCN.from_reference(refs)
+    bns = [m for m in batched.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(m.momentum == 0.01 and m.eps == 1e-3 for m in bns)
+    assert not any(p.requires_grad for p in batched.parameters())
+    x = make_x(2)
+    for m in refs + [batched]:
+        m.train()
+    got = batched(x)[1]
+    want = torch.stack([r(x[g])[1] for g, r in enumerate(refs)])
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+    for g, sd in enumerate(batched.per_model_state_dicts()):   # running statistics at momentum 0.01
+        torch.testing.assert_close(sd["data_bn.running_mean"], refs[g].state_dict()["data_bn.running_mean"])
+    refs[1].data_bn.momentum = 0.1
+    with pytest.raises(ValueError, match="data_bn.momentum differs"):
+        BatchedSTGCN.from_reference(refs)
+
+
+def test_differing_batch_counters_warn_or_raise():
+    """One counter per stacked BN: per-model counters that differ are merged to the maximum with a
+    warning; with momentum=None (counter = averaging factor) they are an error."""
+    refs = make_refs(2)
+    batched = BatchedSTGCN.from_reference(refs)
+    sds = [r.state_dict() for r in refs]
+    sds[0]["data_bn.num_batches_tracked"] = torch.tensor(5)
+    sds[1]["data_bn.num_batches_tracked"] = torch.tensor(9)
+    with pytest.warns(UserWarning, match=r"data_bn.num_batches_tracked: per-model counters \[5, 9\] differ"):
+        batched.load_per_model_state_dicts(sds)
+    assert int(batched.data_bn.num_batches_tracked) == 9
+    batched.data_bn.momentum = None
+    with pytest.raises(ValueError, match="momentum=None"):
+        batched.load_per_model_state_dicts(sds)

@@ -163,6 +163,15 @@ def test_bf16_within_tolerance():
     assert rel < 3e-2, rel
 
 
+def test_autocast_leaves_float64_alone():
+    """As autocast does for PyTorch's own ops: fp64 inputs are not cast to the autocast dtype."""
+    x, w, b, A, E = make_args(B=2, G=2, Cin=3, Cout=4, T=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ops.graph_conv(x, w, b, A, E, 2)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, reference_grouped(x, w, b, A, E, 2), atol=1e-12, rtol=1e-12)
+
+
 def test_autocast_cpu_bf16():
     x, w, b, A, E = [t.float() for t in make_args(B=2, G=2, Cin=8, Cout=8, T=4)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -215,6 +224,19 @@ def test_deterministic_bitwise_cpu():
     g1 = torch.autograd.grad(ops.graph_conv(x, w, b, A, E, 2).sum(), E)[0]
     g2 = torch.autograd.grad(ops.graph_conv(x, w, b, A, E, 2).sum(), E)[0]
     assert torch.equal(g1, g2)
+
+
+def test_learnable_adjacency_gets_its_gradient():
+    """The kernels hold A constant; an A that requires grad (an adaptive graph) runs the composite,
+    so it gets the reference's gradient instead of silently none."""
+    x, w, b, A, E = make_args(G=2)
+    A1, A2 = A.clone().requires_grad_(True), A.clone().requires_grad_(True)
+    gen = torch.Generator().manual_seed(3)
+    gy = torch.randn(x.shape[0], 14, x.shape[2], x.shape[3], generator=gen, dtype=torch.float64)
+    (ops.graph_conv(x, w, b, A1, E, 2) * gy).sum().backward()
+    (reference_grouped(x, w, b, A2, E, 2) * gy).sum().backward()
+    assert A1.grad is not None and A1.grad.abs().sum() > 0
+    torch.testing.assert_close(A1.grad, A2.grad, atol=1e-10, rtol=1e-10)
 
 
 def test_torch_backend_composite_matches():
@@ -373,12 +395,21 @@ def test_channels_last_deterministic_with_threads():
     assert all(torch.equal(a, c) for a, c in zip(*runs))
 
 
-def test_opcheck_channels_last():
+@pytest.mark.parametrize("view", ["channels_last", "size1_dims_odd_strides"])
+def test_opcheck_channels_last(view):
+    """Also a channels-last slice whose size-1 dims keep their parent's strides (torch calls it
+    channels-last, the kernel's exact-stride test does not): the fake kernel must give the layout
+    the kernel returns, or torch.compile's stride assertions fail."""
     x, w, b, A, E = make_args(B=2, G=2, Cin=3, Cout=4, T=3)
-    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    x = x.contiguous(memory_format=torch.channels_last)
+    if view == "size1_dims_odd_strides":
+        x = x[:1, :, :1]
+        assert x.is_contiguous(memory_format=torch.channels_last) and x.stride(0) != x[0].numel()
+    x.requires_grad_(True)
     args = (x, w.requires_grad_(True), b.requires_grad_(True), A, E.requires_grad_(True), 2)
     opcheck(torch.ops.skelfast.graph_conv.default, args)
-    grad_out = torch.randn(2, 8, 3, 25, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(x.shape[0], 8, x.shape[2], 25, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last)
     opcheck(torch.ops.skelfast.graph_conv_backward.default,
             (grad_out,) + tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
 

@@ -3,7 +3,8 @@ baseline; csrc/cpu/losses_rows_simd.h) and the widest the CPU runs is picked onc
 each build is checked here in its own process (SKELFAST_LOSS_ISA narrows the pick): every public
 loss, values and query gradients, against the fp64 reference (method.md §5.3, §5.4, §6.1), at
 queue lengths that leave a remainder for every lane count (K=67) and span several chunks
-(K=8192+37). The AVX-512 build runs only on a CPU that has it.
+(K=8192+37); and a NaN in a queue gives a NaN loss wherever its column falls. The AVX-512 build
+runs only on a CPU that has it.
 """
 import json
 import os
@@ -53,7 +54,22 @@ for K in (67, 8192 + 37):
         (dg,) = torch.autograd.grad((got * w.float()).sum(), ours_in)
         (dw,) = torch.autograd.grad((want * w).sum(), ref_in)
         errors[f"{name} K={K}"] = [rel(got, want.detach()), rel(dg, dw)]
-print(json.dumps(errors))
+
+# A NaN similarity makes the loss NaN, as in the reference, whether its column falls in the
+# vector loop (column 3) or the scalar tail (column 66 of 67) of the row kernels.
+nan_agrees = {}
+for col in (3, 66):
+    g = torch.Generator().manual_seed(col)
+    q, k, u = unit(3, 4, 8, g=g), unit(3, 4, 8, g=g), unit(3, 4, 24, g=g)
+    queues = unit(3, 8, 67, dim=1, g=g)
+    queues[1, 2, col] = float("nan")
+    for name, fn in {"info_nce": lambda m, q, k, u, Q: m.info_nce(q, k, Q),
+                     "context_loss": lambda m, q, k, u, Q: m.context_loss(q, k, Q),
+                     "ikem_loss": lambda m, q, k, u, Q: m.ikem_loss(u, k, Q)}.items():
+        with torch.no_grad():   # float32 throughout: the op computes in fp64 if any input is fp64
+            got, want = fn(L, q.float(), k.float(), u.float(), queues.float()), fn(R, q, k, u, queues)
+        nan_agrees[f"{name} col={col}"] = bool(torch.isnan(want).any()) and torch.equal(torch.isnan(got), torch.isnan(want))
+print(json.dumps({"errors": errors, "nan": nan_agrees}))
 """
 
 
@@ -76,7 +92,9 @@ def _run(isa, code):
 def test_every_isa_build_matches_the_fp64_reference(isa):
     proc = _run(isa, SCRIPT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    errors = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    errors = result["errors"]
+    assert result["nan"] and all(result["nan"].values()), f"{isa}: NaN not propagated like the reference: {result['nan']}"
     assert len(errors) == 8
     for case, (value_err, grad_err) in errors.items():
         assert value_err < 2e-6, f"{isa} {case}: loss relative error {value_err:.3g}"

@@ -280,6 +280,32 @@ def test_argument_errors():
         torch.ops.skelfast.contrastive_lse(q, lpos, Q[:2], None, None, None, [], [], 0.1, 0)
 
 
+def test_keyword_arguments_and_scalar_types():
+    """The losses take keyword arguments, and tau / topk as NumPy scalars or one-element tensors
+    (as read from a config or a checkpoint), like the reference; a float or bool topk is refused."""
+    import numpy as np
+    x = make(G=3, S=2)
+    q, k, Q, u, s, QT = x["q"], x["k"], x["queues"], x["u"], x["s"], x["QT"]
+    pairs = [
+        (ops.info_nce(q=q, k=k, queue=Q, tau=np.float64(0.1)), R.info_nce(q, k, Q, 0.1)),
+        (ops.context_loss(q=q, k=k, queues=Q, tau=torch.tensor(0.1, dtype=torch.float64), topk=np.int64(2)),
+         R.context_loss(q, k, Q, 0.1, 2)),
+        (ops.context_pair_losses(q, k, Q, topk=torch.tensor(3)), R.context_pair_losses(q, k, Q, topk=3)),
+        (ops.ikem_loss(u=u, k=k, queues=Q), R.ikem_loss(u, k, Q)),
+        (ops.phase2_loss(q=q, u=u, k=k, queues=Q, topk=np.int32(2)), R.phase2_loss(q, u, k, Q, topk=2)),
+        (ops.relational_distill_loss(teacher_q=q, student_s=s, teacher_queues=Q, teacher_queue=QT, tau=np.float32(0.25)),
+         R.relational_distill_loss(q, s, Q, QT, 0.25)),
+    ]
+    for got, want in pairs:
+        torch.testing.assert_close(got, want, **TOL[torch.float64])
+    for bad in (2.0, True, np.float64(2.0), "2"):
+        with pytest.raises(ValueError, match="topk must be an integer"):
+            ops.context_loss(q, k, Q, topk=bad)
+    for bad in (True, "0.1", torch.tensor([0.1, 0.2]), np.float64(-0.1)):
+        with pytest.raises(ValueError, match="tau must be a finite number"):
+            ops.info_nce(q, k, Q, tau=bad)
+
+
 # ------------------------------------------------------------------------------------------------
 # The op itself: composite spec, gradcheck, opcheck, compile
 # ------------------------------------------------------------------------------------------------

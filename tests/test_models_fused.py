@@ -82,19 +82,29 @@ def test_same_seed_same_initial_state_on_both_backends(name):
             assert torch.equal(sf[k], sr[k]), k
 
 
-def test_stacked_state_dict_parts_do_not_share_storage(tmp_path):
-    """Each per-model tensor is its own copy: torch.save of a view would write the whole stacked
-    tensor once per model (a 6x larger checkpoint)."""
+def test_stacked_state_dict_is_views_saved_once(tmp_path):
+    """The per-model tensors of state_dict() are views of the stacked tensors, as nn.Module returns
+    references: an in-place write through them (an EMA's copy_, as in timm's ModelEmaV2) reaches
+    the module, and torch.save writes each stacked storage once, so the checkpoint has the
+    reference model's size."""
     torch.manual_seed(0)
     fused, ref = build("ikem6", **TINY), build("ikem6", backend="reference", **TINY)
     torch.save(fused.state_dict(), tmp_path / "f.pt")
     torch.save(ref.state_dict(), tmp_path / "r.pt")
     size_f, size_r = (tmp_path / "f.pt").stat().st_size, (tmp_path / "r.pt").stat().st_size
     assert abs(size_f - size_r) < 0.02 * size_r, (size_f, size_r)
+    sd = fused.state_dict()
+    key = next(k for k in sd if k.endswith("2.st_gcn_networks.1.tcn.2.weight"))
+    sd[key].fill_(0.25)
+    assert (fused.state_dict()[key] == 0.25).all()
+    others = [k for k in sd if k.endswith("st_gcn_networks.1.tcn.2.weight") and k != key]
+    assert others and all(not (fused.state_dict()[k] == 0.25).all() for k in others)
 
 
-def test_momentum_update_of_a_subset_matches_reference():
-    """Phase 2 updates only the unlocked key encoders (§5.4, §11 #2): rows of the stacked tensors."""
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_momentum_update_of_a_subset_matches_reference(memory_format):
+    """Phase 2 updates only the unlocked key encoders (§5.4, §11 #2): rows of the stacked tensors,
+    also when the conv weights are channels-last (model.to(memory_format=...))."""
     torch.manual_seed(0)
     fused = build("ikem6", **TINY).double()
     ref = build("ikem6", backend="reference", **TINY).double()
@@ -102,6 +112,7 @@ def test_momentum_update_of_a_subset_matches_reference():
         for p in ref.encoders_q.parameters():
             p.add_(torch.randn_like(p))
     fused.load_state_dict(ref.state_dict())
+    fused.to(memory_format=memory_format)
     fused.momentum_update_([0, 2, 5])
     ref.momentum_update_([0, 2, 5])
     sf, sr = fused.state_dict(), ref.state_dict()

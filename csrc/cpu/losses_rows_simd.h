@@ -26,10 +26,12 @@ __attribute__((always_inline)) inline float hmax(vf v) {
   for (int l = 1; l < kW; ++l) s = v[l] > s ? v[l] : s;
   return s;
 }
-// Lane-wise losses::fast_expf (same constants, same rounding).
+// Lane-wise losses::fast_expf (same constants, same rounding). The clamps are written so that a
+// NaN fails both compares and passes through, as in fast_expf: a NaN similarity must make the sum,
+// hence the loss, NaN (a clamp to -87 would add ~1e-38 and report a finite loss).
 __attribute__((always_inline)) inline vf vexp(vf x) {
-  x = vmax(x, splat(-87.0f));
-  x = x < splat(88.0f) ? x : splat(88.0f);
+  x = x < splat(-87.0f) ? splat(-87.0f) : x;
+  x = x > splat(88.0f) ? splat(88.0f) : x;
   vf fx = x * 1.44269504088896341f + 0.5f;
   vf tf = __builtin_convertvector(__builtin_convertvector(fx, vi), vf);
   fx = tf > fx ? tf - 1.0f : tf;

@@ -18,6 +18,7 @@ layout, see skelfast.models.official), so checkpoints stay interchangeable.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -31,7 +32,7 @@ from ..reference.graph import spatial_adjacency
 from ..reference.stgcn import STGCN, TEMPORAL_KERNEL, block_specs, weights_init_official
 from ..topology import Topology
 
-__all__ = ["BatchedLinear", "BatchedSTGCNBlock", "BatchedSTGCN"]
+__all__ = ["BatchedLinear", "BatchedSTGCNBlock", "BatchedSTGCN", "GroupedConv2d"]
 
 
 class BatchedLinear(nn.Module):
@@ -148,20 +149,24 @@ STRIDED_1X1_MIN_CHANNELS = 16
 SPLIT_BACKWARD_MIN_MACS = 64 * 64 * 9
 
 
-def _grouped_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """conv(x) for a grouped Conv2d; on CPU with autograd and wide groups, the split backward above,
-    and narrow strided 1x1 convs as subsample + stride-1 conv (STRIDED_1X1_MIN_CHANNELS)."""
-    if x.device.type == "cpu":
-        stride = conv.stride
-        if (conv.kernel_size == (1, 1) and stride != (1, 1) and conv.padding == (0, 0)
-                and conv.in_channels // conv.groups < STRIDED_1X1_MIN_CHANNELS):
+class GroupedConv2d(nn.Conv2d):
+    """nn.Conv2d (groups=G) whose CPU forward picks the measured-fastest safe path: with autograd
+    and wide groups, the split backward above; narrow strided 1x1 convs as subsample + stride-1
+    conv (STRIDED_1X1_MIN_CHANNELS). Same parameters, state-dict keys and maths as nn.Conv2d; the
+    policy sits in `_conv_forward` so module hooks (forward, pre-forward, weight reparametrisations)
+    still run around it."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        if x.device.type != "cpu" or self.padding_mode != "zeros":
+            return super()._conv_forward(x, weight, bias)
+        stride = self.stride
+        if (self.kernel_size == (1, 1) and stride != (1, 1) and self.padding == (0, 0)
+                and self.in_channels // self.groups < STRIDED_1X1_MIN_CHANNELS):
             x, stride = x[:, :, ::stride[0], ::stride[1]].contiguous(memory_format=layout_of(x)), (1, 1)
-        if (torch.is_grad_enabled() and conv.groups > 1 and not torch.is_autocast_enabled("cpu")
-                and conv.weight.numel() // conv.groups >= SPLIT_BACKWARD_MIN_MACS):
-            return _GroupedConvSplitBackward.apply(x, conv.weight, conv.bias, stride, conv.padding, conv.groups)
-        if stride != conv.stride:
-            return F.conv2d(x, conv.weight, conv.bias, stride, conv.padding, conv.dilation, conv.groups)
-    return conv(x)  # the module call where nothing changed (its hooks still fire)
+        if (torch.is_grad_enabled() and self.groups > 1 and self.dilation == (1, 1)
+                and not torch.is_autocast_enabled("cpu") and weight.numel() // self.groups >= SPLIT_BACKWARD_MIN_MACS):
+            return _GroupedConvSplitBackward.apply(x, weight, bias, stride, self.padding, self.groups)
+        return F.conv2d(x, weight, bias, stride, self.padding, self.dilation, self.groups)
 
 
 class _Zero(nn.Module):
@@ -201,7 +206,7 @@ class BatchedSTGCNBlock(nn.Module):
         self.tcn = nn.Sequential(
             nn.BatchNorm2d(G * out_channels),
             nn.ReLU(),
-            nn.Conv2d(G * out_channels, G * out_channels, (TEMPORAL_KERNEL, 1), (stride, 1), (pad, 0), groups=G),
+            GroupedConv2d(G * out_channels, G * out_channels, (TEMPORAL_KERNEL, 1), (stride, 1), (pad, 0), groups=G),
             nn.BatchNorm2d(G * out_channels),
             nn.Dropout(dropout),
         )
@@ -211,33 +216,42 @@ class BatchedSTGCNBlock(nn.Module):
             self.residual = nn.Identity()
         else:
             self.residual = nn.Sequential(
-                nn.Conv2d(G * in_channels, G * out_channels, kernel_size=1, stride=(stride, 1), groups=G),
+                GroupedConv2d(G * in_channels, G * out_channels, kernel_size=1, stride=(stride, 1), groups=G),
                 nn.BatchNorm2d(G * out_channels))
 
     def forward(self, x: torch.Tensor, A: torch.Tensor, importance: Optional[torch.Tensor] = None,
                 fused: bool = True) -> torch.Tensor:
         # = relu(tcn(gcn(x)) + residual(x)), with fewer full passes over the activations. Fused:
         # BN1 + ReLU and BN2 + dropout + residual add + ReLU are each one op
-        # (skelfast.ops.batch_norm_relu). Unfused: the first ReLU runs in place on a fresh tensor
-        # (BatchNorm's backward does not use its output), dropout is skipped when it is the
-        # identity and the add and ReLU run in place.
+        # (skelfast.ops.batch_norm_relu), so those modules are not called (their hooks do not run).
+        # Unfused: the first ReLU runs in place on a fresh tensor (BatchNorm's backward does not use
+        # its output), dropout is skipped when it is the identity and the add and ReLU run in place.
         bn1, _, conv, bn2, drop = self.tcn
         h = self.gcn(x, A, importance, fused)
         h = _batch_norm_relu(bn1, h) if fused else F.relu(bn1(h), inplace=True)
-        y = _grouped_conv(conv, h)
+        y = conv(h)
         residual = None
         if self.residual_kind == "identity":
             residual = x
         elif self.residual_kind == "conv":
-            residual = self.residual[1](_grouped_conv(self.residual[0], x))
-        if fused:
-            return _batch_norm_relu(bn2, y, residual, drop.p if self.training else 0.0)
+            residual = self.residual[1](self.residual[0](x))
+        # Dropout follows its own module's mode (e.g. model.train() then the Dropouts' .eval()).
+        # The op drops only where BN uses batch statistics, so a dropout that is on while bn2
+        # normalises with running statistics takes the unfused path.
+        p = drop.p if drop.training else 0.0
+        if fused and (p == 0.0 or _uses_batch_stats(bn2)):
+            return _batch_norm_relu(bn2, y, residual, p)
         y = bn2(y)
-        if self.training and drop.p > 0:
+        if p > 0:
             y = drop(y)
         if residual is not None:
             y = y.add_(residual)
         return F.relu(y, inplace=True)
+
+
+def _uses_batch_stats(bn: nn.BatchNorm2d) -> bool:
+    """Whether bn normalises with the batch's statistics (as nn.BatchNorm2d.forward decides)."""
+    return bn.training or (bn.running_mean is None and bn.running_var is None)
 
 
 def _batch_norm_relu(bn: nn.BatchNorm2d, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
@@ -250,7 +264,7 @@ def _batch_norm_relu(bn: nn.BatchNorm2d, x: torch.Tensor, residual: Optional[tor
         bn.num_batches_tracked.add_(1)
         if bn.momentum is None:
             factor = 1.0 / float(bn.num_batches_tracked)
-    batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    batch_stats = _uses_batch_stats(bn)
     tracked = not bn.training or bn.track_running_stats
     return batch_norm_relu(x, bn.running_mean if tracked else None, bn.running_var if tracked else None, bn.weight,
                            bn.bias, batch_stats, factor, bn.eps, residual, p)
@@ -283,6 +297,11 @@ class BatchedSTGCN(nn.Module):
     draw different (equally distributed) dropout masks. `memory_format`: 'auto' runs the blocks channels-last
     on CPU (oneDNN's grouped convolutions are 2-4x faster there than NCHW, and graph_conv has a
     channels-last kernel) and contiguous NCHW elsewhere; 'channels_last' / 'contiguous' force one.
+
+    Module hooks: the temporal and residual convs (GroupedConv2d) and the residual BNs are always
+    module calls. The fused ops replace module calls where they fuse: each block's `gcn.conv`
+    (its output never exists) and, with fused=True, `tcn.0`, `tcn.3` and `tcn.4` (BN, BN, Dropout);
+    hooks on those run only with fused=False (then `gcn.conv` still is not called).
     """
 
     def __init__(self, num_models: int = 6, in_channels: int = 3, hidden_channels: int = 16, hidden_dim: int = 256,
@@ -368,21 +387,24 @@ class BatchedSTGCN(nn.Module):
         out.update((k, b.detach()) for k, b in self.named_buffers())
         return out
 
-    def split_state(self, stacked: Mapping[str, torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
+    def split_state(self, stacked: Mapping[str, torch.Tensor], copy: bool = True) -> List[Dict[str, torch.Tensor]]:
         """A dict in the stacked layout (state, gradients, ...) -> G dicts in the reference STGCN layout.
 
-        Every part is a fresh copy: a view into the stacked storage would make torch.save write the
-        whole stacked tensor once per model.
+        copy=True: every part is a fresh tensor (a dict saved on its own then holds only its model;
+        a view would make torch.save write the whole stacked storage). copy=False: the parts are
+        views of the stacked tensors (shared keys: the tensor itself), as nn.Module.state_dict
+        returns references, so in-place writes through them (an EMA copy_) reach the module.
         """
         out: List[Dict[str, torch.Tensor]] = [dict() for _ in range(self.num_models)]
+        take = (lambda p: p.clone()) if copy else (lambda p: p)
         for key, t in stacked.items():
             t = t.detach()
             if self._is_shared(key, t):
-                parts = [t.clone() for _ in range(self.num_models)]
+                parts = [take(t) for _ in range(self.num_models)]
             elif self._is_stacked(key):
-                parts = [p.clone() for p in t.unbind(0)]
+                parts = [take(p) for p in t.unbind(0)]
             else:
-                parts = [p.clone() for p in t.chunk(self.num_models, 0)]
+                parts = [take(p) for p in t.chunk(self.num_models, 0)]
             for g, p in enumerate(parts):
                 out[g][key] = p
         return out
@@ -404,13 +426,23 @@ class BatchedSTGCN(nn.Module):
                     raise KeyError(f"per-model state dicts {[g for g, p in enumerate(present) if not p]} lack {key!r}")
                 continue
             parts = [sd[key].detach().to(t.dtype) for sd in state_dicts]
+            if self._is_shared(key, t):
+                want = tuple(t.shape)
+            elif self._is_stacked(key):
+                want = tuple(t.shape[1:])
+            else:
+                want = (t.shape[0] // self.num_models,) + tuple(t.shape[1:])
+            for g, p in enumerate(parts):
+                if tuple(p.shape) != want:
+                    raise ValueError(f"per-model state dict {g}: {key!r} has shape {tuple(p.shape)}, this encoder "
+                                     f"expects {want}")
             if key == "A":
                 for p in parts[1:]:
                     if not torch.equal(p, parts[0]):
                         raise ValueError("the per-model adjacencies differ; a batched encoder shares one A")
                 merged[key] = parts[0]
             elif key.endswith("num_batches_tracked"):
-                merged[key] = max(parts, key=lambda p: int(p))
+                merged[key] = self._merge_batch_counts(key, parts)
             elif self._is_stacked(key):
                 merged[key] = torch.stack(parts, 0)
             else:
@@ -420,6 +452,21 @@ class BatchedSTGCN(nn.Module):
             if extra:
                 raise KeyError(f"unexpected keys in per-model state dicts: {sorted(extra)[:5]}")
         return merged
+
+    def _merge_batch_counts(self, key: str, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One BatchNorm's num_batches_tracked for all G models. The stacked BN has one counter:
+        counters that differ are merged to their maximum with a warning (they only count, unless
+        momentum is None, where the counter sets the averaging factor: there they must agree)."""
+        counts = [int(p) for p in parts]
+        if len(set(counts)) > 1:
+            bn = self.get_submodule(key.rsplit(".", 1)[0])
+            if bn.momentum is None:
+                raise ValueError(f"{key}: the per-model counters {counts} differ, and with momentum=None they set "
+                                 "each model's running-average factor; a batched encoder has one counter per layer")
+            warnings.warn(f"{key}: per-model counters {counts} differ; the batched encoder keeps one, "
+                          f"{max(counts)}, for all models (it does not enter the maths at momentum "
+                          f"{bn.momentum})", stacklevel=3)
+        return max(parts, key=lambda p: int(p))
 
     def per_model_state_dicts(self) -> List[Dict[str, torch.Tensor]]:
         """G state dicts in the reference STGCN key layout (= official encoder layout)."""
@@ -466,8 +513,26 @@ class BatchedSTGCN(nn.Module):
                       memory_format=memory_format)
         batched = batched.to(device=m0.A.device, dtype=next(m0.parameters()).dtype)
         batched.load_per_model_state_dicts([m.state_dict() for m in models])
+        batched._copy_module_settings(models)
         batched.train(m0.training)
         return batched
+
+    def _copy_module_settings(self, models: Sequence[STGCN]) -> None:
+        """What a state dict does not carry: BatchNorm momentum / eps and each parameter's
+        requires_grad. They must agree across the G models (one stacked module holds them)."""
+        def agreed(name: str, values: list):
+            if any(v != values[0] for v in values[1:]):
+                raise ValueError(f"{name} differs between the reference models ({values}); a batched encoder "
+                                 "holds one value for all of them")
+            return values[0]
+
+        for name, module in self.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                refs = [m.get_submodule(name) for m in models]
+                module.momentum = agreed(f"{name}.momentum", [r.momentum for r in refs])
+                module.eps = agreed(f"{name}.eps", [r.eps for r in refs])
+        for name, param in self.named_parameters():
+            param.requires_grad_(agreed(f"{name}.requires_grad", [m.get_parameter(name).requires_grad for m in models]))
 
     def to_reference(self, topology: Union[str, Topology, None] = None) -> List[STGCN]:
         """G reference STGCNs with this encoder's weights and buffers."""

@@ -23,7 +23,7 @@ def _to_per_model_layout(module: "StackedEncoders", state_dict: Dict[str, torch.
                          local_metadata) -> None:
     """state-dict post hook: stacked keys under `prefix` -> `prefix{g}.key` (in place)."""
     stacked = {k[len(prefix):]: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(prefix)]}
-    for g, part in enumerate(module.split_state(stacked)):
+    for g, part in enumerate(module.split_state(stacked, copy=False)):
         for key, t in part.items():
             state_dict[f"{prefix}{g}.{key}"] = t
 
@@ -67,6 +67,10 @@ def _from_per_model_layout(module: "StackedEncoders", state_dict: Dict[str, torc
 class StackedEncoders(BatchedSTGCN):
     """G encoders as one BatchedSTGCN with the per-model state-dict layout of EncoderList.
 
+    state_dict() values are views of the stacked tensors (in-place writes reach the module, as
+    with nn.Module; torch.save writes each stacked storage once). keep_vars=True cannot return the
+    per-model parts as Parameters: they are slices. per_model_state_dicts() returns copies.
+
     forward(xs (G, N, C, T, V, M)) -> (head out (G, N, F), pooled (G, N, H)), equal to G reference
     STGCNs with the same weights (tests/test_batched_encoder.py, tests/test_models_fused.py).
     """
@@ -101,7 +105,8 @@ class StackedEncoders(BatchedSTGCN):
                 keys.append(pk.data)
                 queries.append(pq.data)
             else:
-                k, q = pk.data.view(G, -1), pq.data.view(G, -1)
+                # unflatten, not view: a channels-last weight's chunks are not rows of a (G, -1) view
+                k, q = pk.data.unflatten(0, (G, -1)), pq.data.unflatten(0, (G, -1))
                 keys += [k[g] for g in which]
                 queries += [q[g] for g in which]
         momentum_update_(keys, queries, m)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .. import _extension
 from . import _backend
+from ._first_order import first_order
 from .epilogue import _grad_layout, dropout_add_relu_composite, kernel_applies, kernel_inputs
 
 __all__ = ["batch_norm_relu", "batch_norm_relu_composite"]
@@ -114,6 +115,7 @@ def _register() -> None:
         ctx.mark_non_differentiable(mean, invstd, var)
         ctx.save_for_backward(x, weight, out, mean, invstd)   # out: ReLU's mask; dropout's is recomputed
 
+    @first_order("skelfast::batch_norm_relu")
     def _backward(ctx, grad_out, _gmean, _ginvstd, _gvar):
         x, weight, out, mean, invstd = ctx.saved_tensors
         need_res = ctx.has_residual and ctx.needs_input_grad[5]

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .. import _extension
 from . import _backend
+from ._first_order import first_order
 from ._layout import memory_format
 
 __all__ = ["dropout_add_relu", "dropout_add_relu_composite"]
@@ -118,6 +119,7 @@ def _register() -> None:
         ctx.p, ctx.seed, ctx.has_residual = p, seed, residual is not None
         ctx.save_for_backward(output)   # ReLU's mask; the dropout mask is recomputed from the seed
 
+    @first_order("skelfast::dropout_add_relu")
     def _backward(ctx, grad_out):
         (out,) = ctx.saved_tensors
         need_res = ctx.has_residual and ctx.needs_input_grad[1]

@@ -20,6 +20,7 @@ import torch
 from .. import _extension
 from ..reference.stgcn import graph_conv_reference
 from . import _backend
+from ._first_order import first_order
 from ._layout import memory_format
 
 __all__ = ["graph_conv", "graph_conv_composite"]
@@ -57,7 +58,8 @@ def graph_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         weight: (G*K*Cout, Cin) or (G*K*Cout, Cin, 1, 1), as a `groups=G` 1x1 Conv2d weight; row
             (g*K + k)*Cout + c.
         bias: (G*K*Cout,) or None.
-        A: (K, V, V) adjacency (constant; no gradient), A[k, v, w] from source v to target w.
+        A: (K, V, V) adjacency, A[k, v, w] from source v to target w. Constant for the kernels; an
+            A that requires grad runs the PyTorch composite instead (its gradient is then exact).
         importance: (G, K, V, V) edge importance E (or (K, V, V) when G == 1), or None (= ones).
         groups: G.
     Returns:
@@ -68,14 +70,16 @@ def graph_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     fp32 inside the kernel).
     """
     lowp = _autocast_dtype(x.device.type)
-    if lowp is not None:
+    if lowp is not None and x.dtype != torch.float64:   # autocast leaves float64 alone
         x, weight = x.to(lowp), weight.to(lowp)
         bias = None if bias is None else bias.to(lowp)
     else:
         weight = weight.to(x.dtype)
         bias = None if bias is None else bias.to(x.dtype)
     impl = _backend.resolve(x.device)
-    if impl == "torch":
+    # The kernels treat A as a constant (the models hold it as a buffer); a learnable A (an
+    # adaptive graph) takes the composite, whose einsum gives A its gradient.
+    if impl == "torch" or (A.requires_grad and torch.is_grad_enabled()):
         return graph_conv_composite(x, weight, bias, A, importance, groups)
     if impl == "triton":
         _backend.attach_triton()
@@ -93,9 +97,20 @@ def _fake_checks(x, weight, bias, A, importance, groups):
         torch._check(bias.dim() == 1 and bias.shape[0] == weight.shape[0], lambda: "bias must be (G*K*Cout,)")
 
 
+def _kernel_channels_last(x: torch.Tensor) -> bool:
+    """The C++ kernel's test (is_channels_last in csrc/cpu/graph_conv_cpu.cpp): exact channels-last
+    strides, size-1 dims included. A tensor torch calls channels-last only because its size-1 dims
+    are ignored takes the contiguous path there, so the fake output must be contiguous too."""
+    if x.dim() != 4 or x.is_contiguous():
+        return False
+    C, T, V = x.shape[1], x.shape[2], x.shape[3]
+    return x.stride(1) == 1 and x.stride(3) == C and x.stride(2) == V * C and x.stride(0) == T * V * C
+
+
 def _empty_like_layout(x: torch.Tensor, shape) -> torch.Tensor:
-    fmt = memory_format(x)
-    return x.new_empty(shape).contiguous(memory_format=fmt) if fmt is torch.channels_last else x.new_empty(shape)
+    if _kernel_channels_last(x):
+        return x.new_empty(shape).contiguous(memory_format=torch.channels_last)
+    return x.new_empty(shape)
 
 
 def _register() -> None:
@@ -121,6 +136,7 @@ def _register() -> None:
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, weight, bias, A, importance)
 
+    @first_order("skelfast::graph_conv")
     def _backward(ctx, grad_out):
         x, weight, bias, A, importance = ctx.saved_tensors
         # grad_out in x's layout (channels-last or contiguous), as the kernels expect
