@@ -25,9 +25,20 @@ __all__ = ["crop_padding", "reflect_time_index", "temporal_crop", "shear_matrix"
            "sample_augment_params", "apply_augment_params", "batched_augment", "batched_two_views"]
 
 
-def crop_padding(T: int, ratio: float) -> int:
-    """p = T // ratio (method.md §2; 50 // 6 = 8), or 0 if the crop is disabled (ratio <= 0)."""
-    return int(T // ratio) if ratio > 0 else 0
+def crop_padding(T: int, ratio: float, name: str = "crop_ratio") -> int:
+    """p = T // ratio (method.md §2; 50 // 6 = 8), or 0 if the crop is disabled (ratio <= 0).
+
+    Raises ValueError naming `name` for a NaN ratio or one that gives p > T (0.5 < ratio < 1 for
+    T = 50): the reflect padding of §2 mirrors each end once, so it needs p <= T, and beyond that the
+    flat-row gather of `apply_augment_params` would read frames of neighbouring channels/samples.
+    """
+    if ratio != ratio:
+        raise ValueError(f"{name} is NaN; use a ratio >= 1 for the temporal crop or <= 0 to disable it")
+    p = int(T // ratio) if ratio > 0 else 0
+    if p > T:
+        raise ValueError(f"{name} = {ratio!r} gives temporal padding p = T // {name} = {p} > T = {T}; the reflect "
+                         f"padding (method.md §2) needs p <= T: use a ratio >= 1, or <= 0 to disable the crop")
+    return p
 
 
 def reflect_time_index(start, T: int, p: int):
@@ -81,7 +92,7 @@ def augment_sample(x: np.ndarray, rng: np.random.Generator, shear_amplitude: flo
                    crop_ratio: float = 6) -> np.ndarray:
     """`_aug` of method.md §2: temporal crop (if crop_ratio > 0), then shear (if shear_amplitude > 0).
     x: (3, T, V, M) -> float32 (3, T, V, M)."""
-    if crop_ratio > 0:
+    if crop_padding(x.shape[1], crop_ratio) > 0:   # also rejects a bad ratio (NaN, p > T)
         x = temporal_crop(x, crop_ratio, rng)
     if shear_amplitude > 0:
         x = shear(x, shear_amplitude, rng)

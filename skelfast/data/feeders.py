@@ -19,7 +19,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch.utils.data
 
-from .augment import augment_sample
+from .augment import augment_sample, crop_padding
 from .preprocess import NUM_FRAMES
 
 __all__ = ["load_labels", "PretrainFeeder", "EvalFeeder"]
@@ -72,7 +72,11 @@ class _PreparedFeeder(torch.utils.data.Dataset):
             self.frame = np.full(self.data.shape[0], NUM_FRAMES, dtype=np.int64)
         self.true_timeline = true_timeline
         self.seed = seed
-        self.epoch = 0
+        # the epoch lives in shared memory: DataLoader workers (persistent ones especially) hold
+        # their own copy of this dataset, and a plain int set in the main process never reaches them.
+        # A fork inherits the mapping; spawn/forkserver pickle it through torch.multiprocessing's
+        # shared-storage reducer. Plain pickle / deepcopy give an independent copy.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     @classmethod
     def from_prepared(cls, root: str, split: str, **kwargs):
@@ -81,9 +85,19 @@ class _PreparedFeeder(torch.utils.data.Dataset):
         label = pkl if os.path.exists(pkl) else os.path.join(root, f"{split}_label.json")
         return cls(os.path.join(root, f"{split}_data.npy"), label, **kwargs)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
     def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation random stream of `epoch` (call before each epoch)."""
-        self.epoch = int(epoch)
+        """Select the augmentation random stream of `epoch`; also seen by already running (persistent)
+        DataLoader workers. Call it before starting the epoch's iterator: batches a worker has
+        already prefetched keep the epoch they were made with."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.data.shape[0]
@@ -107,6 +121,7 @@ class PretrainFeeder(_PreparedFeeder):
                  temporal_padding_ratio: float = 6, true_timeline: bool = True, augment: bool = True,
                  mmap: bool = True, seed: int = 0):
         super().__init__(data_path, label_path, true_timeline, mmap, seed)
+        crop_padding(self.data.shape[2], temporal_padding_ratio, "temporal_padding_ratio")   # fail here, not in a worker
         self.shear_amplitude, self.crop_ratio, self.augment = shear_amplitude, temporal_padding_ratio, augment
 
     def __getitem__(self, index: int):
@@ -126,6 +141,7 @@ class EvalFeeder(_PreparedFeeder):
     def __init__(self, data_path: str, label_path: str, shear_amplitude: float = -1,
                  temporal_padding_ratio: float = -1, true_timeline: bool = True, mmap: bool = True, seed: int = 0):
         super().__init__(data_path, label_path, true_timeline, mmap, seed)
+        crop_padding(self.data.shape[2], temporal_padding_ratio, "temporal_padding_ratio")   # fail here, not in a worker
         self.shear_amplitude, self.crop_ratio = shear_amplitude, temporal_padding_ratio
 
     def __getitem__(self, index: int):

@@ -18,7 +18,10 @@ Output folder layout (format version 1), for each split `train` and `val`:
 
 A folder without `manifest.json` is incomplete. While running, `.prepare_state.json` records the
 finished chunks (and their frame counts), so an interrupted run resumes where it stopped when
-started again with the same inputs; a different input set restarts from scratch.
+started again with the same inputs; a different input set restarts from scratch. "Same inputs"
+means the same fingerprint: dataset, benchmark, format settings, the resolved --raw directory and
+the (name, size, mtime) of every kept `.skeleton` file, so editing or touching a raw file, or
+pointing --raw elsewhere, re-prepares the folder.
 Samples are in `sorted(os.listdir(raw))` order (§1.2) in both the arrays and the label files.
 """
 from __future__ import annotations
@@ -94,7 +97,7 @@ def plan_samples(raw_dir: str, dataset: str, benchmark: str, ignore: Optional[Se
     ignore_set = {n.strip() + ".skeleton" for n in (load_ignore_list(dataset) if ignore is None else ignore)}
     plan = SamplePlan(raw_dir, dataset, benchmark, {s: [] for s in SPLITS}, {s: [] for s in SPLITS})
     max_action = 0
-    sizes = []
+    stats = []   # (name, bytes, mtime_ns) of every kept file: the input part of the fingerprint
     for f in files:
         if f in ignore_set:
             plan.ignored += 1
@@ -110,12 +113,18 @@ def plan_samples(raw_dir: str, dataset: str, benchmark: str, ignore: Optional[Se
         plan.names[split].append(f)
         plan.labels[split].append(label_of(sample))
         max_action = max(max_action, sample.action)
-        sizes.append((f, os.path.getsize(os.path.join(raw_dir, f))))
-    if not sizes:
+        st = os.stat(os.path.join(raw_dir, f))
+        stats.append((f, st.st_size, st.st_mtime_ns))
+    if not stats:
         raise PrepareError(f"--raw {raw_dir!r}: none of its {len(files)} .skeleton files belongs to "
                            f"--dataset {dataset} after removing {plan.ignored} ignore-listed samples")
     plan.num_classes = spec.num_classes or max_action
-    h = hashlib.sha256(json.dumps([FORMAT_VERSION, dataset, benchmark, NUM_FRAMES, sizes]).encode())
+    # Key of the prepared folder (and of resumable chunks). Hashing the contents of ~56k files would
+    # cost about as much as preparing them, so a file counts as changed when its size or mtime
+    # changes (make's rule); the resolved --raw path is included because another folder with the
+    # same names, sizes and (copied) mtimes is different input.
+    h = hashlib.sha256(json.dumps([FORMAT_VERSION, dataset, benchmark, NUM_FRAMES, os.path.realpath(raw_dir),
+                                   stats]).encode())
     plan.fingerprint = h.hexdigest()
     return plan
 
@@ -186,6 +195,9 @@ def prepare(raw_dir: str, out_dir: str, dataset: str = "ntu60", benchmark: str =
         if old.get("fingerprint") == plan.fingerprint and not force:
             log(f"{out_dir}: already prepared ({dataset} {plan.benchmark}); use --force to redo")
             return old
+        if not force:
+            log(f"{out_dir}: inputs changed since it was prepared (--raw {os.path.realpath(plan.raw_dir)!r}, "
+                f"or a .skeleton file's size or modification time, or the settings); preparing again")
         os.remove(man_path)   # from here on the folder must not look complete
 
     state_path = os.path.join(out_dir, STATE)

@@ -90,9 +90,16 @@ def preprocess_sample(raw: np.ndarray, out_length: int = NUM_FRAMES, name: str =
 
     raw: (3, F, V, M) as read by `read_skeleton` (any float dtype; it is first rounded to float32
     because the official pipeline stores the gendata array as float32). Returns (3, out_length, V, M)
-    float32. Raises ValueError naming `name` if person 0 never appears (L = 0).
+    float32. Raises ValueError naming `name` if `raw` holds nan/inf (one bad value would spread to
+    every frame through the per-person rotation sign of step 5) or if person 0 never appears (L = 0).
     """
-    x = np.asarray(raw, dtype=np.float32).astype(np.float64)
+    with np.errstate(over="ignore"):   # a value beyond float32 becomes inf and is reported just below
+        x = np.asarray(raw, dtype=np.float32).astype(np.float64)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        c, t, v, m = (int(i[0]) for i in np.nonzero(bad))
+        raise ValueError(f"{name}: non-finite value {x[c, t, v, m]} at coordinate {'xyz'[c] if c < 3 else c} "
+                         f"of frame {t} joint {v} body {m}; the input must be finite (as float32)")
     L = valid_length(x)
     if L == 0:
         raise ValueError(f"{name}: body slot 0 is empty in every frame (valid length L = 0), cannot resample "

@@ -55,7 +55,8 @@ def parse_skeleton_text(text: str, path: str = "<string>", max_body: int = 2,
     count, so `data.shape[1]` is the frame count the label pickle stores (method.md §1.2).
 
     Raises SkeletonFormatError (naming `path`) for a truncated or malformed file, trailing data,
-    or a file with 0 frames.
+    a non-finite (nan/inf) x, y or z of a kept joint (naming line, frame, body, joint), or a file
+    with 0 frames.
     """
     lines = text.splitlines()
     num_frame = _count(lines, 0, path, "numFrame")
@@ -95,6 +96,16 @@ def parse_skeleton_text(text: str, path: str = "<string>", max_body: int = 2,
     if not frames:
         return data
     xyz = _parse_block(lines, starts, counts, path, "joint", (0, 1, 2), 3)
+    finite = np.isfinite(xyz).all(axis=1)
+    if not finite.all():
+        # NumPy's parser accepts nan/inf (and overflows like 1e999 to inf); one such value would
+        # reach every frame of the sample through the per-sequence rotation sign (method.md §1.3)
+        r = int(np.argmin(finite))
+        k = int(np.searchsorted(np.cumsum(counts), r, side="right"))   # the body row r belongs to
+        j = r - sum(counts[:k])
+        raise SkeletonFormatError(f"{path}: malformed joint line in .skeleton file (line {starts[k] + j + 1}, "
+                                  f"frame {frames[k]} body {slots[k]} joint {j}: non-finite x, y, z "
+                                  f"{lines[starts[k] + j].split()[:3]})")
     cnt = np.asarray(counts)
     if (cnt == num_joint).all():   # the common case: a dense (bodies, joints, 3) block
         xyz = xyz.reshape(len(frames), num_joint, 3)

@@ -151,3 +151,32 @@ def test_shear_only_and_crop_only():
     for b in range(3):
         np.testing.assert_allclose(shear_only[b].numpy(), shear(x[b].numpy(), 0.5, matrix=mats[b].numpy()),
                                    rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("ratio", [0.9, 0.6, 0.51, float("nan")])
+def test_crop_ratio_giving_p_above_T_is_rejected_in_every_path(ratio):
+    # 0.5 < ratio < 1 gives p = T // ratio > T: the reflect indices of §2 are only valid for p <= T and the
+    # flat-row gather would read frames of the neighbouring channel/sample instead of failing
+    msg = "crop_ratio = .* > T = 50" if ratio == ratio else "crop_ratio is NaN"
+    x = torch.from_numpy(np.stack([seq(seed=s) for s in range(2)]))
+    with pytest.raises(ValueError, match=msg):
+        temporal_crop(x[0].numpy(), ratio, start=0)
+    with pytest.raises(ValueError, match=msg):
+        augment_sample(x[0].numpy(), np.random.default_rng(0), crop_ratio=ratio)
+    with pytest.raises(ValueError, match=msg):
+        apply_augment_params(x, torch.zeros(2, dtype=torch.int64), torch.eye(3).repeat(2, 1, 1), ratio)
+    with pytest.raises(ValueError, match=msg):
+        sample_augment_params(2, 50, crop_ratio=ratio)
+    with pytest.raises(ValueError, match=msg):
+        batched_two_views(x, torch.Generator().manual_seed(0), crop_ratio=ratio)
+
+
+def test_largest_valid_padding_p_equals_T_agrees_between_paths():
+    # ratio 0.99: p = 50 // 0.99 = 50 = T, the edge of the valid range; torch gather == np.pad symmetric
+    x = np.stack([seq(seed=s) for s in range(2)])
+    assert crop_padding(50, 0.99) == 50 and crop_padding(50, 1) == 50
+    starts = torch.tensor([0, 100])
+    got = apply_augment_params(torch.from_numpy(x), starts, torch.eye(3).repeat(2, 1, 1), 0.99).numpy()
+    for b in range(2):
+        np.testing.assert_array_equal(got[b], temporal_crop(x[b], 0.99, start=int(starts[b])))
+        np.testing.assert_array_equal(got[b], spec_crop(x[b], int(starts[b]), 50))

@@ -101,3 +101,37 @@ def test_augmentation_does_not_depend_on_dataloader_workers(tiny_synthetic):
         (q, k), _, _ = next(iter(loader))
         batches.append((q, k))
     assert torch.equal(batches[0][0], batches[1][0]) and torch.equal(batches[0][1], batches[1][1])
+
+
+def test_feeders_reject_a_crop_ratio_giving_p_above_T(tiny_synthetic):
+    out, _ = tiny_synthetic
+    with pytest.raises(ValueError, match="temporal_padding_ratio = 0.8 gives temporal padding p = .* = 62 > T = 50"):
+        PretrainFeeder.from_prepared(out, "train", temporal_padding_ratio=0.8)
+    with pytest.raises(ValueError, match="temporal_padding_ratio = 0.7"):
+        EvalFeeder.from_prepared(out, "val", temporal_padding_ratio=0.7)
+
+
+def test_set_epoch_reaches_persistent_workers(tiny_synthetic):
+    # persistent workers keep their copy of the dataset across epochs; the epoch must still reach them
+    out, _ = tiny_synthetic
+    ds = PretrainFeeder.from_prepared(out, "train", seed=2)
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=1, persistent_workers=True)
+    for epoch in (0, 1, 2):
+        ds.set_epoch(epoch)
+        got = [q for (q, k), _, _ in loader]                   # a whole epoch through the same worker
+        expect = [ds[i][0][0] for i in range(len(ds))]         # in-process views of this epoch
+        np.testing.assert_array_equal(torch.cat(got).numpy(), np.stack(expect))
+    del loader
+
+
+def test_feeder_pickles_and_copies_with_its_epoch(tiny_synthetic):
+    import copy
+
+    out, _ = tiny_synthetic
+    ds = PretrainFeeder.from_prepared(out, "train", seed=2)
+    ds.set_epoch(3)
+    for other in (pickle.loads(pickle.dumps(ds)), copy.deepcopy(ds)):
+        assert other.epoch == 3
+        np.testing.assert_array_equal(other[1][0][0], ds[1][0][0])
+        other.set_epoch(4)                                     # a copy is independent of the original
+        assert ds.epoch == 3 and other.epoch == 4

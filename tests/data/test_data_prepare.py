@@ -224,3 +224,85 @@ def test_verify_names_a_damaged_label_file(tmp_path):
     (out / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(PrepareError, match="train_label.pkl: unreadable label file"):
         verify(str(out), checksums=False, log=lambda *a: None)
+
+
+def edit_same_size(path, later_ns=10**9):
+    """Change one digit of the first joint's x (same byte count) and move mtime `later_ns` on, as a
+    later edit would (set explicitly so a coarse filesystem clock cannot make the test flaky)."""
+    st = os.stat(path)
+    lines = open(path).read().split("\n")
+    x = lines[4].split()[0]                               # line 5: frame 0, body 0, joint 0
+    lines[4] = lines[4].replace(x, x[:-1] + ("1" if x[-1] != "1" else "2"), 1)
+    open(path, "w").write("\n".join(lines))
+    assert os.path.getsize(path) == st.st_size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + later_ns))
+
+
+def test_same_size_edit_re_prepares(tmp_path):
+    raw = ntu_folder(tmp_path, NTU60_NAMES[:2])
+    out = tmp_path / "out"
+    prepare(str(raw), str(out), dataset="ntu60", benchmark="xsub", **QUIET)
+    stale = np.load(out / "train_data.npy")
+    edit_same_size(str(raw / "S001C001P001R001A001.skeleton"))
+    msgs = []
+    prepare(str(raw), str(out), dataset="ntu60", benchmark="xsub", progress=False, log=msgs.append)
+    fresh = prepare(str(raw), str(tmp_path / "fresh"), dataset="ntu60", benchmark="xsub", **QUIET)
+    new = np.load(out / "train_data.npy")
+    assert not np.array_equal(new, stale)
+    np.testing.assert_array_equal(new, np.load(tmp_path / "fresh" / "train_data.npy"))
+    assert "inputs changed" in msgs[0]
+    assert verify(str(out), log=lambda *a: None)["fingerprint"] == fresh["fingerprint"]
+
+
+def test_other_raw_folder_with_same_names_sizes_and_mtimes_re_prepares(tmp_path):
+    import shutil
+
+    raw = ntu_folder(tmp_path, NTU60_NAMES[:2])
+    out = tmp_path / "out"
+    prepare(str(raw), str(out), dataset="ntu60", benchmark="xsub", **QUIET)
+    stale = np.load(out / "train_data.npy")
+    other = tmp_path / "other"
+    shutil.copytree(raw, other)                           # copy2: mtimes preserved
+    edit_same_size(str(other / "S001C001P001R001A001.skeleton"), later_ns=0)
+    for f in os.listdir(raw):
+        assert os.stat(raw / f).st_mtime_ns == os.stat(other / f).st_mtime_ns
+    prepare(str(other), str(out), dataset="ntu60", benchmark="xsub", **QUIET)
+    new = np.load(out / "train_data.npy")
+    assert not np.array_equal(new, stale)
+    np.testing.assert_array_equal(new[0], preprocess_sample(read_skeleton(str(other / "S001C001P001R001A001.skeleton"))))
+
+
+def test_resume_does_not_reuse_chunks_of_an_edited_file(tmp_path, monkeypatch):
+    raw = ntu_folder(tmp_path, [f"S001C00{1 + i % 3}P00{1 + i % 9}R001A00{1 + i % 9}" for i in range(6)])
+    real, calls = prep._process_file, []
+
+    def dies_at_5(path):
+        calls.append(path)
+        if len(calls) == 5:
+            raise Killed
+        return real(path)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(prep, "_process_file", dies_at_5)
+    with pytest.raises(Killed):   # chunks of 2: the first two chunks are finished
+        prepare(str(raw), str(out), dataset="synthetic", benchmark="xview", chunk_size=2, **QUIET)
+    edit_same_size(calls[0])      # a file of a finished chunk changes before the resume
+    monkeypatch.setattr(prep, "_process_file", real)
+    msgs = []
+    prepare(str(raw), str(out), dataset="synthetic", benchmark="xview", chunk_size=2, progress=False, log=msgs.append)
+    assert not any("resuming" in m for m in msgs)
+    prepare(str(raw), str(tmp_path / "fresh"), dataset="synthetic", benchmark="xview", chunk_size=2, **QUIET)
+    for f in ("train_data.npy", "val_data.npy"):
+        assert (out / f).read_bytes() == (tmp_path / "fresh" / f).read_bytes()
+
+
+def test_non_finite_joint_aborts_without_manifest(tmp_path):
+    raw = ntu_folder(tmp_path, NTU60_NAMES[:2])
+    p = raw / "S001C001P001R001A001.skeleton"
+    lines = p.read_text().split("\n")
+    lines[4] = "nan " + lines[4].split(" ", 1)[1]                    # x of frame 0, joint 0
+    p.write_text("\n".join(lines))
+    out = tmp_path / "out"
+    with pytest.raises(SkeletonFormatError, match=r"S001C001P001R001A001.skeleton: .*line 5, frame 0 .*non-finite"):
+        prepare(str(raw), str(out), dataset="ntu60", benchmark="xsub", **QUIET)
+    assert load_manifest(str(out)) is None

@@ -128,3 +128,12 @@ def test_both_persons_use_person_0_valid_length():
     out = preprocess_sample(x)
     expected = rotate_y(resize_time_linear(centre(x.astype(np.float32).astype(np.float64))[:, :20]))
     np.testing.assert_allclose(out[..., 1], expected[..., 1].astype(np.float32), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e39])   # 1e39 overflows the float32 rounding
+def test_preprocess_sample_rejects_non_finite_input(bad):
+    raw = np.zeros((3, 10, 25, 2))
+    raw[:, :, 0, 0] = 1.0
+    raw[2, 7, 8, 0] = bad       # one value; through the rotation sign it would reach every frame (§1.3 step 5)
+    with pytest.raises(ValueError, match="S001: non-finite value .* coordinate z of frame 7 joint 8 body 0"):
+        preprocess_sample(raw, name="S001")

@@ -114,3 +114,34 @@ def test_crlf_line_endings(tmp_path, write_skeleton):
     crlf = tmp_path / "crlf.skeleton"
     crlf.write_bytes(skeleton_text(frames).replace("\n", "\r\n").encode())
     np.testing.assert_array_equal(read_skeleton(str(crlf)), read_skeleton(lf))
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e999"])
+@pytest.mark.parametrize("frame, body_index, joint, column", [(0, 0, 0, 0), (1, 1, 24, 2)])
+def test_non_finite_joint_value_names_file_line_and_frame(tmp_path, value, frame, body_index, joint, column):
+    # np.loadtxt parses nan/inf (and overflows 1e999 to inf); the reader must not pass them on
+    path = tmp_path / "S001C001P001R001A001.skeleton"
+    lines = skeleton_text([[body(1), body(2)], [body(3), body(4)]]).split("\n")
+    k = 1 + frame * (1 + 2 * 27) + 1 + body_index * 27 + 2 + joint   # 0-based line of that joint
+    words = lines[k].split()
+    words[column] = value
+    lines[k] = " ".join(words)
+    path.write_text("\n".join(lines))
+    with pytest.raises(SkeletonFormatError, match=f"line {k + 1}, frame {frame} body {body_index} joint {joint}: "
+                                                  "non-finite") as err:
+        read_skeleton(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_non_finite_in_ignored_columns_or_dropped_body_is_harmless(tmp_path):
+    # only x, y, z of kept bodies are used (§1.1); a nan elsewhere does not reach the data
+    text = skeleton_text([[body(1), body(2), body(3)]])
+    lines = text.split("\n")
+    lines[4] = " ".join(lines[4].split()[:3] + ["nan"] * 9)        # depth/colour/orientation columns
+    k = 2 + 2 * 27 + 2                                              # third body (dropped), joint 0
+    lines[k] = "nan nan nan " + " ".join(lines[k].split()[3:])
+    path = tmp_path / "ok.skeleton"
+    path.write_text("\n".join(lines))
+    x = read_skeleton(str(path))
+    assert np.isfinite(x).all()
+    np.testing.assert_array_equal(x[:, 0, :, 0], body(1).T)
