@@ -18,7 +18,8 @@ COMMAND_PRESET = {"pretrain": "ikem6", "distill": "student6to3", "linear": "line
 
 
 def _common(p: argparse.ArgumentParser, preset: str) -> None:
-    p.add_argument("--config", default=preset, help=f"preset name or YAML file (default {preset})")
+    # default None (the command's preset is filled in later) so that an explicit --config is visible
+    p.add_argument("--config", default=None, help=f"preset name or YAML file (default {preset})")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set optim.lr=0.05 (repeatable)")
     p.add_argument("--out", default=None, help="run.out_dir: parent folder of run folders")
@@ -85,7 +86,35 @@ def _sets_from_flags(a) -> List[str]:
         s.append("run.cuda_graphs=true")
     if a.no_progress:
         s.append("run.progress=false")
+    # as --set items, so that they are validated like the config keys they set
+    if getattr(a, "k", None) is not None:
+        s.append(f"knn.k={a.k}")
+    if getattr(a, "label_fraction", None) is not None and not getattr(a, "resume", None):
+        s.append(f"finetune.label_fraction={a.label_fraction}")
     return s
+
+
+def _check_resume_config(a) -> None:
+    """An explicit --config on --resume must be the resumed run's own config: the run continues with
+    its saved config, so a different one would be silently ignored (or switch settings mid-run)."""
+    from .checkpoint import load_checkpoint
+    from .config import ConfigError, load_config
+    saved = load_checkpoint(a.resume, expect_commands=(a.command,))["config"]
+    given = load_config(a.config, check=False)
+    diff = []
+
+    def walk(x, y, prefix):
+        for k in sorted(set(x) | set(y), key=str):
+            xv, yv = x.get(k), y.get(k)
+            if isinstance(xv, dict) and isinstance(yv, dict):
+                walk(xv, yv, f"{prefix}{k}.")
+            elif xv != yv:
+                diff.append(f"{prefix}{k}")
+    walk(given, saved, "")
+    if diff:
+        raise ConfigError(f"--resume {a.resume}: --config {a.config} differs from the resumed run's saved config "
+                          f"(in {', '.join(diff[:6])}{', ...' if len(diff) > 6 else ''}); a resumed run keeps its "
+                          f"saved config: drop --config, or start a new run to change settings")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -95,6 +124,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = _parser().parse_args(argv)
     if a.command is None:
         a = _parser().parse_args(["pipeline"])
+    config_given = a.config is not None
+    a.config = a.config or COMMAND_PRESET[a.command]
     from .checkpoint import CheckpointError
     from .config import ConfigError, load_config
     from .data import DataError
@@ -106,8 +137,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             # a resumed run continues with the config saved in its checkpoint
             raise ConfigError(f"--resume continues the checkpoint's saved config (bit-for-bit); it cannot be combined "
                               f"with --set or config flags (got {changes}); start a new run to change settings")
-        # flags after --set so that explicit flags win
-        cfg = load_config(a.config, overrides)
+        if getattr(a, "resume", None) and config_given:
+            _check_resume_config(a)
+        # flags after --set so that explicit flags win; the queue check only for commands with queues
+        cfg = load_config(a.config, overrides, command=a.command)
         if a.command == "pretrain":
             from .pretrain import run_pretrain
             res = run_pretrain(cfg, resume=a.resume)
@@ -119,14 +152,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             res = run_linear(cfg, a.checkpoint, a.view, a.random_init or None)
         elif a.command == "knn":
             from .knn import run_knn
-            if a.k is not None:
-                cfg["knn"]["k"] = a.k
             res = run_knn(cfg, a.checkpoint, a.view, a.random_init or None)
         elif a.command == "finetune":
             from .finetune import run_finetune
-            if a.label_fraction is not None:
-                cfg["finetune"]["label_fraction"] = a.label_fraction
-            res = run_finetune(cfg, a.checkpoint, a.view, resume=a.resume)
+            res = run_finetune(cfg, a.checkpoint, a.view, resume=a.resume,
+                               label_fraction=a.label_fraction if a.resume else None)
         else:
             from .pipeline import run_pipeline
             res = run_pipeline(cfg)

@@ -2,21 +2,23 @@
 validation with errors that name the key, and the resolved config saved with every run.
 
 Layer: training (pure Python + PyYAML). `defaults.yaml` is the schema: every key a config may
-have is listed there with a default, and a value must have the type of its default (ints are
-accepted for floats; a null default accepts anything). Presets in `skelfast/configs/` carry the
+have is listed there with a default, and a value must have the type of its default (ints and
+numeric strings such as YAML 1.1's '1e-3' are accepted for floats; a null default takes the type
+listed in NULLABLE_TYPES, or anything). Presets in `skelfast/configs/` carry the
 official hyperparameters (method.md §5.2, §6.1, §6.2, §7).
 """
 from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import yaml
 
 __all__ = ["ConfigError", "CONFIG_DIR", "presets", "load_config", "merge", "parse_set", "apply_sets",
-           "validate", "save_config", "get", "set_key", "preset_path"]
+           "validate", "save_config", "get", "set_key", "preset_path", "check_batch_queue", "QUEUE_COMMANDS"]
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -105,6 +107,38 @@ def apply_sets(cfg: Mapping[str, Any], sets: Iterable[str]) -> Dict[str, Any]:
     return dict(cfg)
 
 
+# Keys whose default is null ('unset') and the type a set value must have; without this a typo such as
+# model.true_timeline=fasle would be the truthy string 'fasle'.
+NULLABLE_TYPES = {
+    "model.true_timeline": bool, "parity.lock_keys": list, "data.root": str, "data.synthetic.cache_dir": str,
+    "distill.teacher": str, "linear.checkpoint": str, "knn.checkpoint": str, "finetune.checkpoint": str,
+    "run.name": str, "run.max_steps_per_epoch": int, "run.num_threads": int, "distributed.backend": str,
+}
+
+
+def _nullable_ok(name: str, value: Any) -> bool:
+    t = NULLABLE_TYPES.get(name)
+    if t is None or value is None:
+        return True
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t is list:
+        return isinstance(value, (list, tuple))
+    return isinstance(value, t)
+
+
+def _as_float(value: Any) -> Any:
+    """YAML 1.1 reads '1e-3' (no dot) as a string: a finite numeric string becomes a float."""
+    if isinstance(value, str):
+        try:
+            f = float(value)
+        except ValueError:
+            return value
+        if math.isfinite(f):
+            return f
+    return value
+
+
 def _type_ok(default: Any, value: Any) -> bool:
     if default is None or value is None:
         return True
@@ -122,8 +156,10 @@ def _type_ok(default: Any, value: Any) -> bool:
 
 
 def _check(schema: Mapping[str, Any], cfg: Mapping[str, Any], prefix: str = "") -> None:
-    for k, v in cfg.items():
+    for k, v in list(cfg.items()):
         name = f"{prefix}{k}"
+        if isinstance(schema.get(k), float) and isinstance(v, str) and isinstance(cfg, dict):
+            v = cfg[k] = _as_float(v)
         if k not in schema:
             close = difflib.get_close_matches(str(k), [str(s) for s in schema], n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys here: {sorted(schema)}"
@@ -133,6 +169,9 @@ def _check(schema: Mapping[str, Any], cfg: Mapping[str, Any], prefix: str = "") 
             if not isinstance(v, Mapping):
                 raise ConfigError(f"config key {name!r} must be a mapping (section), got {v!r}")
             _check(d, v, name + ".")
+        elif d is None and not _nullable_ok(name, v):
+            t = NULLABLE_TYPES[name].__name__
+            raise ConfigError(f"config key {name!r} must be {t} or null, got {type(v).__name__} {v!r}")
         elif not _type_ok(d, v):
             raise ConfigError(f"config key {name!r} must be of type {type(d).__name__} (like its default "
                               f"{d!r}), got {type(v).__name__} {v!r}")
@@ -140,10 +179,24 @@ def _check(schema: Mapping[str, Any], cfg: Mapping[str, Any], prefix: str = "") 
 
 PRETRAIN_MODELS = ("crossclr3", "ikem6")
 DISTILL_MODELS = ("student6to3", "student3to1")
+# the commands whose models have MoCo queues (linear / knn / finetune / the pipeline's top level have
+# none; the pipeline validates its pretrain and distill stages with their own command)
+QUEUE_COMMANDS = ("pretrain", "distill")
 
 
-def validate(cfg: Mapping[str, Any]) -> None:
-    """Keys and types against defaults.yaml, then value checks; raises ConfigError naming the key."""
+def check_batch_queue(cfg: Mapping[str, Any]) -> None:
+    """MoCo enqueues whole global batches: data.batch_size must divide model.queue_size (§5.1)."""
+    K, N = cfg["model"]["queue_size"], cfg["data"]["batch_size"]
+    if K % N != 0:
+        raise ConfigError(f"data.batch_size={N} does not divide model.queue_size={K}: MoCo enqueues whole "
+                          f"batches (method.md §5.1 asserts K mod N = 0)")
+
+
+def validate(cfg: Mapping[str, Any], command: Optional[str] = None) -> None:
+    """Keys and types against defaults.yaml, then value checks; raises ConfigError naming the key.
+
+    command: the command the config is for; the batch / queue check runs only for QUEUE_COMMANDS
+    (None = unknown: the pretrain / distill code checks it again before it builds anything)."""
     schema = defaults()
     pipeline = cfg.get("pipeline")
     _check(schema, {k: v for k, v in cfg.items() if k != "pipeline"})
@@ -157,6 +210,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
     o, r, d = cfg["optim"], cfg["run"], cfg["data"]
     if o["lr"] <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {o['lr']}")
+    if not 0 < o["gamma"] <= 1:
+        # step *decay* (method.md §5.2, ×0.1): gamma <= 0 would flip the lr's sign (gradient ascent)
+        raise ConfigError(f"optim.gamma must be in (0, 1] (the lr decay factor), got {o['gamma']}")
     if o["epochs"] < 1:
         raise ConfigError(f"optim.epochs must be >= 1, got {o['epochs']}")
     if any(not isinstance(s, int) or isinstance(s, bool) for s in o["step"]):
@@ -168,18 +224,30 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"run.amp must be 'none' or 'bf16', got {r['amp']!r}")
     if r["save_every"] < 1:
         raise ConfigError(f"run.save_every must be >= 1, got {r['save_every']}")
+    if r["max_steps_per_epoch"] is not None and r["max_steps_per_epoch"] < 0:
+        # 0 and null mean 'no cap' (loops.py); a negative cap would silently train nothing
+        raise ConfigError(f"run.max_steps_per_epoch must be >= 1 (or 0 / null for full epochs), "
+                          f"got {r['max_steps_per_epoch']}")
+    for sec in ("linear", "finetune"):
+        if cfg[sec]["eval_every"] < 1:
+            raise ConfigError(f"{sec}.eval_every must be >= 1 (epochs between test evaluations), "
+                              f"got {cfg[sec]['eval_every']}")
+    if cfg["knn"]["k"] < 1:
+        raise ConfigError(f"knn.k must be >= 1 (neighbours that vote), got {cfg['knn']['k']}")
+    if cfg["knn"]["temperature"] <= 0:
+        raise ConfigError(f"knn.temperature must be > 0, got {cfg['knn']['temperature']}")
     if cfg["model"]["backend"] not in ("skelfast", "reference"):
         raise ConfigError(f"model.backend must be 'skelfast' or 'reference', got {cfg['model']['backend']!r}")
     if not 0 < cfg["finetune"]["label_fraction"] <= 1:
         raise ConfigError(f"finetune.label_fraction must be in (0, 1], got {cfg['finetune']['label_fraction']}")
-    if cfg["model"]["queue_size"] % d["batch_size"] != 0 and cfg["model"]["name"] in PRETRAIN_MODELS + DISTILL_MODELS:
-        raise ConfigError(f"data.batch_size={d['batch_size']} does not divide model.queue_size="
-                          f"{cfg['model']['queue_size']}: MoCo enqueues whole batches (method.md §5.1 asserts K mod N = 0)")
+    if command in QUEUE_COMMANDS:
+        check_batch_queue(cfg)
 
 
 def load_config(preset: Optional[str] = None, sets: Iterable[str] = (), base: Optional[Mapping[str, Any]] = None,
-                check: bool = True) -> Dict[str, Any]:
-    """defaults.yaml <- `base` <- preset file <- `--set` items; validated unless check=False."""
+                check: bool = True, command: Optional[str] = None) -> Dict[str, Any]:
+    """defaults.yaml <- `base` <- preset file <- `--set` items; validated (for `command`, see validate)
+    unless check=False."""
     cfg = defaults()
     if base is not None:
         cfg = merge(cfg, base)
@@ -187,7 +255,7 @@ def load_config(preset: Optional[str] = None, sets: Iterable[str] = (), base: Op
         cfg = merge(cfg, _expand_dotted(_read_yaml(preset_path(preset))))
     cfg = apply_sets(cfg, sets)
     if check:
-        validate(cfg)
+        validate(cfg, command)
     return cfg
 
 

@@ -13,14 +13,15 @@ from typing import Any, Dict, Optional
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
+from .config import ConfigError, check_batch_queue
 from .data import step_generator, two_views
 from .distributed import gather_cat
 from .loops import Task, Trainer, autocast
-from .models import DISTILL_MODELS, TEACHER_OF, build_model
+from .models import DISTILL_MODELS, MODEL_DEFAULTS, TEACHER_OF, build_model
 from .pretrain import check_queue
-from .session import open_train_split, resume_payload, start_session
+from .session import check_resume_value, open_train_split, resume_payload, same_checkpoint, start_session
 
-__all__ = ["DistillTask", "run_distill", "load_teacher"]
+__all__ = ["DistillTask", "run_distill", "load_teacher", "teacher_true_timeline"]
 
 ARCH_KEYS = ("hidden_channels", "hidden_dim", "feature_dim")
 
@@ -45,6 +46,23 @@ def load_teacher(model, name: str, teacher_ck: Dict[str, Any]) -> None:
     if missing:
         raise CheckpointError(f"teacher checkpoint lacks {len(missing)} teacher weights, e.g. {missing[:3]}")
     model.teacher.load_state_dict(new)
+
+
+def teacher_true_timeline(requested: Optional[bool], teacher_ck: Dict[str, Any]) -> bool:
+    """The time scale (model.true_timeline) of the distillation model, which teacher and students
+    share: the teacher's from pretraining. A frozen teacher fed another time scale than it was trained
+    on sees differently scaled motion/acceleration inputs (method.md §11 #14). null takes the
+    teacher's value; an explicit different value is an error."""
+    tm = teacher_ck["config"]["model"]
+    teacher_tt = tm.get("true_timeline")
+    if teacher_tt is None:          # the teacher model's own default (crossclr3: False, ikem6: True)
+        teacher_tt = MODEL_DEFAULTS[teacher_ck["model_name"]][1]["true_timeline"]
+    if requested is not None and bool(requested) != bool(teacher_tt):
+        raise ConfigError(f"model.true_timeline={requested} but the teacher {teacher_ck.get('path', '')} was "
+                          f"pretrained with true_timeline={teacher_tt}; teacher and students share the time scale "
+                          f"(method.md §11 #14): leave model.true_timeline null (= the teacher's) or set it to "
+                          f"{teacher_tt}")
+    return bool(teacher_tt)
 
 
 class DistillTask(Task):
@@ -79,6 +97,8 @@ def run_distill(cfg: Dict[str, Any], teacher: Optional[str] = None, resume: Opti
     ck = resume_payload(resume, "distill")
     if ck is not None:
         cfg, run_dir = ck["config"], run_dir or os.path.dirname(os.path.abspath(ck["path"]))
+        # the resumed students learn from the saved teacher; another one would switch it mid-training
+        check_resume_value("--teacher", teacher, cfg["distill"]["teacher"], resume, same_checkpoint)
     name = cfg["model"]["name"]
     if name not in DISTILL_MODELS:
         raise CheckpointError(f"distill needs model.name in {DISTILL_MODELS}, got {name!r}")
@@ -91,6 +111,8 @@ def run_distill(cfg: Dict[str, Any], teacher: Optional[str] = None, resume: Opti
         # The teacher architecture is the checkpoint's, whatever the distillation preset says.
         for k in ARCH_KEYS:
             cfg["model"][k] = tck["config"]["model"][k]
+        cfg["model"]["true_timeline"] = teacher_true_timeline(cfg["model"]["true_timeline"], tck)
+    check_batch_queue(cfg)          # before the run folder exists
     sess = start_session(cfg, "distill", name, run_dir)
     model = build_model(cfg)
     check_queue(model, cfg["data"]["batch_size"])

@@ -3,10 +3,13 @@
 Layer: training. method.md §7 'Cheap exact speed-up': the encoders are frozen, in eval mode, and
 the inputs are not augmented, so the pooled 256-d features of every stream can be computed once
 per split and reused by every linear head / view / k-NN query. Features are cached as
-`features_<split>.pt` in the run folder: {'feats': (S, Ns, H) float32, 'labels': (Ns,)}.
+`features_<tag>_<split>.pt` in the run folder: {'feats': (S, Ns, H) float32, 'labels': (Ns,),
+'key': what produced them}; a cache whose key differs (another checkpoint, backend, amp, device,
+data) is recomputed, never reused.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -20,7 +23,7 @@ from .loops import autocast
 from .models import LINEAR_OF, build_linear, load_encoders
 
 __all__ = ["eval_model_from_checkpoint", "stream_features", "extract_features",
-           "cached_features", "view_indices", "calibrate_bn"]
+           "cached_features", "feature_key", "view_indices", "calibrate_bn"]
 
 
 def resolve_evaluation(section: Dict[str, Any], command: str, checkpoint: Optional[str], view: Optional[str],
@@ -95,17 +98,62 @@ def extract_features(model: nn.Module, split: Split, device: torch.device, batch
     return {"feats": torch.cat(feats, 1), "labels": torch.from_numpy(split.labels.copy())}
 
 
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def feature_key(model: nn.Module, split: Split, device: torch.device, amp: str,
+                data_root: Optional[str] = None) -> Dict[str, Any]:
+    """What determines the cached features: a hash of every encoder weight and buffer (the linear
+    heads excluded: they do not change the features and are set after extraction), the model class
+    and its time-scale flag (not in the state dict), device type, amp, and the split's identity.
+    Hashing the weights rather than the checkpoint path also catches a checkpoint rewritten in place
+    and the random-init baseline (seeded weights, BN statistics calibrated on the data)."""
+    h = hashlib.sha1()
+    for k, v in sorted(model.state_dict().items()):
+        if "fc" in k.split("."):
+            continue
+        if isinstance(v, torch.Tensor):
+            h.update(f"{k}:{v.dtype}:{tuple(v.shape)}".encode())
+            h.update(_tensor_bytes(v))
+    d = hashlib.sha1()
+    for a in (split.labels, split.frames):
+        a = np.ascontiguousarray(a)
+        d.update(f"{a.dtype}:{a.shape}".encode())
+        d.update(a.tobytes())
+    return {"encoders_sha1": h.hexdigest(), "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "true_timeline": getattr(model, "true_timeline", None), "device": device.type, "amp": amp,
+            "data_root": os.path.abspath(data_root) if data_root else None, "split": split.name,
+            "num_samples": len(split), "num_classes": int(split.num_classes), "split_sha1": d.hexdigest()}
+
+
 def cached_features(model: nn.Module, split: Split, device: torch.device, cache_dir: Optional[str],
-                    tag: str, batch_size: int = 128, amp: str = "none") -> Dict[str, torch.Tensor]:
-    """extract_features with an on-disk cache `cache_dir/features_<tag>_<split>.pt` (None = no cache)."""
+                    tag: str, batch_size: int = 128, amp: str = "none", data_root: Optional[str] = None,
+                    log=print) -> Dict[str, torch.Tensor]:
+    """extract_features with an on-disk cache `cache_dir/features_<tag>_<split>.pt` (None = no cache).
+
+    The cache stores feature_key(); a file produced by anything else (another checkpoint in a reused
+    run folder, another backend / amp / device / dataset, or a file from before keys were stored) is
+    recomputed and overwritten, with a log line saying why."""
     path = os.path.join(cache_dir, f"features_{tag}_{split.name}.pt") if cache_dir else None
+    key = feature_key(model, split, device, amp, data_root) if path else None
     if path and os.path.exists(path):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            old = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - an unreadable cache is recomputed, not fatal
+            old = None
+            log(f"feature cache {path} is unreadable ({type(e).__name__}); recomputing")
+        if isinstance(old, dict) and old.get("key") == key:
+            return {"feats": old["feats"], "labels": old["labels"]}
+        if old is not None:
+            okey = old.get("key") if isinstance(old, dict) else None
+            diff = sorted(k for k in key if not isinstance(okey, dict) or okey.get(k) != key[k])
+            log(f"feature cache {path} was computed by another model/setting (differs in {diff}); recomputing")
     out = extract_features(model, split, device, batch_size, amp)
     if path:
         os.makedirs(cache_dir, exist_ok=True)
         tmp = path + ".tmp"
-        torch.save(out, tmp)
+        torch.save(dict(out, key=key), tmp)
         os.replace(tmp, path)
     return out
 

@@ -24,7 +24,7 @@ from .features import eval_model_from_checkpoint
 from .linear import topk_accuracy
 from .logging_utils import format_table, plot_table
 from .loops import Task, Trainer, autocast
-from .session import resume_payload, start_session
+from .session import check_resume_value, resume_payload, same_checkpoint, start_session
 
 __all__ = ["label_subset", "FinetuneTask", "run_finetune", "evaluate_logits"]
 
@@ -103,11 +103,21 @@ class FinetuneTask(Task):
 
 
 def run_finetune(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Optional[str] = None,
-                 resume: Optional[str] = None, run_dir: Optional[str] = None) -> Dict[str, Any]:
+                 resume: Optional[str] = None, run_dir: Optional[str] = None,
+                 label_fraction: Optional[float] = None) -> Dict[str, Any]:
+    """Fine-tune `checkpoint` (or cfg finetune.checkpoint) on `view` with `label_fraction` of the labels
+    (None = the config's); on `resume` the saved run's values hold and different ones are an error."""
     ck_resume = resume_payload(resume, "finetune")
     if ck_resume is not None:
         cfg = ck_resume["config"]
         run_dir = run_dir or os.path.dirname(os.path.abspath(ck_resume["path"]))
+        fc = cfg["finetune"]
+        # the saved run's checkpoint / view / labels hold; another value would switch them mid-training
+        check_resume_value("--checkpoint", checkpoint, fc["checkpoint"], resume, same_checkpoint)
+        check_resume_value("--view", view, fc["view"], resume)
+        check_resume_value("--label-fraction", label_fraction, fc["label_fraction"], resume)
+    elif label_fraction is not None:
+        cfg["finetune"]["label_fraction"] = label_fraction
     fc = cfg["finetune"]
     checkpoint = checkpoint or fc["checkpoint"]
     view = view or fc["view"]

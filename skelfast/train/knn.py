@@ -69,8 +69,11 @@ def run_knn(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Optiona
     if random_init:
         calibrate_bn(model, tr_split, sess.device, d["eval_batch_size"])
     tag = "random" if random_init else "model"
-    tr = cached_features(model, tr_split, sess.device, sess.run_dir, tag, d["eval_batch_size"], cfg["run"]["amp"])
-    te = cached_features(model, te_split, sess.device, sess.run_dir, tag, d["eval_batch_size"], cfg["run"]["amp"])
+    amp = cfg["run"]["amp"]
+    tr = cached_features(model, tr_split, sess.device, sess.run_dir, tag, d["eval_batch_size"], amp, sess.data_root,
+                         logger.log)
+    te = cached_features(model, te_split, sess.device, sess.run_dir, tag, d["eval_batch_size"], amp, sess.data_root,
+                         logger.log)
     acc = knn_accuracy(tr, te, streams, tr_split.num_classes, kc["k"], kc["temperature"])
     row = {"model": source + (" (random init)" if random_init else ""), "view": view, "k": kc["k"],
            "top-1": acc["top1"], "top-5": acc["top5"]}

@@ -118,8 +118,8 @@ def evaluate_checkpoint(cfg: Dict[str, Any], ck: Optional[Dict[str, Any]], views
     if random_init:
         calibrate_bn(model, train_split, device, d["eval_batch_size"])
     amp = cfg["run"]["amp"]
-    tr = cached_features(model, train_split, device, run_dir, tag, d["eval_batch_size"], amp)
-    te = cached_features(model, test_split, device, run_dir, tag, d["eval_batch_size"], amp)
+    tr = cached_features(model, train_split, device, run_dir, tag, d["eval_batch_size"], amp, data_root, log)
+    te = cached_features(model, test_split, device, run_dir, tag, d["eval_batch_size"], amp, data_root, log)
     results = {}
     for v in views:
         log(f"linear evaluation of {tag} ({source}), view {v!r}: {tr['feats'].shape[1]} train / "

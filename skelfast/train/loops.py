@@ -133,6 +133,9 @@ class Trainer:
         self.optimizer = torch.optim.SGD(task.trainable(model), lr=o["lr"], momentum=o["momentum"],
                                          nesterov=o["nesterov"], weight_decay=o["weight_decay"])
         self.epoch, self.step, self.global_step = 0, 0, 0   # epochs completed, steps into the next
+        # loss sum / steps of the epoch in progress: saved mid-epoch, so that the logged epoch mean of a
+        # resumed epoch covers all its steps, not only those after the resume
+        self.epoch_loss_sum, self.epoch_loss_n = 0.0, 0
         history = None
         if resume is not None:
             model.load_state_dict(resume["model"])
@@ -145,6 +148,9 @@ class Trainer:
                     f"tensors, which differ between backends (stacked encoders on 'skelfast', one per modality on "
                     f"'reference'): it was saved by the other backend") from e
             self.epoch, self.step, self.global_step = resume["epoch"], resume["step"], resume["global_step"]
+            if self.step:
+                el = resume.get("epoch_loss") or {}
+                self.epoch_loss_sum, self.epoch_loss_n = float(el.get("sum", 0.0)), int(el.get("n", 0))
             history = resume.get("history")
             task.load_extra_state(resume.get("task_state", {}))
             set_rng_state(resume["rng"])
@@ -160,7 +166,8 @@ class Trainer:
         return {"command": self.task.command, "model_name": self.model_name, "config": self.cfg,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "epoch": self.epoch, "step": self.step, "global_step": self.global_step, "rng": rng_state(),
-                "history": self.logger.history, "task_state": self.task.extra_state(), "meta": self.meta}
+                "history": self.logger.history, "task_state": self.task.extra_state(), "meta": self.meta,
+                "epoch_loss": {"sum": self.epoch_loss_sum, "n": self.epoch_loss_n}}
 
     def save(self, numbered: bool = False) -> Optional[str]:
         path = None
@@ -207,7 +214,9 @@ class Trainer:
                 order = epoch_order(len(self.split), self.seed, e)
                 bar = progress(self.steps_per_epoch, f"{self.task.epoch_desc(e)}/{self.epochs}",
                                self.info.is_main and r["progress"], initial=self.step)
-                t_epoch, n_done, loss_sum = time.perf_counter(), 0, 0.0
+                t_epoch, n_done = time.perf_counter(), 0          # n_done: steps run by this process (speed)
+                if self.step == 0:
+                    self.epoch_loss_sum, self.epoch_loss_n = 0.0, 0
                 while self.step < self.steps_per_epoch:
                     s = self.step
                     t0 = time.perf_counter()
@@ -226,7 +235,8 @@ class Trainer:
                     self.global_step += 1
                     dt = time.perf_counter() - t0
                     lv = float(loss.detach())
-                    loss_sum += lv
+                    self.epoch_loss_sum += lv
+                    self.epoch_loss_n += 1
                     n_done += 1
                     self.logger.scalar(f"train/{self.task.total_label}", lv, self.global_step)
                     for k, v in res.get("logs", {}).items():
@@ -243,7 +253,7 @@ class Trainer:
                 self.logger.scalar("train/lr", lr, self.global_step)
                 secs = time.perf_counter() - t_epoch
                 log(f"{self.task.epoch_desc(e)}/{self.epochs}: mean {self.task.total_label} "
-                    f"{loss_sum / max(n_done, 1):.4f}, lr {lr:g}, {secs:.1f}s "
+                    f"{self.epoch_loss_sum / max(self.epoch_loss_n, 1):.4f}, lr {lr:g}, {secs:.1f}s "
                     f"({n_done * self.B / max(secs, 1e-9):.1f} samples/s)")
                 self.task.on_epoch_end(self, e)
                 self.save(numbered=(e % r["save_every"] == 0) or e == self.epochs)

@@ -27,7 +27,7 @@ def stage_config(cfg: Dict[str, Any], stage: str, run_dir: str) -> Dict[str, Any
     over = _expand_dotted((cfg.get("pipeline") or {}).get(stage) or {})
     out = merge({k: v for k, v in cfg.items() if k != "pipeline"}, over)
     out["run"]["out_dir"], out["run"]["name"] = run_dir, stage
-    validate(out)
+    validate(out, stage)      # pretrain / distill stages get the batch-vs-queue check
     return out
 
 
@@ -90,8 +90,10 @@ def run_pipeline(cfg: Dict[str, Any]) -> Dict[str, Any]:
                                   log=lambda m: None)
         res = out["results"]["all"]
         from .features import cached_features
-        tr = cached_features(out["model"], tr_split, device, lin_dir, tag)
-        te = cached_features(out["model"], te_split, device, lin_dir, tag)
+        # same batch / amp / data as evaluate_checkpoint, so these hit the cache it just wrote
+        amp = lin_cfg["run"]["amp"]
+        tr = cached_features(out["model"], tr_split, device, lin_dir, tag, d["eval_batch_size"], amp, root, log)
+        te = cached_features(out["model"], te_split, device, lin_dir, tag, d["eval_batch_size"], amp, root, log)
         kn = knn_accuracy(tr, te, res["streams"], out["num_class"], lin_cfg["knn"]["k"], lin_cfg["knn"]["temperature"])
         rows.append({"model": label, "linear top-1 (last)": res["last_top1"], "linear top-1 (best)": res["best_top1"],
                      "top-5 (last)": res["last_top5"], "k-NN top-1": kn["top1"]})

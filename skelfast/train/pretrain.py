@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from .checkpoint import CheckpointError
+from .config import check_batch_queue
 from .data import two_views, step_generator
 from .distributed import gather_cat
 from .loops import Task, Trainer, autocast
@@ -70,6 +71,7 @@ def build_pretrain_trainer(cfg: Optional[Dict[str, Any]], resume: Optional[str] 
     if name not in PRETRAIN_MODELS:
         raise CheckpointError(f"pretrain needs model.name in {PRETRAIN_MODELS}, got {name!r}"
                               + (f" (use `distill` for {name!r})" if name else ""))
+    check_batch_queue(cfg)          # before the run folder exists
     sess = start_session(cfg, "pretrain", name, run_dir)
     model = build_model(cfg)
     check_queue(model, cfg["data"]["batch_size"])

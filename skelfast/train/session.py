@@ -20,7 +20,8 @@ from .distributed import DistInfo, init_distributed
 from .logging_utils import make_run_dir
 from .loops import resolve_device
 
-__all__ = ["Session", "start_session", "seed_everything", "resume_payload"]
+__all__ = ["Session", "start_session", "seed_everything", "resume_payload", "check_resume_value",
+           "same_checkpoint"]
 
 
 @dataclass
@@ -44,6 +45,29 @@ def resume_payload(path: Optional[str], command: str) -> Optional[Dict[str, Any]
     if not path:
         return None
     return load_checkpoint(path, expect_commands=(command,))
+
+
+def same_checkpoint(a: str, b: Optional[str]) -> bool:
+    """Whether two checkpoint arguments (files or run folders) name the same file."""
+    from .checkpoint import resolve_checkpoint
+    if not b:
+        return False
+    try:
+        return os.path.samefile(resolve_checkpoint(a), resolve_checkpoint(b))
+    except (OSError, ValueError):
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def check_resume_value(flag: str, given: Any, saved: Any, path: str, same=None) -> None:
+    """--resume continues a run with its saved settings: a flag that asks for another value than the
+    run used is an error rather than a silent switch mid-training (equal values are fine)."""
+    from .config import ConfigError
+    if given is None:
+        return
+    equal = same(given, saved) if same is not None else given == saved
+    if not equal:
+        raise ConfigError(f"--resume {path}: {flag} {given} differs from the resumed run's {saved!r}; a resumed run "
+                          f"keeps its settings (drop {flag}, or start a new run to change it)")
 
 
 def start_session(cfg: Dict[str, Any], command: str, model_name: str, run_dir: Optional[str] = None,

@@ -47,7 +47,7 @@ def test_set_parses_types_and_merges():
 ])
 def test_bad_keys_name_the_key(item, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
-        load_config("ikem6", [item])
+        load_config("ikem6", [item], command="pretrain")
 
 
 def test_malformed_yaml_and_missing_preset(tmp_path):

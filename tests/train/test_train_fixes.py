@@ -1,0 +1,198 @@
+"""Regression tests: feature cache keyed by what produced it, --resume refusing changed flags,
+distillation time scale from the teacher, batch/queue check only with queues, value validation,
+epoch mean loss across a mid-epoch resume."""
+import os
+import re
+import signal
+
+import pytest
+import torch
+
+from skelfast.train.__main__ import main
+from skelfast.train.checkpoint import load_checkpoint
+from skelfast.train.config import ConfigError, load_config
+
+
+def _sets(items):
+    return sum([["--set", s] for s in items], [])
+
+
+@pytest.fixture(scope="module")
+def pre(synth_cache, tmp_path_factory):
+    """A 2-epoch pretraining run (1 step/epoch) with both epochs' checkpoints kept, true_timeline false."""
+    from train_fixtures import tiny_sets
+    out = tmp_path_factory.mktemp("fixes")
+    sets = tiny_sets(synth_cache, out / "runs", **{"optim.epochs": 2, "run.max_steps_per_epoch": 1,
+                                                    "run.save_every": 1, "run.name": "pre", "run.plots": False,
+                                                    "run.tensorboard": False, "model.true_timeline": False})
+    from skelfast.train.pretrain import run_pretrain
+    run_pretrain(load_config("ikem6", sets))
+    return str(out / "runs" / "pre"), synth_cache, out
+
+
+def _tiny(pre, **extra):
+    from train_fixtures import tiny_sets
+    _, cache, out = pre
+    base = {"run.plots": False, "run.tensorboard": False}
+    base.update(extra)
+    return tiny_sets(cache, out / "runs", **base)
+
+
+# ------------------------------------------------------------------ 1. feature cache
+def test_feature_cache_not_reused_for_another_checkpoint(pre):
+    from skelfast.train.linear import run_linear
+    run = pre[0]
+    kw = {"optim.epochs": 5, "linear.eval_every": 5}
+    a = os.path.join(run, "epoch_0001.pt")
+    b = os.path.join(run, "epoch_0002.pt")
+    run_linear(load_config("linear", _tiny(pre, **kw, **{"run.name": "lin"})), a)
+    feats_a = torch.load(os.path.join(pre[2], "runs", "lin", "features_model_train.pt"))["feats"]
+    reused = run_linear(load_config("linear", _tiny(pre, **kw, **{"run.name": "lin"})), b)
+    fresh = run_linear(load_config("linear", _tiny(pre, **kw, **{"run.name": "linB"})), b)
+    feats_b = torch.load(os.path.join(pre[2], "runs", "linB", "features_model_train.pt"))["feats"]
+    assert not torch.equal(feats_a, feats_b)         # the two checkpoints give different features
+    again = torch.load(os.path.join(pre[2], "runs", "lin", "features_model_train.pt"))
+    assert torch.equal(again["feats"], feats_b)       # the reused folder's cache was recomputed for b
+    assert reused["curve"] == fresh["curve"]
+    # the same checkpoint again hits the cache (the key is stable)
+    from skelfast.train.features import cached_features, eval_model_from_checkpoint
+    from skelfast.train.data import open_split, resolve_data_root
+    cfg = load_config("linear", _tiny(pre))
+    split = open_split(resolve_data_root(cfg), "train")
+    model, _ = eval_model_from_checkpoint(load_checkpoint(b), split.num_classes)
+    msgs = []
+    cached_features(model, split, torch.device("cpu"), os.path.join(pre[2], "runs", "linB"), "model", 64,
+                    "none", resolve_data_root(cfg), msgs.append)
+    assert msgs == []
+
+
+# ------------------------------------------------------------------ 2. --resume with other flags
+def _interrupted_finetune(pre, name, monkeypatch):
+    from skelfast.train import finetune as FT
+    orig = FT.FinetuneTask.after_step
+    cnt = {"n": 0}
+
+    def hook(self, model, result, info):
+        orig(self, model, result, info)
+        cnt["n"] += 1
+        if cnt["n"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(FT.FinetuneTask, "after_step", hook)
+    cfg = load_config("finetune", _tiny(pre, **{"optim.epochs": 2, "run.max_steps_per_epoch": 2, "run.name": name,
+                                                "finetune.eval_every": 1, "finetune.view": "joint"}))
+    res = FT.run_finetune(cfg, pre[0])
+    assert res["interrupted"]
+    monkeypatch.setattr(FT.FinetuneTask, "after_step", orig)
+    return res["run_dir"]
+
+
+def test_resume_refuses_changed_flags(pre, monkeypatch, capsys):
+    run = _interrupted_finetune(pre, "ft_part", monkeypatch)
+    for extra, what in ((["--view", "motion"], "--view"), (["--label-fraction", "0.5"], "--label-fraction"),
+                        (["--checkpoint", os.path.join(pre[0], "epoch_0001.pt")], "--checkpoint"),
+                        (["--config", "linear"], "--config")):
+        assert main(["finetune", "--resume", run, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert what in err and "resume" in err, err
+    ck = load_checkpoint(run)
+    assert (ck["epoch"], ck["step"]) == (0, 1)       # nothing ran
+    # equal values are fine: the run goes on
+    assert main(["finetune", "--resume", run, "--view", "joint", "--checkpoint", pre[0], "--label-fraction", "1.0",
+                 "--no-progress"]) == 0
+    ck = load_checkpoint(run)
+    assert ck["epoch"] == 2 and ck["config"]["finetune"]["view"] == "joint"
+
+
+def test_distill_resume_refuses_other_teacher(pre, capsys):
+    sets = _tiny(pre, **{"optim.epochs": 1, "run.max_steps_per_epoch": 1, "run.name": "dis"})
+    assert main(["distill", "--teacher", pre[0], *_sets(sets)]) == 0
+    run = os.path.join(pre[2], "runs", "dis")
+    assert main(["distill", "--resume", run, "--teacher", os.path.join(pre[0], "epoch_0001.pt")]) == 2
+    assert "--teacher" in capsys.readouterr().err
+    assert main(["distill", "--resume", run, "--teacher", pre[0]]) == 0        # the same teacher
+    # 3. the student inherits the teacher's time scale (pretrained with true_timeline false)
+    assert load_checkpoint(run)["config"]["model"]["true_timeline"] is False
+
+
+# ------------------------------------------------------------------ 3. teacher time scale
+def test_distill_true_timeline_from_teacher(pre, monkeypatch):
+    from skelfast.train import distill as D
+    seen = {}
+
+    def fit(self):
+        seen["tt"] = self.model.true_timeline
+        return {"checkpoint": None, "interrupted": False}
+    monkeypatch.setattr(D.Trainer, "fit", fit)
+    D.run_distill(load_config("student6to3", _tiny(pre, **{"run.name": "d_tt"})), teacher=pre[0])
+    assert seen["tt"] is False
+    with pytest.raises(ConfigError, match="true_timeline"):
+        D.run_distill(load_config("student6to3", _tiny(pre, **{"run.name": "d_tt2", "model.true_timeline": True})),
+                      teacher=pre[0])
+
+
+# ------------------------------------------------------------------ 4. batch vs queue
+def test_batch_queue_check_only_with_queues(pre):
+    sets = ["data.batch_size=100"]
+    for cmd, preset in (("linear", "linear"), ("knn", "knn"), ("finetune", "finetune"), ("pipeline", "quick")):
+        load_config(preset, sets, command=cmd)
+    for cmd, preset in (("pretrain", "ikem6"), ("distill", "student6to3")):
+        with pytest.raises(ConfigError, match="does not divide"):
+            load_config(preset, sets, command=cmd)
+    with pytest.raises(ConfigError, match="does not divide"):     # the pipeline's pretrain stage
+        from skelfast.train.pipeline import stage_config
+        stage_config(load_config("quick", sets, command="pipeline"), "pretrain", "/nonexistent")
+
+
+# ------------------------------------------------------------------ 5. value validation
+@pytest.mark.parametrize("preset, item, message", [
+    ("ikem6", "run.max_steps_per_epoch=-1", "run.max_steps_per_epoch"),
+    ("ikem6", "run.max_steps_per_epoch=two", "run.max_steps_per_epoch"),
+    ("linear", "linear.eval_every=0", "linear.eval_every"),
+    ("finetune", "finetune.eval_every=0", "finetune.eval_every"),
+    ("ikem6", "optim.gamma=0", "optim.gamma"),
+    ("ikem6", "optim.gamma=-0.1", "optim.gamma"),
+    ("ikem6", "model.true_timeline=fasle", "model.true_timeline"),
+    ("knn", "knn.k=0", "knn.k"),
+])
+def test_bad_values_rejected(preset, item, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(preset, [item])
+
+
+def test_good_values_accepted(tmp_path):
+    cfg = load_config("ikem6", ["optim.lr=1e-3", "run.max_steps_per_epoch=0", "model.true_timeline=null"])
+    assert cfg["optim"]["lr"] == 1e-3 and isinstance(cfg["optim"]["lr"], float)
+    p = tmp_path / "c.yaml"
+    p.write_text("optim:\n  lr: 1e-3\n  weight_decay: 5e-4\n")
+    cfg = load_config(str(p))
+    assert (cfg["optim"]["lr"], cfg["optim"]["weight_decay"]) == (1e-3, 5e-4)
+    with pytest.raises(ConfigError, match="optim.lr"):
+        load_config("ikem6", ["optim.lr=fast"])
+
+
+# ------------------------------------------------------------------ 6. epoch mean loss over a resume
+def test_epoch_mean_loss_survives_mid_epoch_resume(pre, monkeypatch):
+    from skelfast.train.pretrain import PretrainTask, run_pretrain
+
+    def cfg(name):
+        return load_config("ikem6", _tiny(pre, **{"optim.epochs": 1, "run.max_steps_per_epoch": 3,
+                                                  "run.name": name}))
+    full = run_pretrain(cfg("m_full"))
+    orig = PretrainTask.after_step
+    cnt = {"n": 0}
+
+    def hook(self, model, result, info):
+        orig(self, model, result, info)
+        cnt["n"] += 1
+        if cnt["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(PretrainTask, "after_step", hook)
+    part = run_pretrain(cfg("m_part"))
+    assert part["interrupted"]
+    monkeypatch.setattr(PretrainTask, "after_step", orig)
+    run_pretrain(None, resume=part["run_dir"])
+
+    def mean_line(d):
+        return [l.split("mean loss ")[1].split(",")[0] for l in open(os.path.join(d, "train.log"))
+                if "mean loss" in l][-1]
+    assert mean_line(part["run_dir"]) == mean_line(full["run_dir"])
