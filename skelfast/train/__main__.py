@@ -160,7 +160,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             from .pipeline import run_pipeline
             res = run_pipeline(cfg)
-    except (ConfigError, CheckpointError, DataError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, DataError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

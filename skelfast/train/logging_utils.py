@@ -16,12 +16,38 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 __all__ = ["RunLogger", "make_run_dir", "progress", "plot_losses", "plot_table", "format_table"]
 
 
+# What a run leaves in its folder; a new run writing beside them would append to the old metrics and
+# mix its checkpoints with the old numbered ones.
+RUN_ARTIFACTS = ("metrics.jsonl", "last.pt", "results.json", "train.log")
+
+
 def make_run_dir(cfg: Mapping[str, Any], command: str, model_name: str) -> str:
+    """The folder of a new (not resumed) run: run.out_dir/run.name, created.
+
+    Unnamed runs get <command>_<model>_<timestamp>, with a -2, -3, ... suffix when that folder
+    exists (two runs started in the same second). A named folder that already holds a run's
+    files is an error unless run.reuse_dir is true (resume a run with --resume instead)."""
     r = cfg["run"]
-    name = r["name"] or f"{command}_{model_name}_{time.strftime('%Y%m%d-%H%M%S')}"
-    path = os.path.join(os.path.expanduser(r["out_dir"]), name)
-    os.makedirs(path, exist_ok=True)
-    return path
+    parent = os.path.expanduser(r["out_dir"])
+    if r["name"]:
+        path = os.path.join(parent, r["name"])
+        found = [f for f in RUN_ARTIFACTS if os.path.exists(os.path.join(path, f))]
+        if found and not r.get("reuse_dir", False):
+            raise FileExistsError(f"run folder {path} already holds a run ({', '.join(found)}); choose another "
+                                  f"run.name, delete the folder, resume it with --resume, or set run.reuse_dir=true "
+                                  f"to write into it anyway")
+        os.makedirs(path, exist_ok=True)
+        return path
+    base = os.path.join(parent, f"{command}_{model_name}_{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(parent, exist_ok=True)
+    for i in range(1, 10_000):
+        path = base if i == 1 else f"{base}-{i}"
+        try:
+            os.makedirs(path)   # exist_ok=False: the first process to create the name owns it
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free run folder name under {base}-N")
 
 
 class RunLogger:

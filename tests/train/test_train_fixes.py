@@ -47,7 +47,7 @@ def test_feature_cache_not_reused_for_another_checkpoint(pre):
     b = os.path.join(run, "epoch_0002.pt")
     run_linear(load_config("linear", _tiny(pre, **kw, **{"run.name": "lin"})), a)
     feats_a = torch.load(os.path.join(pre[2], "runs", "lin", "features_model_train.pt"))["feats"]
-    reused = run_linear(load_config("linear", _tiny(pre, **kw, **{"run.name": "lin"})), b)
+    reused = run_linear(load_config("linear", _tiny(pre, **kw, **{"run.name": "lin", "run.reuse_dir": True})), b)
     fresh = run_linear(load_config("linear", _tiny(pre, **kw, **{"run.name": "linB"})), b)
     feats_b = torch.load(os.path.join(pre[2], "runs", "linB", "features_model_train.pt"))["feats"]
     assert not torch.equal(feats_a, feats_b)         # the two checkpoints give different features
@@ -196,3 +196,28 @@ def test_epoch_mean_loss_survives_mid_epoch_resume(pre, monkeypatch):
         return [l.split("mean loss ")[1].split(",")[0] for l in open(os.path.join(d, "train.log"))
                 if "mean loss" in l][-1]
     assert mean_line(part["run_dir"]) == mean_line(full["run_dir"])
+
+
+# ------------------------------------------------------------------ 7. run folders
+def test_named_run_folder_holding_a_run_is_refused(pre):
+    """A second run with the same run.name used to append to the first one's metrics.jsonl and leave
+    its numbered checkpoints beside the new last.pt; now it is refused unless run.reuse_dir."""
+    sets = _tiny(pre, **{"optim.epochs": 1, "run.max_steps_per_epoch": 1, "run.name": "twice"})
+    assert main(["pretrain", *_sets(sets)]) == 0
+    metrics = os.path.join(pre[2], "runs", "twice", "metrics.jsonl")
+    before = open(metrics).read()
+    assert before
+    assert main(["pretrain", *_sets(sets)]) == 2
+    assert open(metrics).read() == before                  # the first run's files are untouched
+    assert main(["pretrain", *_sets(sets + ["run.reuse_dir=true"])]) == 0
+    assert len(open(metrics).read()) > len(before)
+
+
+def test_unnamed_runs_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    from skelfast.train import logging_utils
+    monkeypatch.setattr(logging_utils.time, "strftime", lambda fmt: "20260101-000000")
+    cfg = load_config("ikem6", [f"run.out_dir={tmp_path}"])
+    a = logging_utils.make_run_dir(cfg, "pretrain", "ikem6")
+    b = logging_utils.make_run_dir(cfg, "pretrain", "ikem6")
+    assert a != b and os.path.isdir(a) and os.path.isdir(b)
+    assert b == a + "-2"
