@@ -67,22 +67,28 @@ def test_feature_cache_not_reused_for_another_checkpoint(pre):
 
 
 # ------------------------------------------------------------------ 2. --resume with other flags
-def _interrupted_finetune(pre, name, monkeypatch):
-    from skelfast.train import finetune as FT
-    orig = FT.FinetuneTask.after_step
+def _interrupt_after(monkeypatch, task_cls, steps):
+    """Ctrl-C (SIGINT) right after the task's `steps`-th step; returns a function that undoes it."""
+    orig = task_cls.after_step
     cnt = {"n": 0}
 
     def hook(self, model, result, info):
         orig(self, model, result, info)
         cnt["n"] += 1
-        if cnt["n"] == 1:
+        if cnt["n"] == steps:
             os.kill(os.getpid(), signal.SIGINT)
-    monkeypatch.setattr(FT.FinetuneTask, "after_step", hook)
+    monkeypatch.setattr(task_cls, "after_step", hook)
+    return lambda: monkeypatch.setattr(task_cls, "after_step", orig)
+
+
+def _interrupted_finetune(pre, name, monkeypatch):
+    from skelfast.train import finetune as FT
+    restore = _interrupt_after(monkeypatch, FT.FinetuneTask, 1)
     cfg = load_config("finetune", _tiny(pre, **{"optim.epochs": 2, "run.max_steps_per_epoch": 2, "run.name": name,
                                                 "finetune.eval_every": 1, "finetune.view": "joint"}))
     res = FT.run_finetune(cfg, pre[0])
     assert res["interrupted"]
-    monkeypatch.setattr(FT.FinetuneTask, "after_step", orig)
+    restore()
     return res["run_dir"]
 
 
@@ -178,18 +184,10 @@ def test_epoch_mean_loss_survives_mid_epoch_resume(pre, monkeypatch):
         return load_config("ikem6", _tiny(pre, **{"optim.epochs": 1, "run.max_steps_per_epoch": 3,
                                                   "run.name": name}))
     full = run_pretrain(cfg("m_full"))
-    orig = PretrainTask.after_step
-    cnt = {"n": 0}
-
-    def hook(self, model, result, info):
-        orig(self, model, result, info)
-        cnt["n"] += 1
-        if cnt["n"] == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-    monkeypatch.setattr(PretrainTask, "after_step", hook)
+    restore = _interrupt_after(monkeypatch, PretrainTask, 2)
     part = run_pretrain(cfg("m_part"))
     assert part["interrupted"]
-    monkeypatch.setattr(PretrainTask, "after_step", orig)
+    restore()
     run_pretrain(None, resume=part["run_dir"])
 
     def mean_line(d):
