@@ -80,6 +80,11 @@ class SamplePlan:
     fingerprint: str = ""
 
 
+def _stem(name: str) -> str:
+    """A sample name without its .skeleton extension (any case)."""
+    return name[:-len(".skeleton")] if name.lower().endswith(".skeleton") else name
+
+
 def plan_samples(raw_dir: str, dataset: str, benchmark: str, ignore: Optional[Sequence[str]] = None) -> SamplePlan:
     """List `raw_dir`, drop ignore-listed samples and files outside `dataset`, split by `benchmark` (§1.2).
 
@@ -90,16 +95,18 @@ def plan_samples(raw_dir: str, dataset: str, benchmark: str, ignore: Optional[Se
     raw_dir = os.fspath(raw_dir)
     if not os.path.isdir(raw_dir):
         raise PrepareError(f"--raw {raw_dir!r} is not a directory")
-    files = sorted(f for f in os.listdir(raw_dir) if f.endswith(".skeleton"))
+    # the extension in any case (a copy through a case-insensitive file system may upper-case it)
+    files = sorted(f for f in os.listdir(raw_dir) if f.lower().endswith(".skeleton"))
     if not files:
         raise PrepareError(f"--raw {raw_dir!r} contains no .skeleton files (expected the NTU RGB+D "
                            "'nturgb+d_skeletons' folder or a skelfast synthetic folder)")
-    ignore_set = {n.strip() + ".skeleton" for n in (load_ignore_list(dataset) if ignore is None else ignore)}
+    # compared by stem: ignore entries are sample names, with or without the .skeleton extension
+    ignore_set = {_stem(n.strip()) for n in (load_ignore_list(dataset) if ignore is None else ignore)}
     plan = SamplePlan(raw_dir, dataset, benchmark, {s: [] for s in SPLITS}, {s: [] for s in SPLITS})
     max_action = 0
     stats = []   # (name, bytes, mtime_ns) of every kept file: the input part of the fingerprint
     for f in files:
-        if f in ignore_set:
+        if _stem(f) in ignore_set:
             plan.ignored += 1
             continue
         try:

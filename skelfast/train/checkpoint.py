@@ -91,7 +91,8 @@ def load_checkpoint(path: str, expect_models: Optional[Iterable[str]] = None,
         # weights_only=False: the payload holds the config, NumPy/Python RNG states and history.
         ck = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is "not a checkpoint"
-        raise CheckpointError(f"{path}: cannot read as a torch checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: cannot read as a torch checkpoint, truncated or corrupt? "
+                              f"({type(e).__name__}: {e})") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a skelfast training checkpoint (no format {FORMAT!r}); official "
                               f"CrosSCLR/IKEM weights load through skelfast.models.load_official_checkpoint")

@@ -196,6 +196,9 @@ class Trainer:
             log(f"{self.task.command} {self.model_name}: {len(self.split)} samples, global batch {self.B}"
                 f" ({self.info.world} process(es)), {self.steps_per_epoch} steps/epoch, {self.epochs} epochs, "
                 f"device {self.device}, run folder {self.run_dir}")
+        elif self.epoch >= self.epochs:
+            log(f"{self.task.command} {self.model_name}: the resumed run already finished its {self.epochs} epochs; "
+                f"nothing to train (start a new run, or raise optim.epochs in a new run from this checkpoint)")
         else:
             log(f"resuming {self.task.command} {self.model_name} at epoch {self.epoch + 1} step {self.step}")
         old = None

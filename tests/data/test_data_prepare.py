@@ -306,3 +306,15 @@ def test_non_finite_joint_aborts_without_manifest(tmp_path):
     with pytest.raises(SkeletonFormatError, match=r"S001C001P001R001A001.skeleton: .*line 5, frame 0 .*non-finite"):
         prepare(str(raw), str(out), dataset="ntu60", benchmark="xsub", **QUIET)
     assert load_manifest(str(out)) is None
+
+
+def test_ignore_entries_with_extension_and_upper_case_files(tmp_path):
+    """Ignore entries are sample names with or without '.skeleton'; files whose extension a copy
+    upper-cased are still read (both used to be dropped or kept silently)."""
+    raw = ntu_folder(tmp_path, NTU60_NAMES[:2] + NTU60_NAMES[3:4])
+    os.rename(raw / f"{NTU60_NAMES[3]}.skeleton", raw / f"{NTU60_NAMES[3]}.SKELETON")
+    plan = plan_samples(str(raw), "ntu60", "xsub", ignore=[f"{NTU60_NAMES[1]}.skeleton"])
+    assert plan.ignored == 1
+    assert plan.names["train"] == [f"{NTU60_NAMES[0]}.skeleton", f"{NTU60_NAMES[3]}.SKELETON"]
+    assert plan.names["val"] == []
+    assert plan_samples(str(raw), "ntu60", "xsub", ignore=[NTU60_NAMES[1]]).fingerprint == plan.fingerprint

@@ -219,3 +219,12 @@ def test_unnamed_runs_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
     b = logging_utils.make_run_dir(cfg, "pretrain", "ikem6")
     assert a != b and os.path.isdir(a) and os.path.isdir(b)
     assert b == a + "-2"
+
+
+def test_resuming_a_finished_run_says_so(pre, tmp_path):
+    import shutil
+    run = str(tmp_path / "done")
+    shutil.copytree(pre[0], run)
+    assert main(["pretrain", "--resume", run, "--no-progress"]) == 0
+    last = open(os.path.join(run, "train.log")).read().strip().splitlines()[-1]
+    assert "already finished its 2 epochs; nothing to train" in last, last
