@@ -51,7 +51,10 @@ CASE_FIELDS = KEY_FIELDS[:6]
 # pct_of_datasheet_peak: vs a published peak (performance.md §2), only where a bench states one.
 VALUE_FIELDS = ["p50_ms", "p20_ms", "p80_ms", "peak_mem_mb", "speedup_vs_reference", "speedup_vs_compile",
                 "throughput", "throughput_unit", "gbs", "tflops", "pct_of_floor", "floor_us", "floor_bound",
-                "pct_of_datasheet_peak", "timestamp"]
+                "pct_of_datasheet_peak", "timestamp", "run_id"]
+# One id per benchmark process: rows of a case written by different runs (a provider that failed or
+# was left out of a re-run keeps its older row) are told apart by it in the report.
+RUN_ID = f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
 
 
 @dataclass
@@ -405,7 +408,7 @@ def base_row(op: str, device: torch.device) -> Dict[str, str]:
 
     return {"op": op, "device_name": device_name(device), "torch_version": torch.__version__,
             "skelfast_version": skelfast.__version__, "git_sha": git_sha(),
-            "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "run_id": RUN_ID}
 
 
 def results_path(device: torch.device, out_dir: Optional[str] = None) -> str:

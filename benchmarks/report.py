@@ -64,6 +64,29 @@ def _floor_cell(r) -> str:
     return cell + (f"; {peak:.1f}% of datasheet peak" if peak is not None else "")
 
 
+def _group(r) -> Tuple[str, ...]:
+    """A case without its provider: the rows compared with each other in one table block."""
+    return tuple(r.get(k, "") for k in ("op", "mode", "shape", "dtype", "device_name"))
+
+
+def _latest_runs(rows: List[Dict[str, str]]) -> Dict[Tuple[str, ...], str]:
+    """The run_id of the newest row of each group (rows written before run_id existed have none)."""
+    latest: Dict[Tuple[str, ...], Tuple[str, str]] = {}
+    for r in rows:
+        if r.get("run_id") and (_group(r) not in latest or r.get("timestamp", "") >= latest[_group(r)][0]):
+            latest[_group(r)] = (r.get("timestamp", ""), r["run_id"])
+    return {g: run for g, (_, run) in latest.items()}
+
+
+def _provider_cell(r, latest) -> str:
+    """The provider, flagged when its row is older than the group's newest run: a provider that
+    failed or was skipped in a re-run keeps its earlier row, and its ratios were against that run."""
+    run = latest.get(_group(r))
+    if run and r.get("run_id") != run:
+        return f"{r['provider']} (earlier run, git {r.get('git_sha', '?')}, {r.get('timestamp', '?')[:10]})"
+    return r["provider"]
+
+
 def markdown(rows: List[Dict[str, str]]) -> str:
     if not rows:
         return "No benchmark rows.\n"
@@ -80,13 +103,14 @@ def markdown(rows: List[Dict[str, str]]) -> str:
     by_op = defaultdict(list)
     for r in rows:
         by_op[r["op"]].append(r)
+    latest = _latest_runs(rows)
     for op in sorted(by_op):
         lines += [f"## {op}", "", "| provider | mode | shape | dtype | median ms [p20-p80] | vs eager | vs compile | "
                   "throughput | achieved | % of floor | peak MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(by_op[op], key=lambda r: (r["mode"], _batch(r["shape"]) or 0, r["shape"], r["provider"])):
             tp = _f(r, "throughput")
             lines.append("| {} | {} | {} | {} | {} [{}-{}] | {} | {} | {} | {} | {} | {} |".format(
-                r["provider"], r["mode"], r["shape"], r["dtype"], _fmt(_f(r, "p50_ms")), _fmt(_f(r, "p20_ms")),
+                _provider_cell(r, latest), r["mode"], r["shape"], r["dtype"], _fmt(_f(r, "p50_ms")), _fmt(_f(r, "p20_ms")),
                 _fmt(_f(r, "p80_ms")), _fmt(_f(r, "speedup_vs_reference"), "{:.2f}x"),
                 _fmt(_f(r, "speedup_vs_compile"), "{:.2f}x"),
                 "" if tp is None else f"{tp:.3g} {r.get('throughput_unit', '')}", _achieved(r), _floor_cell(r),

@@ -125,3 +125,24 @@ def test_quick_suite_runs_end_to_end(tmp_path):
     again = subprocess.run([sys.executable, "-m", "benchmarks", "--compare", str(tmp_path / csvs[0]),
                             "--against", str(tmp_path / csvs[0])], cwd=ROOT, capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stdout
+
+
+def test_report_flags_rows_left_from_an_earlier_run(tmp_path):
+    """A provider that failed (or was left out) in a re-run keeps its older row in the CSV; the
+    report marks it, since its time and ratios belong to the earlier run."""
+    path = tmp_path / "dev.csv"
+    old = [dict(_row("reference", 100.0), run_id="r1", git_sha="old"), dict(_row("skelfast", 5.0), run_id="r1")]
+    new = [dict(_row("reference", 60.0, ts="2026-02-01T00:00:00"), run_id="r2", git_sha="new")]
+    _write(path, old + new)
+    text = open(report.write_report(str(path))).read()
+    assert "| skelfast (earlier run, git x, 2026-01-01) | forward | N=32 |" in text
+    assert "| reference | forward | N=32 | float32 | 60 [" in text
+
+
+def test_losses_bench_checks_a_provider_without_a_timed_reference(monkeypatch):
+    """--providers skelfast alone: the untimed reference still checks the result before timing."""
+    from benchmarks import bench_losses
+    from skelfast import ops
+    monkeypatch.setattr(ops, "info_nce", lambda q, k, queue, tau=0.07: (q * k).sum((1, 2)) * 0 + 1.0)
+    with pytest.raises(Exception, match="skelfast"):
+        bench_losses.run(["phase1"], [256], ["skelfast"], torch.device("cpu"), True)

@@ -53,7 +53,12 @@ def _context_loss_fp64(x):
     return ops.context_loss(q, _unit(2, q.shape[1], 16), _unit(2, 16, 40, dim=1), topk=2)
 
 
-CASES = {"graph_conv": (_graph_conv, "skelfast::graph_conv"),
+def _modalities(x):
+    return ops.modalities(x[:, :3, :, :, None].contiguous(), torch.tensor([30, 40, 50, 60]))
+
+
+CASES = {"modalities": (_modalities, "skelfast::modalities"),
+         "graph_conv": (_graph_conv, "skelfast::graph_conv"),
          "batch_norm_relu": (_batch_norm_relu, "skelfast::batch_norm_relu"),
          "dropout_add_relu": (_dropout_add_relu, "skelfast::dropout_add_relu"),
          "info_nce fp32 (gradient formed in the forward)": (_info_nce_fp32, "skelfast::contrastive_lse"),

@@ -86,6 +86,28 @@ def test_absent_person_exact_zero_no_nan(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_zero_bone_against_all_negative_partner_has_angle_zero(device, dtype):
+    """method.md §3.3: theta = 0 when a bone is zero. A zero bone normalises to +0s; its dot with
+    a partner of all-negative components is -0, and atan2(+0, -0) = pi: omega was off by pi*f*nrm(R)
+    (fp64 forward, every backward) until the dot got a +0."""
+    x = make_skeleton(N=1, T=3, M=1, device=device, dtype=torch.float64)
+    x[:, :, :, 20] = 0.0
+    x[:, :, :, 2] = torch.tensor([-1.0, -2.0, -0.5], dtype=torch.float64, device=device).view(1, 3, 1)
+    x[:, :, 1:, 3] = x[:, :, 1:, 2]          # bone 3 (parent 2, axis partner 2) is zero from t=1 on
+    frames = torch.tensor([50], device=device)
+    xa, xb = x.to(dtype).requires_grad_(True), x.clone().requires_grad_(True)
+    got = ops.modalities(xa, frames, ("omega",))
+    want = reference.modalities(xb, frames, ("omega",))
+    tol = dict(atol=1e-10, rtol=1e-10) if dtype == torch.float64 else dict(atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.double(), want, **tol)
+    g = torch.randn(got.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(device)
+    (ga,) = torch.autograd.grad(got, xa, g.to(dtype))
+    (gb,) = torch.autograd.grad(want, xb, g)
+    torch.testing.assert_close(ga.double(), gb, **tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("names", SUBSETS, ids=lambda n: "+".join(n))
 @pytest.mark.parametrize("topo", [NTU25_IKEM, NTU25_CROSSCLR], ids=lambda t: t.name)
 def test_backward_matches_reference(device, dtype, names, topo):
@@ -135,6 +157,22 @@ def test_torch_compile_fullgraph_cpu():
 
     compiled = torch.compile(step, fullgraph=True)
     torch.testing.assert_close(compiled(x, frames), step(x, frames))
+    # the frames check cannot read values while tracing: it is an assertion in the graph
+    bad = frames.clone()
+    bad[1] = 0
+    with pytest.raises(RuntimeError, match="frames must be finite and > 0"):
+        compiled(x, bad)
+
+
+def test_names_may_be_any_iterable_on_every_backend():
+    x, frames = make_skeleton(N=2, T=4), make_frames(2)
+    want = ops.modalities(x, frames, ("motion", "bone"))
+    ops.set_backend("torch")
+    try:
+        got = ops.modalities(x, frames, (n for n in ("motion", "bone")))
+    finally:
+        ops.set_backend("auto")
+    torch.testing.assert_close(got, want)
 
 
 def test_deterministic_bitwise_cpu():

@@ -33,7 +33,7 @@ inline float angle_atan2(float y, float x) {
   a = y > ax ? 1.5707963267948966f - a : a;
   return x < 0.0f ? 3.141592653589793f - a : a;
 }
-inline double angle_atan2(double y, double x) { return std::atan2(y, x); }
+inline double angle_atan2(double y, double x) { return std::atan2(y, x + 0.0); }  // -0 -> +0: see bone_angle
 
 template <typename A>
 struct SeqBuffers {

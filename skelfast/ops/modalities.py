@@ -15,6 +15,7 @@ from .. import _extension, reference
 from ..modality_spec import DEFAULT_SCALE_BASE, MODALITIES6, check_modalities_args
 from ..topology import Topology
 from . import _backend
+from ._first_order import first_order
 
 __all__ = ["modalities"]
 
@@ -40,6 +41,8 @@ def modalities(
         (N, len(names), 3, T, V, M) in x.dtype, computed in float32 (float64 for float64 x).
         Differentiable w.r.t. x.
     """
+    if not isinstance(names, str):
+        names = tuple(names)   # an iterator would be used up by the checks before the reference sees it
     ids, topo, scale = check_modalities_args(x, frames, names, topology, scale_base)
     if len(set(ids)) != len(ids):
         raise ValueError(f"names lists a modality twice: {tuple(names)}")
@@ -82,6 +85,7 @@ def _register() -> None:
         ctx.tables = (select, bone_parent, axis_partner, normal)
         ctx.save_for_backward(x if ctx.needs_input_grad[0] else None, scale)
 
+    @first_order("skelfast::modalities")
     def _backward(ctx, grad_out):
         x, scale = ctx.saved_tensors
         grad_x = None

@@ -63,15 +63,16 @@ class Embedder(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, frames: Optional[torch.Tensor] = None) -> Dict[str, object]:
-        """x (N, 3, T, V, M) float raw joints, frames (N,) raw frame counts (None = T, time scale 1)
+        """x (N, 3, T, V, M) float raw joints, frames (N,) raw frame counts (tensor or sequence; None =
+        time scale 1, as the model's own frames=None: x at its true frame rate)
         -> {'streams': {name: (N, H)}, 'fused': (N, S*H) unit rows}."""
         if x.dim() != 5 or x.shape[1] != 3:
             raise ValueError(f"x must be (N, 3, T, V, M) raw joints, got {tuple(x.shape)}")
         dev = next(self.model.parameters()).device
         x = x.to(dev, torch.float32)
-        if frames is None:
-            frames = torch.full((x.shape[0],), x.shape[2], dtype=torch.int64, device=dev)
-        f = stream_features(self.model, x, frames.to(dev))   # (S, N, H)
+        # None stays None (scale 1): filling in frames = T would scale by 50/T, not 1
+        frames = None if frames is None else torch.as_tensor(frames).to(dev)
+        f = stream_features(self.model, x, frames)   # (S, N, H)
         streams = {name: f[i] for i, name in enumerate(self.streams)}
         unit = F.normalize(f, dim=-1)
         fused = F.normalize(unit.transpose(0, 1).reshape(x.shape[0], -1), dim=-1)

@@ -43,6 +43,16 @@ def test_embedder_streams_and_fused(pretrained):
     assert emb.training is False and not emb.train().training
 
 
+def test_embedder_without_frames_uses_time_scale_one(pretrained):
+    """frames=None is time scale 1 (the model's own frames=None), also for T != 50: it used to fill
+    in frames = T, which scales by 50/T. frames may be a plain sequence."""
+    emb = Embedder.from_checkpoint(pretrained[0])
+    x = torch.randn(2, 3, 20, 25, 2, generator=torch.Generator().manual_seed(1))
+    got = emb(x)["streams"]["motion"]
+    torch.testing.assert_close(got, emb(x, [50, 50])["streams"]["motion"])
+    assert not torch.allclose(got, emb(x, torch.tensor([20, 20]))["streams"]["motion"])
+
+
 def test_embedder_matches_linear_eval_features(pretrained, synth_cache):
     """The API and linear evaluation see the same features (same encoders, same eval mode)."""
     ckpt, cfg = pretrained

@@ -58,11 +58,13 @@ SKELFAST_HD Vec3<A> bone_at(const ModalitiesParams& p, const FrameView<T, A>& f,
   return f.joint(v) - f.joint(p.bone_parent[v]);
 }
 
-// Angle between unit bones (atan2 of |cross| and dot; atan2(0, 0) = 0).
+// Angle between unit bones (atan2 of |cross| and dot; atan2(0, 0) = 0). "+ A(0)": a zero bone
+// normalises to +0s, and its dot with a bone of all-negative components is -0, where
+// atan2(+0, -0) = pi; adding +0 turns -0 into +0 (method.md §3.3: theta = 0 for a zero bone).
 template <typename A>
 SKELFAST_HD A bone_angle(Vec3<A> b, Vec3<A> a) {
   const Vec3<A> bh = nrm(b), ah = nrm(a);
-  return std::atan2(norm(cross(bh, ah)), dot(bh, ah));
+  return std::atan2(norm(cross(bh, ah)), dot(bh, ah) + A(0));
 }
 
 template <typename T, typename A>
