@@ -344,9 +344,17 @@ def timed_row(op: str, device: torch.device, provider: str, mode: str, shape: st
     return row
 
 
+def _same_count(name: str, got, want) -> None:
+    """zip would stop at the shorter list: a provider returning fewer outputs must not pass."""
+    n_want = len(want) if isinstance(want, (tuple, list)) else 1
+    if len(got) != n_want:
+        raise AssertionError(f"provider {name!r} returned {len(got)} outputs, the reference {n_want}")
+
+
 def check_close(name: str, got, want, atol: float, rtol: float) -> None:
     """Raise if a provider's output differs from the reference (no number for a wrong kernel)."""
     if isinstance(got, (tuple, list)):
+        _same_count(name, got, want)
         for g, w in zip(got, want):
             check_close(name, g, w, atol, rtol)
         return
@@ -361,6 +369,7 @@ def check_rel_l2(name: str, got, want, tol: float) -> List[float]:
     paths, where element-wise checks are meaningless, and for scalar losses); returns the errors."""
     if not isinstance(got, (tuple, list)):
         got, want = [got], [want]
+    _same_count(name, got, want)
     errors = []
     for g, w in zip(got, want):
         w = w.detach().double()

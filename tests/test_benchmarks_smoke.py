@@ -146,3 +146,12 @@ def test_losses_bench_checks_a_provider_without_a_timed_reference(monkeypatch):
     monkeypatch.setattr(ops, "info_nce", lambda q, k, queue, tau=0.07: (q * k).sum((1, 2)) * 0 + 1.0)
     with pytest.raises(Exception, match="skelfast"):
         bench_losses.run(["phase1"], [256], ["skelfast"], torch.device("cpu"), True)
+
+
+def test_output_checks_refuse_a_provider_with_fewer_outputs():
+    ones = torch.ones(2)
+    H.check_close("ok", [ones, ones], [ones, ones], atol=0, rtol=0)
+    for check in (lambda: H.check_close("short", [ones], [ones, ones], atol=0, rtol=0),
+                  lambda: H.check_rel_l2("short", [ones], [ones, ones], 1e-3)):
+        with pytest.raises(AssertionError, match="'short' returned 1 outputs, the reference 2"):
+            check()
