@@ -18,7 +18,6 @@ from .data import step_generator, two_views
 from .distributed import gather_cat
 from .loops import Task, Trainer, autocast
 from .models import DISTILL_MODELS, MODEL_DEFAULTS, TEACHER_OF, build_model
-from .pretrain import check_queue
 from .session import check_resume_value, open_train_split, resume_payload, same_checkpoint, start_session
 
 __all__ = ["DistillTask", "run_distill", "load_teacher", "teacher_true_timeline"]
@@ -112,10 +111,9 @@ def run_distill(cfg: Dict[str, Any], teacher: Optional[str] = None, resume: Opti
         for k in ARCH_KEYS:
             cfg["model"][k] = tck["config"]["model"][k]
         cfg["model"]["true_timeline"] = teacher_true_timeline(cfg["model"]["true_timeline"], tck)
-    check_batch_queue(cfg)          # before the run folder exists
+    check_batch_queue(cfg)          # before the run folder exists (build_model sizes the queues from cfg)
     sess = start_session(cfg, "distill", name, run_dir)
     model = build_model(cfg)
-    check_queue(model, cfg["data"]["batch_size"])
     if ck is None:
         load_teacher(model, name, tck)
     split = open_train_split(sess)

@@ -20,15 +20,7 @@ from .loops import Task, Trainer, autocast
 from .models import PRETRAIN_MODELS, build_model
 from .session import open_train_split, resume_payload, start_session
 
-__all__ = ["PretrainTask", "run_pretrain", "build_pretrain_trainer", "check_queue"]
-
-
-def check_queue(model, batch_size: int) -> None:
-    """A clear error before training if whole global batches do not tile the queue (§5.1)."""
-    K = model.queues.size
-    if K % batch_size:
-        raise ValueError(f"data.batch_size={batch_size} does not divide the queue size model.queue_size={K}: "
-                         f"MoCo enqueues whole global batches (method.md §5.1 asserts K mod N = 0)")
+__all__ = ["PretrainTask", "run_pretrain", "build_pretrain_trainer"]
 
 
 class PretrainTask(Task):
@@ -71,10 +63,9 @@ def build_pretrain_trainer(cfg: Optional[Dict[str, Any]], resume: Optional[str] 
     if name not in PRETRAIN_MODELS:
         raise CheckpointError(f"pretrain needs model.name in {PRETRAIN_MODELS}, got {name!r}"
                               + (f" (use `distill` for {name!r})" if name else ""))
-    check_batch_queue(cfg)          # before the run folder exists
+    check_batch_queue(cfg)          # before the run folder exists (build_model sizes the queues from cfg)
     sess = start_session(cfg, "pretrain", name, run_dir)
     model = build_model(cfg)
-    check_queue(model, cfg["data"]["batch_size"])
     split = open_train_split(sess)
     task = (task_cls or PretrainTask)(cfg)
     task.world, task.rank = sess.info.world, sess.info.rank
