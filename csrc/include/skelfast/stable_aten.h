@@ -19,6 +19,12 @@
 #include <tuple>
 #include <vector>
 
+// Older torch releases (the lent GPU machine's) name the stable-ABI error check without the
+// STABLE_ prefix.
+#ifndef STABLE_TORCH_ERROR_CODE_CHECK
+#define STABLE_TORCH_ERROR_CODE_CHECK TORCH_ERROR_CODE_CHECK
+#endif
+
 namespace skelfast {
 
 // Runs aten op `op`.`overload` on `stack` (arguments in, results out from stack[0]).
