@@ -13,6 +13,9 @@
 - timed_row(...): one result row: timing, peak memory, speed-ups over the eager reference and over
   torch.compile, achieved GB/s and TFLOP/s, floor and % of floor.
 - CPU allocator: tuned for every provider at import (CPU_ALLOCATOR below).
+- CUDA fp32: pinned to IEEE (no TF32) for every provider at import, so fp32 rows compare the same
+  arithmetic (skelfast/precision.py: cuDNN convolutions default to TF32, cuBLAS matmuls do not);
+  SKELFAST_BENCH_TF32=1 leaves torch's defaults instead. bf16 rows measure the tensor cores.
 - write_rows(rows, name, device): upsert into benchmarks/results/<device_slug>.csv, one CSV per
   device for every benchmark (rows are keyed by op, provider, mode, shape, dtype and versions).
 """
@@ -34,11 +37,14 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 
 from skelfast.cpu_allocator import release_free_memory, tune_cpu_allocator  # noqa: F401 (re-exported)
+from skelfast.precision import fp32_precision_summary, pin_ieee_fp32
 
 # Every provider of every benchmark runs with the CPU allocator setting the trainer uses (freed
 # blocks stay in-process; skelfast/cpu_allocator.py), so the comparison is at equal conditions.
 # SKELFAST_CPU_ALLOCATOR=default measures glibc's default behaviour instead.
 CPU_ALLOCATOR = "tuned" if tune_cpu_allocator() else "default"
+if os.environ.get("SKELFAST_BENCH_TF32") != "1":
+    pin_ieee_fp32()
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 KEY_FIELDS = ["op", "provider", "mode", "shape", "dtype", "device_name", "torch_version", "skelfast_version", "git_sha"]
@@ -300,7 +306,8 @@ def ceilings_line(device: torch.device, dtypes: Sequence[torch.dtype] = (torch.f
     """One line naming this run's measured ceilings (printed by every benchmark that uses them)."""
     gemm = ", ".join(f"{str(d)[6:]} GEMM {gemm_tflops(device, d) * 1e3:.1f} GFLOP/s" for d in dtypes)
     return (f"ceilings measured in this run on {device_name(device)}: copy {copy_bandwidth_gbs(device):.1f} GB/s "
-            f"(read+write, {default_copy_mib(device)} MiB), {gemm}; CPU allocator {CPU_ALLOCATOR}")
+            f"(read+write, {default_copy_mib(device)} MiB), {gemm}; CPU allocator {CPU_ALLOCATOR}"
+            + (f"; CUDA fp32 {fp32_precision_summary()}" if device.type == "cuda" else ""))
 
 
 def timed_row(op: str, device: torch.device, provider: str, mode: str, shape: str, dtype: str, stats: Stats,

@@ -50,6 +50,12 @@ case "${1:-}" in
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$LOGS/gpu.txt"
     build
     "$PY" -m skelfast.info | tee "$LOGS/info.txt"
+    # does an error thrown inside a C++ kernel reach Python here? (torch 2.11 segfaulted: tests/_common.py)
+    probe='import torch, skelfast.ops; torch.ops.skelfast.dropout_add_relu(torch.zeros(2, 3), None, -0.1, 0)'
+    { SKELFAST_QUIET_IMPORT=1 "$PY" -X faulthandler -c "$probe" 2>&1 | tail -25; echo "probe exit ${PIPESTATUS[0]}"
+      if command -v gdb >/dev/null; then
+        SKELFAST_QUIET_IMPORT=1 timeout 120 gdb -q -batch -ex run -ex bt --args "$PY" -c "$probe" 2>&1 | tail -40
+      fi; } | tee "$LOGS/kernel_error_probe.txt" || true
     # files parametrised over the devices seen (tests/_common.py DEVICES) or holding @pytest.mark.cuda tests
     pytest_run 480 pytest_gpu.txt tests/test_graph_conv.py tests/test_modalities_op.py tests/test_losses_op.py \
       tests/test_batched_encoder.py tests/test_epilogue.py tests/test_batch_norm_relu.py tests/test_models_fused.py \

@@ -8,6 +8,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for tests/_com
 
 import torch  # noqa: E402
 
+from skelfast.precision import pin_ieee_fp32  # noqa: E402
+
+# fp32 oracles compare fp32 arithmetic: cuDNN convolutions (the reference's nn.Conv2d) default to
+# TF32 on GPUs (skelfast/precision.py).
+pin_ieee_fp32()
+
 if os.environ.get("SKELFAST_RECORD_TRITON_LAUNCHES"):   # the recording run of test_triton_compiles_for_gpu.py
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "triton"))
     from _launches import install_recorder  # noqa: E402

@@ -10,6 +10,8 @@ from skelfast import _extension
 from skelfast.nn.batched_stgcn import _batch_norm_relu
 from skelfast.ops import batch_norm_relu, dropout_add_relu
 
+from _common import raises_kernel_error
+
 pytestmark = pytest.mark.skipif(not (_extension.has_cpu_kernels() and hasattr(torch.ops.skelfast, "batch_norm_relu")),
                                 reason="needs the compiled extension")
 op = torch.ops.skelfast.batch_norm_relu
@@ -171,11 +173,11 @@ def test_errors():
         batch_norm_relu(x[:1, :, :1, :1], None, None, w, b, True)
     with pytest.raises(ValueError, match=r"\(B, C, \.\.\.\)"):
         batch_norm_relu(x.flatten(), None, None, w, b, True)
-    with pytest.raises(RuntimeError, match="weight must be a contiguous"):
+    with raises_kernel_error("weight must be a contiguous"):
         op(x, w[:2], b, None, None, None, 1e-5, 0.0, 0)
-    with pytest.raises(RuntimeError, match="mean and var must be given together"):
+    with raises_kernel_error("mean and var must be given together"):
         op(x, w, b, rm, None, None, 1e-5, 0.0, 0)
-    with pytest.raises(RuntimeError, match="eps must be"):
+    with raises_kernel_error("eps must be"):
         op(x, w, b, None, None, None, -1.0, 0.0, 0)
-    with pytest.raises(RuntimeError, match="residual must have x's shape and strides"):
+    with raises_kernel_error("residual must have x's shape and strides"):
         op(x, w, b, None, None, r.contiguous(memory_format=torch.channels_last), 1e-5, 0.0, 0)

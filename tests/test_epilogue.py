@@ -7,6 +7,8 @@ from skelfast import _extension
 from skelfast.ops import dropout_add_relu
 from skelfast.ops.epilogue import dropout_add_relu_composite
 
+from _common import raises_kernel_error
+
 pytestmark = pytest.mark.skipif(not (_extension.has_cpu_kernels() and hasattr(torch.ops.skelfast, "dropout_add_relu")),
                                 reason="needs the compiled extension")
 op = torch.ops.skelfast.dropout_add_relu
@@ -136,11 +138,11 @@ def test_errors():
         dropout_add_relu(x, r, 1.5)
     with pytest.raises(ValueError, match="residual shape"):
         dropout_add_relu(x, r[:1], 0.5)
-    with pytest.raises(RuntimeError, match="p must be in"):
+    with raises_kernel_error("p must be in"):
         op(x, r, -0.1, 0)
-    with pytest.raises(RuntimeError, match="strides"):
+    with raises_kernel_error("strides"):
         op(x, r.contiguous(memory_format=torch.channels_last), 0.5, 0)
-    with pytest.raises(RuntimeError, match="float32 or float64"):
+    with raises_kernel_error("float32 or float64"):
         op(x.half(), None, 0.5, 0)
 
 

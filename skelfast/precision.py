@@ -1,0 +1,35 @@
+"""Pin float32 arithmetic on CUDA to IEEE fp32 (no TF32) for oracle comparisons and fair timings.
+
+Why: PyTorch's defaults differ per library. cuBLAS matmuls run in full fp32, but cuDNN convolutions
+use TF32 (10-bit mantissa, relative error ~1e-3, performance.md §6). The eager reference's ST-GCN
+is built from nn.Conv2d, so on a GPU its fp32 gradients drift by ~1e-2 from skelfast's fp32 graph
+convolution (cuBLAS, no TF32): measured on the lent H100, graph_conv weight gradient, Cin=Cout=16,
+T=13. Tests pin both units to IEEE so that the fp32 oracle is an fp32 oracle (engineering.md §7:
+"pin TF32 flags in references"); the benchmarks do too, so every fp32 provider computes the same
+arithmetic (bf16 rows measure the tensor cores). CPU arithmetic is unaffected.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["pin_ieee_fp32", "fp32_precision_summary"]
+
+
+def pin_ieee_fp32() -> None:
+    """Full fp32 for cuBLAS matmuls and cuDNN convolutions (process-wide)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):   # torch >= 2.9 names it per unit
+        conv.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def fp32_precision_summary() -> str:
+    """'matmul=<mode> conv=<mode>' as torch reports it (for benchmark logs)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        return f"matmul={torch.backends.cuda.matmul.fp32_precision} conv={conv.fp32_precision}"
+    return (f"matmul={'tf32' if torch.backends.cuda.matmul.allow_tf32 else 'ieee'} "
+            f"conv={'tf32' if torch.backends.cudnn.allow_tf32 else 'ieee'}")
