@@ -252,7 +252,8 @@ def _pass(pb: _Problem, qa, lpos, queue_a, col_scale, qb, queue_b, tau, topk, sh
             v, i = Sc.topk(min(topk, cs), dim=-1)
             i = i + c0
             if topv is not None:
-                v, j = torch.cat([topv, v], -1).topk(topk, dim=-1)
+                v = torch.cat([topv, v], -1)   # fewer than topk columns while chunks are narrower than topk
+                v, j = v.topk(min(topk, v.shape[-1]), dim=-1)
                 i = torch.cat([topi, i], -1).gather(-1, j)
             topv, topi = v, i
         Ec = None

@@ -65,6 +65,19 @@ def test_forward_backward_match_cpp(cfg, dtype):
         torch.testing.assert_close(g.cpu(), w, **tol)
 
 
+def test_topk_wider_than_chunk():
+    """topk=5 mined over chunks of 2 columns: the running top-k has fewer than topk candidates
+    until the third chunk, and the merge must keep them all."""
+    TL = _tl()
+    args = _to(op_args(topk=5))
+    got = TL.contrastive_lse_forward(*args, chunk=2)
+    want = torch.ops.skelfast.contrastive_lse(*_to(args, device="cpu"))
+    assert want[2].shape[-1] == 5
+    assert torch.equal(got[2].cpu(), want[2])
+    torch.testing.assert_close(got[0].cpu(), want[0], **TOL[torch.float64])
+    torch.testing.assert_close(got[1].cpu(), want[1], **TOL[torch.float64])
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # the first, static-shift pass; then re-run
 def test_low_precision_queue_and_fallback():
     TL = _tl()
