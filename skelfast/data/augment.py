@@ -141,6 +141,17 @@ def apply_augment_params(x: torch.Tensor, starts: torch.Tensor, matrices: torch.
         raise ValueError(f"expected starts ({N},) and matrices ({N}, 3, 3), got {tuple(starts.shape)} and "
                          f"{tuple(matrices.shape)}")
     p = crop_padding(T, crop_ratio)
+    if p > 0:
+        # a start outside [0, 2p] gives source frames outside [0, T): the flat-row gather below
+        # would read a neighbouring channel or sample without an error
+        ok = ((starts >= 0) & (starts <= 2 * p)).all()
+        if starts.device.type == "cpu":
+            if not bool(ok):
+                bad = starts[(starts < 0) | (starts > 2 * p)]
+                raise ValueError(f"crop starts must lie in [0, {2 * p}] (T={T}, crop_ratio={crop_ratio}), "
+                                 f"got {bad[:5].tolist()}")
+        else:   # no host sync on the training path: an assertion on the device
+            torch._assert_async(ok, f"crop starts must lie in [0, {2 * p}]")
     idx = (reflect_time_index(starts.to(x.device, torch.int64), T, p) if p > 0
            else torch.arange(T, device=x.device).expand(N, T))                        # (N, T)
     # crop = one row gather over the (B*C*T, V*M) view: whole V*M rows are copied, ~15x faster on

@@ -83,6 +83,19 @@ def test_batched_op_equals_per_sample_with_same_params():
         np.testing.assert_allclose(got[b], ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("bad", [-1, 17])
+def test_batched_op_rejects_crop_starts_out_of_range(bad):
+    """A start outside [0, 2p] would make the flat-row gather read a neighbouring channel's frames."""
+    x = torch.from_numpy(np.stack([seq(seed=s) for s in range(3)]))
+    starts, mats = sample_augment_params(3, 50, torch.Generator().manual_seed(0), 0.5, 6)
+    starts[1] = bad
+    with pytest.raises(ValueError, match=r"crop starts must lie in \[0, 16\].*" + str(bad)):
+        apply_augment_params(x, starts, mats, 6)
+    starts[1] = 16   # the edges are valid
+    starts[2] = 0
+    apply_augment_params(x, starts, mats, 6)
+
+
 def test_reflect_index_numpy_and_torch_agree():
     starts = np.arange(17)
     np.testing.assert_array_equal(reflect_time_index(torch.from_numpy(starts), 50, 8).numpy(),
