@@ -388,6 +388,28 @@ def check_rel_l2(name: str, got, want, tol: float) -> List[float]:
     return errors
 
 
+def check_rel_l2_floored(name: str, got: Sequence[torch.Tensor], want: Sequence[torch.Tensor], tol: float,
+                         labels: Optional[Sequence[str]] = None, what: str = "gradient") -> float:
+    """Each tensor's L2 error relative to its own norm, floored at 1% of a typical tensor's norm,
+    below `tol` (for a list of gradients or parameter updates); returns the largest error. The
+    floor: a conv bias feeding a batch-statistics BN has an exactly zero gradient, so its fp32
+    value is pure rounding noise that no relative test can pass."""
+    _same_count(name, got, want)
+    if not want:
+        return 0.0
+    norms = torch.stack([w.detach().double().norm() for w in want])
+    floor = 1e-2 * norms.norm() / len(want) ** 0.5
+    worst = 0.0
+    for i, (g, w) in enumerate(zip(got, want)):
+        rel = ((g.detach().double() - w.detach().double()).norm() / torch.maximum(norms[i], floor)).item()
+        if not rel < tol:
+            label = labels[i] if labels is not None else str(i)
+            raise AssertionError(f"provider {name!r} disagrees with the reference: {what} {label} relative L2 "
+                                 f"error {rel:.3g} >= {tol} (no number for a wrong result)")
+        worst = max(worst, rel)
+    return worst
+
+
 def bench_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
     """Command line with the options every benchmark has: --quick (its smoke-test size, described
     by `quick_help`), --device and --out-dir."""

@@ -119,21 +119,7 @@ def check_provider(name: str, got, want) -> None:
         H.check_rel_l2(name, got, want, 5e-2)
         return
     H.check_close(name, got[:2], want[:2], atol=1e-3, rtol=1e-3)
-    grads, ref = got[2:], want[2:]
-    if len(grads) != len(ref):
-        raise AssertionError(f"provider {name!r} returned {len(grads)} gradients, the reference {len(ref)}")
-    if not ref:
-        return
-    # Each gradient's error relative to its own norm, floored at 1% of a typical gradient's norm:
-    # a conv bias feeding a batch-statistics BN has an exactly zero gradient, so its fp32 value is
-    # pure rounding noise that no relative test can pass.
-    norms = torch.stack([w.detach().double().norm() for w in ref])
-    floor = 1e-2 * norms.norm() / len(ref) ** 0.5
-    for i, (g, w) in enumerate(zip(grads, ref)):
-        rel = ((g.detach().double() - w.detach().double()).norm() / torch.maximum(norms[i], floor)).item()
-        if not rel < GRAD_TOL:
-            raise AssertionError(f"provider {name!r} disagrees with the reference: gradient {i} relative L2 error "
-                                 f"{rel:.3g} >= {GRAD_TOL} (no number for a wrong result)")
+    H.check_rel_l2_floored(name, got[2:], want[2:], GRAD_TOL)
 
 
 def time_providers(provs: Dict[str, Callable], want, device: torch.device, quick: bool, params,

@@ -27,6 +27,11 @@ reference,reference+compile,skelfast,skelfast+compile).
 Correctness before timing: both backends initialise identically for the same seed, so the first
 step's loss of every provider must match the reference's first-step loss: relative error < 1e-3
 for fp32 providers and < 2e-2 for bf16 autocast (stated tolerances; the measured error is printed).
+The same first step's update of every floating-point state-dict entry (parameters after SGD, BN
+running statistics, queues after the enqueue; both backends share the reference's state-dict
+layout) must match the reference's too, relative L2 < 5e-2 per tensor (floored at 1% of a typical
+update: exactly-zero gradients are rounding noise), so that a wrong backward cannot pass on a
+right forward; fp32 providers only (bf16 autocast updates differ by design).
 A provider that misses, or fails to run, gets no number: it is reported, the other providers still
 run and the benchmark exits with status 1. The reference's first step is always run for this,
 even when `reference` is not timed. That checked first step runs with dropout switched off: the
@@ -87,6 +92,36 @@ def step_flops(case: str, N: int, K: int, hidden_channels: int, hidden_dim: int)
         if case == "phase2":                                  # six IKEM mlp2x heads hidden -> 768 -> 768, fwd+bwd
             encoders += 3 * G * 2 * N * (hidden_dim * wide + wide * wide)
     return encoders + gemm_flops(case, K, n=N, d=FEATURE_DIM)
+
+
+UPDATE_TOL = 5e-2   # first-step state update vs the reference's, per tensor (fp32 providers; as bench_encoder's GRAD_TOL)
+
+
+def float_state(model: torch.nn.Module) -> dict:
+    """Detached copies of the floating-point entries of model.state_dict() (reference layout)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point()}
+
+
+def checked_first_step(step) -> tuple:
+    """Run step once with dropout off -> (loss, {state-dict key: change of that entry})."""
+    before = float_state(step.model)
+    with dropout_off(step.model):
+        loss = step()
+    after = float_state(step.model)
+    if set(after) != set(before):
+        raise AssertionError(f"the state-dict keys changed during the step: {sorted(set(after) ^ set(before))[:5]}")
+    return loss, {k: after[k] - before[k] for k in before}
+
+
+def check_update(name: str, got: dict, want: dict) -> float:
+    """The first step's state update of a provider vs the reference's (UPDATE_TOL)."""
+    if set(got) != set(want):
+        raise AssertionError(f"provider {name!r}: state-dict keys differ from the reference's: "
+                             f"{sorted(set(got) ^ set(want))[:5]}")
+    keys = sorted(want)
+    return H.check_rel_l2_floored(name, [got[k] for k in keys], [want[k] for k in keys], UPDATE_TOL, labels=keys,
+                                  what="first-step update of")
 
 
 @contextlib.contextmanager
@@ -166,8 +201,8 @@ def run_case(case: str, provs, a, device: torch.device, reps: int, failures: lis
     make = lambda prov: make_step(case, prov, a.N, a.K, a.hidden_channels, device,  # noqa: E731
                                   hidden_dim=a.hidden_dim, dropout=a.dropout)
     ref_step = make("reference")
-    with dropout_off(ref_step.model):
-        ref_loss = ref_step().double()                  # the anchor (also the reference's warm-up step)
+    ref_loss, ref_update = checked_first_step(ref_step)   # the anchor (also the reference's warm-up step)
+    ref_loss = ref_loss.double()
     if "reference" not in provs:
         del ref_step
     flops = step_flops(case, a.N, a.K, a.hidden_channels, a.hidden_dim)
@@ -180,14 +215,18 @@ def run_case(case: str, provs, a, device: torch.device, reps: int, failures: lis
         H.release_free_memory()                         # the check from a trimmed heap (CPU)
         try:
             step = make(prov)
-            with dropout_off(step.model):
-                err = H.check_rel_l2(prov, step(), ref_loss, tol)[0]
+            loss, update = checked_first_step(step)
+            err = H.check_rel_l2(prov, loss, ref_loss, tol)[0]
+            upd = check_update(prov, update, ref_update) if precision(prov) == "fp32" else None
+            del update
         except (AssertionError, RuntimeError) as exc:   # no number; the other providers still run
             failures.append(f"{case} {prov}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
             print(f"{case:8s} {prov:18s} NO NUMBER: {failures[-1]}", flush=True)
             continue
-        print(f"{case:8s} {prov:18s} first-step loss {ref_loss.item():.6f}: rel. error {err:.1e} < {tol:g}")
+        upd_msg = f"; state update rel. error {upd:.1e} < {UPDATE_TOL:g}" if upd is not None else ""
+        print(f"{case:8s} {prov:18s} first-step loss {ref_loss.item():.6f}: rel. error {err:.1e} < {tol:g}{upd_msg}")
         steps[prov] = step
+    del ref_update                                      # not held while the providers are timed
     cpu = device.type == "cpu"
     # H.measure_interleaved: in turns on GPU (machine drift lands on every provider alike)
     stats = H.measure_interleaved(steps, device, warmup=(0 if a.quick else 1) if cpu else 3, min_reps=reps,
