@@ -289,8 +289,12 @@ def main(argv=None) -> int:
     print(f"providers {provs}")
     print(H.ceilings_line(device, sorted({torch.bfloat16 if precision(p) == "bf16" else torch.float32 for p in provs},
                                          key=str)), flush=True)
-    failures = []
-    rows = [row for case in cases for row in run_case(case, provs, a, device, reps, failures)]
+    failures, rows, path = [], [], None
+    for case in cases:   # written case by case: a run stopped by a time limit keeps the finished cases
+        case_rows = run_case(case, provs, a, device, reps, failures)
+        rows += case_rows
+        if not a.no_write and case_rows:
+            path = H.write_rows(case_rows, "bench_step", device, a.out_dir)
     print()
     H.print_table(rows, ["mode", "provider", "shape", "p50_ms", "p20_ms", "p80_ms", "throughput", "peak_mem_mb",
                          "speedup_vs_reference", "speedup_vs_compile", "tflops", "pct_of_floor", "projected_h"])
@@ -299,8 +303,8 @@ def main(argv=None) -> int:
         if len(p) == 2:
             print(f"projected official IKEM pretraining (150 + 150 epochs x {TRAIN_SAMPLES // a.N} steps), {prov}: "
                   f"{sum(r['projected_h'] for r in p):.2f} h")
-    if not a.no_write:
-        print("results:", H.write_rows(rows, "bench_step", device, a.out_dir))
+    if path:
+        print("results:", path)
     if failures:
         print("providers without a number (failed, or first-step loss off the reference's):", *failures, sep="\n  ")
     return 1 if failures else 0
