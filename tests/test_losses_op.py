@@ -285,6 +285,7 @@ def test_raw_schema_errors():
         with raises_kernel_error(match):
             torch.ops.skelfast.contrastive_lse(q, lpos, *args)
 
+
 def test_keyword_arguments_and_scalar_types():
     """The losses take keyword arguments, and tau / topk as NumPy scalars or one-element tensors
     (as read from a config or a checkpoint), like the reference; a float or bool topk is refused."""
