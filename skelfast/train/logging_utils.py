@@ -54,7 +54,13 @@ class RunLogger:
     """log(msg) to console + `train.log`; scalar(tag, value, step) to TensorBoard + metrics.jsonl."""
 
     def __init__(self, run_dir: str, enabled: bool = True, tensorboard: bool = True,
-                 history: Optional[List[Dict[str, Any]]] = None, name: str = "skelfast.train"):
+                 history: Optional[List[Dict[str, Any]]] = None, name: str = "skelfast.train",
+                 resume_step: Optional[int] = None):
+        """history: the scalars logged so far (a resumed run's checkpoint). resume_step: the global
+        step of that checkpoint; a run killed after it (kill -9, power loss) left later scalars in
+        metrics.jsonl and TensorBoard that the resumed run logs again, so metrics.jsonl is rewritten
+        to `history` and TensorBoard purges its events after resume_step (its purge_step; tags
+        stepped by epoch, such as test/top1, are below it and keep theirs)."""
         self.run_dir, self.enabled = run_dir, enabled
         self.history: List[Dict[str, Any]] = list(history or [])
         self.logger = logging.getLogger(f"{name}.{id(self)}")
@@ -69,11 +75,18 @@ class RunLogger:
         fh = logging.FileHandler(os.path.join(run_dir, "train.log"))
         fh.setFormatter(fmt)
         self.logger.addHandler(fh)
-        self._metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+        metrics = os.path.join(run_dir, "metrics.jsonl")
+        if resume_step is not None and history is not None:
+            tmp = metrics + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(rec) + "\n" for rec in self.history)
+            os.replace(tmp, metrics)   # atomic: a crash here leaves the old file or the new one
+        self._metrics = open(metrics, "a")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(os.path.join(run_dir, "tb"))
+                purge = None if resume_step is None else resume_step + 1
+                self.writer = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=purge)
             except Exception as e:  # noqa: BLE001 - TensorBoard is optional at run time
                 self.log(f"TensorBoard disabled ({type(e).__name__}: {e})")
 

@@ -154,7 +154,8 @@ class Trainer:
             history = resume.get("history")
             task.load_extra_state(resume.get("task_state", {}))
             set_rng_state(resume["rng"])
-        self.logger = RunLogger(run_dir, enabled=info.is_main, tensorboard=r["tensorboard"], history=history)
+        self.logger = RunLogger(run_dir, enabled=info.is_main, tensorboard=r["tensorboard"], history=history,
+                                resume_step=None if resume is None else self.global_step)
         if info.is_main:
             save_config(cfg, run_dir)
         compile_encoders(model, device, r["compile"], r["cuda_graphs"])

@@ -1,5 +1,6 @@
 """Checkpoints: Ctrl-C mid-epoch saves and exits cleanly, --resume continues bit-for-bit (CPU), and
 a crash while writing never corrupts last.pt."""
+import json
 import os
 import signal
 
@@ -51,6 +52,10 @@ def test_ctrl_c_then_resume_is_bit_exact(tiny, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is before   # handler restored
     monkeypatch.setattr(PretrainTask, "after_step", orig)
 
+    # a process killed after its last checkpoint (kill -9) leaves later scalars in metrics.jsonl
+    metrics = os.path.join(part["run_dir"], "metrics.jsonl")
+    with open(metrics, "a") as f:
+        f.write(json.dumps({"tag": "train/loss", "value": 123.0, "step": 4}) + "\n")
     res = run_pretrain(None, resume=part["run_dir"])
     assert not res["interrupted"]
     a, b = load_checkpoint(full["checkpoint"]), load_checkpoint(res["checkpoint"])
@@ -64,6 +69,9 @@ def test_ctrl_c_then_resume_is_bit_exact(tiny, monkeypatch):
     la = [h["value"] for h in a["history"] if h["tag"] == "train/loss"]
     lb = [h["value"] for h in b["history"] if h["tag"] == "train/loss"]
     assert la == lb and len(la) == 6
+    # metrics.jsonl holds the resumed run's history once: the stale step-4 record is gone
+    with open(metrics) as f:
+        assert [json.loads(line) for line in f] == b["history"]
 
 
 def test_atomic_save_survives_a_crash(tmp_path, monkeypatch):
