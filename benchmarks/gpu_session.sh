@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu_session.sh build-test   # build skelfast._C with CUDA (incremental), skelfast.info,
 #                                               # then the test files that run on the GPU when one is seen
+#   bash benchmarks/gpu_session.sh test-train   # the trainer's GPU switches (tests/train/test_train_gpu.py)
 #   bash benchmarks/gpu_session.sh test-all     # the whole suite (CUDA tests run instead of skipping)
 #   bash benchmarks/gpu_session.sh bench-ops    # bench_modalities, bench_losses, bench_moco, bench_epilogue on cuda
 #   bash benchmarks/gpu_session.sh bench-encoder  # bench_encoder (N=64,128, last block)
@@ -68,6 +69,11 @@ case "${1:-}" in
       tests/test_backend.py \
       tests/triton tests/data/test_data_augment.py
     ;;
+  test-train)
+    build
+    # the trainer's GPU switches (--amp bf16, --compile, --cuda-graphs) end to end, CPU/GPU parity
+    pytest_run 570 pytest_train_gpu.txt tests/train/test_train_gpu.py
+    ;;
   test-all)
     build
     pytest_run 570 pytest_all.txt tests
@@ -98,7 +104,7 @@ case "${1:-}" in
     for f in "${csvs[@]}"; do "$PY" -m benchmarks.report "$f"; done
     ;;
   *)
-    sed -n '2,19p' "$0"
+    sed -n '2,20p' "$0"
     exit 2
     ;;
 esac
