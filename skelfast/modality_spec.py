@@ -72,14 +72,18 @@ def check_modalities_args(
             raise ValueError(f"frames must have shape (N,)=({N},), got {tuple(frames.shape)}")
         if frames.dtype == torch.bool or frames.is_complex():
             raise TypeError(f"frames must hold integer or float frame counts, got {frames.dtype}")
-        frames_f = frames.to(device=x.device, dtype=torch.float64)
+        frames_f = frames.to(dtype=torch.float64)     # checked where it lives, then moved
         # A data-dependent check. While tracing (torch.compile, fake tensors) the values are unknown,
-        # so it goes into the graph as an assertion that runs with the data (a RuntimeError then).
-        if N > 0 and (isinstance(frames_f, torch._subclasses.FakeTensor) or torch.compiler.is_compiling()):
+        # and on a GPU reading them would synchronise every call (and break CUDA-graph capture): the
+        # check is then an assertion that runs with the data (a RuntimeError on CPU, a device-side
+        # assert on CUDA). Frames on the CPU (as the data loaders give them) are checked here.
+        tracing = isinstance(frames_f, torch._subclasses.FakeTensor) or torch.compiler.is_compiling()
+        if N > 0 and (tracing or frames_f.device.type != "cpu"):
             torch._assert_async(torch.all(torch.isfinite(frames_f) & (frames_f > 0)),
                                 "frames must be finite and > 0 (true frame counts)")
         elif N > 0 and (not bool(torch.isfinite(frames_f).all()) or bool((frames_f <= 0).any())):
             bad = frames_f[(frames_f <= 0) | ~torch.isfinite(frames_f)][:5].tolist()
             raise ValueError(f"frames must be finite and > 0 (true frame counts), got {bad}")
+        frames_f = frames_f.to(x.device, non_blocking=True)
         scale = (scale_base / frames_f).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     return ids, topo, scale

@@ -251,6 +251,29 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(got, ops.graph_conv(x, w, b, A, E, 3), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.cuda
+def test_cuda_opcheck_channels_last_input():
+    """The CUDA kernel returns contiguous outputs for a channels-last x; the fake kernel must say so
+    (it promises channels-last only on CPU, where the C++ kernel keeps the layout)."""
+    x, w, b, A, E = (t.cuda() for t in make_args(B=2, G=2, Cin=3, Cout=4, T=3))
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    args = (x, w.requires_grad_(True), b.requires_grad_(True), A, E.requires_grad_(True), 2)
+    opcheck(torch.ops.skelfast.graph_conv.default, args)
+    grad_out = torch.randn(2, 8, 3, 25, dtype=torch.float64, device="cuda")
+    opcheck(torch.ops.skelfast.graph_conv_backward.default, (grad_out,) + tuple(
+        a.detach() if isinstance(a, torch.Tensor) else a for a in args))
+
+
+def test_arguments_on_another_device_are_refused():
+    """Checked in Python: the kernels' own device check would end the process on torch 2.11."""
+    x, w, b, A, E = make_args(B=2, G=2, Cin=3, Cout=4, T=3)
+    for i, name in enumerate(("weight", "bias", "A", "importance")):
+        args = [w, b, A, E]
+        args[i] = args[i].to("meta")
+        with pytest.raises(ValueError, match=f"graph_conv: {name} is on meta, x on cpu"):
+            ops.graph_conv(x, *args, 2)
+
+
 def _import_triton_graph_conv():
     if not torch.cuda.is_available() and "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("triton was imported before TRITON_INTERPRET=1 was set; run the triton tests on their own")

@@ -1,4 +1,5 @@
-// Helpers shared by the CUDA bindings: the current stream, CUDA error checks, dtype dispatch.
+// Helpers shared by the CUDA bindings: device guard, the current stream, CUDA error checks, dtype
+// dispatch.
 // Layer: binding (stable ABI only, so it compiles with nvcc against CPU-only torch headers).
 #pragma once
 
@@ -6,10 +7,16 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/util/Exception.h>
 
 namespace skelfast {
+
+// The dispatcher does not set the current device for custom ops, and a raw <<<>>> launch goes to
+// the current device: a tensor on cuda:1 while cuda:0 is current would be refused ("invalid
+// resource handle" for its stream). Every binding opens one of these on its input's device.
+using DeviceGuard = torch::stable::accelerator::DeviceGuard;
 
 inline cudaStream_t current_stream(const torch::stable::Tensor& t) {
   void* stream = nullptr;

@@ -56,6 +56,7 @@ Tensor edge_weights(const Tensor& A_acc, const std::optional<Tensor>& E_acc, con
 
 Tensor graph_conv_cuda(Tensor x, Tensor weight, std::optional<Tensor> bias, Tensor A, std::optional<Tensor> importance,
                        int64_t groups) {
+  const DeviceGuard guard(x.get_device_index());
   const GraphConvDims d = graph_conv_dims(x, weight, bias, A, importance, groups);
   check_cuda_inputs(x, weight, bias, A, importance, d);
   Tensor xc = torch::stable::contiguous(x);
@@ -98,6 +99,7 @@ Tensor graph_conv_cuda(Tensor x, Tensor weight, std::optional<Tensor> bias, Tens
 std::tuple<Tensor, Tensor, Tensor, Tensor> graph_conv_backward_cuda(Tensor grad_out, Tensor x, Tensor weight,
                                                                     std::optional<Tensor> bias, Tensor A,
                                                                     std::optional<Tensor> importance, int64_t groups) {
+  const DeviceGuard guard(x.get_device_index());
   const GraphConvDims d = graph_conv_dims(x, weight, bias, A, importance, groups);
   check_cuda_inputs(x, weight, bias, A, importance, d);
   STD_TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == d.B && grad_out.size(1) == d.G * d.Cout &&

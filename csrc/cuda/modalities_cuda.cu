@@ -18,6 +18,7 @@ using torch::headeronly::ScalarType;
 Tensor modalities_cuda(Tensor x, std::optional<Tensor> scale, std::vector<int64_t> select,
                        std::vector<int64_t> bone_parent, std::vector<int64_t> axis_partner,
                        std::vector<int64_t> normal) {
+  const DeviceGuard guard(x.get_device_index());
   ModalitiesCall c = prepare_modalities_forward(x, scale, select, bone_parent, axis_partner, normal);
   dispatch_cuda_float_types(c.x.scalar_type(), "modalities", [&](auto tag) {
     using T = decltype(tag);
@@ -31,6 +32,7 @@ Tensor modalities_cuda(Tensor x, std::optional<Tensor> scale, std::vector<int64_
 Tensor modalities_backward_cuda(Tensor grad_out, Tensor x, std::optional<Tensor> scale, std::vector<int64_t> select,
                                 std::vector<int64_t> bone_parent, std::vector<int64_t> axis_partner,
                                 std::vector<int64_t> normal) {
+  const DeviceGuard guard(x.get_device_index());
   ModalitiesCall c = prepare_modalities_backward(grad_out, x, scale, select, bone_parent, axis_partner, normal);
   dispatch_cuda_float_types(c.x.scalar_type(), "modalities", [&](auto tag) {
     using T = decltype(tag);

@@ -69,6 +69,9 @@ def graph_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     and bias run in the autocast dtype while A and E stay in fp32 (the edge weights are formed in
     fp32 inside the kernel).
     """
+    for name, t in (("weight", weight), ("bias", bias), ("A", A), ("importance", importance)):
+        if t is not None and t.device != x.device:   # the kernels' own check would end the process on torch 2.11
+            raise ValueError(f"graph_conv: {name} is on {t.device}, x on {x.device}; all must be on one device")
     lowp = _autocast_dtype(x.device.type)
     if lowp is not None and x.dtype != torch.float64:   # autocast leaves float64 alone
         x, weight = x.to(lowp), weight.to(lowp)
@@ -100,8 +103,9 @@ def _fake_checks(x, weight, bias, A, importance, groups):
 def _kernel_channels_last(x: torch.Tensor) -> bool:
     """The C++ kernel's test (is_channels_last in csrc/cpu/graph_conv_cpu.cpp): exact channels-last
     strides, size-1 dims included. A tensor torch calls channels-last only because its size-1 dims
-    are ignored takes the contiguous path there, so the fake output must be contiguous too."""
-    if x.dim() != 4 or x.is_contiguous():
+    are ignored takes the contiguous path there, so the fake output must be contiguous too. The
+    CUDA and Triton kernels always return contiguous outputs."""
+    if x.device.type != "cpu" or x.dim() != 4 or x.is_contiguous():
         return False
     C, T, V = x.shape[1], x.shape[2], x.shape[3]
     return x.stride(1) == 1 and x.stride(3) == C and x.stride(2) == V * C and x.stride(0) == T * V * C
