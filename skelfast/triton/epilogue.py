@@ -63,23 +63,39 @@ def _hash32(x):
 def _dropout_weight(i, key0, key1, threshold, keep_hi, keep_lo, ACC: tl.constexpr):
     """The kept scale 1/(1-p) where hash(seed, i) >= threshold, else 0; i int64 offsets >= 0. The
     scale comes as two fp32 halves (float arguments are fp32): hi + lo is within 2^-48 of the double."""
+    key0 = _low32(key0.to(tl.int64))   # passed as signed int32 (dropout_key): back to [0, 2^32)
+    key1 = _low32(key1.to(tl.int64))
+    threshold = _low32(threshold.to(tl.int64))
     h = _hash32(_low32(i) ^ key0)
     h = _hash32(_low32(h + (key1 ^ _low32((i >> 32) * 0x9E3779B9))))
     return tl.where(h >= threshold, tl.cast(keep_hi, ACC) + tl.cast(keep_lo, ACC), 0.0)
 
 
+def _as_int32(v: int) -> int:
+    """A 32-bit pattern in [0, 2^32) as the signed int32 with the same bits."""
+    return v - (1 << 32) if v >= (1 << 31) else v
+
+
+# Triton types an int argument by its value (i32 below 2^31, i64 above) and specialises on it
+# (divisible by 16, equal to 1): fresh random keys every step would compile a new variant of each
+# kernel for each combination, about a second each, for the first hundreds of steps. The keys and
+# the threshold therefore travel as signed int32 bit patterns and are not specialised on.
+_NO_KEY_SPECIALISATION = dict(do_not_specialize=["key0", "key1", "threshold"])
+
+
 def dropout_key(p: float, seed: int) -> Tuple[bool, tuple]:
     """(active, kernel arguments key0, key1, threshold, keep_hi, keep_lo) of dropout_math.h's
-    dropout_params(): p = 1 drops everything (threshold 2^32 - 1 with a zero scale)."""
+    dropout_params(): p = 1 drops everything (threshold 2^32 - 1 with a zero scale). key0, key1
+    and threshold are 32-bit patterns passed as signed int32 (_dropout_weight reads them back)."""
     s = int(seed) & 0xFFFFFFFFFFFFFFFF
-    key0, key1 = s & 0xFFFFFFFF, s >> 32
+    key0, key1 = _as_int32(s & 0xFFFFFFFF), _as_int32(s >> 32)
     if p <= 0.0:
         return False, (key0, key1, 0, 1.0, 0.0)
     t = p * 4294967296.0
     threshold = 0xFFFFFFFF if p >= 1.0 or t >= 4294967295.0 else int(t)
     keep = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
     hi = float(torch.tensor(keep, dtype=torch.float32))
-    return True, (key0, key1, threshold, hi, keep - hi)
+    return True, (key0, key1, _as_int32(threshold), hi, keep - hi)
 
 
 def _acc_dtype(t: torch.Tensor):
@@ -131,7 +147,7 @@ def _drop_add_relu_store(y, i, m, res_ptr, out_ptr, key0, key1, threshold, keep_
     tl.store(out_ptr + i, tl.where(y > 0, y, 0.0).to(out_ptr.dtype.element_ty), mask=m)
 
 
-@triton.jit
+@triton.jit(**_NO_KEY_SPECIALISATION)
 def _epilogue_fwd_kernel(x_ptr, res_ptr, out_ptr, n, key0, key1, threshold, keep_hi, keep_lo,
                          HAS_RES: tl.constexpr, DROP: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -140,7 +156,7 @@ def _epilogue_fwd_kernel(x_ptr, res_ptr, out_ptr, n, key0, key1, threshold, keep
                          threshold, keep_hi, keep_lo, HAS_RES, DROP, ACC)
 
 
-@triton.jit
+@triton.jit(**_NO_KEY_SPECIALISATION)
 def _epilogue_bwd_kernel(g_ptr, out_ptr, gx_ptr, gres_ptr, n, key0, key1, threshold, keep_hi, keep_lo,
                          RES_GRAD: tl.constexpr, DROP: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -204,7 +220,7 @@ def _tile_offsets(l, c, C, S):
     return (o * C * S + s)[:, None] + (c.to(tl.int64) * S)[None, :]
 
 
-@triton.jit
+@triton.jit(**_NO_KEY_SPECIALISATION)
 def _channel_sums_kernel(x_ptr, center_ptr, g_ptr, out_ptr, gres_ptr, part_ptr, L, C, S, per_split,
                          key0, key1, threshold, keep_hi, keep_lo, BACKWARD: tl.constexpr, RES_GRAD: tl.constexpr,
                          DROP: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
@@ -250,7 +266,7 @@ def _channel(i, C, S, WIDE: tl.constexpr):
         return (i.to(tl.int32) // S) % C
 
 
-@triton.jit
+@triton.jit(**_NO_KEY_SPECIALISATION)
 def _bn_apply_kernel(x_ptr, res_ptr, out_ptr, scale_ptr, shift_ptr, n, C, S, key0, key1, threshold, keep_hi,
                      keep_lo, HAS_RES: tl.constexpr, DROP: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
                      WIDE: tl.constexpr):
@@ -262,7 +278,7 @@ def _bn_apply_kernel(x_ptr, res_ptr, out_ptr, scale_ptr, shift_ptr, n, C, S, key
     _drop_add_relu_store(y, i, m, res_ptr, out_ptr, key0, key1, threshold, keep_hi, keep_lo, HAS_RES, DROP, ACC)
 
 
-@triton.jit
+@triton.jit(**_NO_KEY_SPECIALISATION)
 def _bn_grad_x_kernel(g_ptr, out_ptr, x_ptr, mean_ptr, ka_ptr, kb_ptr, kc_ptr, gx_ptr, n, C, S,
                       key0, key1, threshold, keep_hi, keep_lo, DROP: tl.constexpr, BLOCK: tl.constexpr,
                       ACC: tl.constexpr, WIDE: tl.constexpr):

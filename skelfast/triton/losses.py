@@ -4,7 +4,7 @@ performance.md §6. Per queue chunk, the similarities of every source come from 
 all exponentials, sums, maxima and the backward dS in one pass over the chunk, so the only N x K
 scale memory is one chunk (never the N x K logits, masks or log-softmaxes of the reference).
 
-Phase-1 InfoNCE (and any D <= 256 problem without pairs or mining) uses `_nce_fused_kernel`
+Phase-1 InfoNCE (and any D <= 128 problem without pairs or mining) uses `_nce_fused_kernel`
 instead: fully fused, tl.dot on queue tiles, gradient formed in the forward, split-K partials
 combined in a fixed order, nothing N x K in memory.
 
@@ -143,7 +143,10 @@ def _nce_fused_kernel(q_ptr, Q_ptr, scale_ptr, shift_ptr, sum_ptr, max_ptr, U_pt
         tl.store(U_ptr + out[:, None] * D + dcols[None, :], U, mask=rmask[:, None] & dmask[None, :])
 
 
-FUSED_MAX_D = 256  # one BLOCK_D register tile per program; larger (IKEM's 768) uses the semi-fused path
+# One BLOCK_D tile per program; larger (IKEM's 768) uses the semi-fused path. 128: compiled for
+# sm_90 (triton 3.6, BLOCK_N = BLOCK_K = 64, 8 warps, 3 stages) BLOCK_D = 128 takes 192 KiB of shared
+# memory and 256 would take 384 KiB, past the H100's 227 KiB per block.
+FUSED_MAX_D = 128
 
 
 def _fused_ok(pb: "_Problem", topk: int, fused: Optional[bool]) -> bool:
@@ -153,7 +156,8 @@ def _fused_ok(pb: "_Problem", topk: int, fused: Optional[bool]) -> bool:
     ok = (pb.P == 0 and pb.B == 0 and topk == 0 and pb.Da <= FUSED_MAX_D
           and (pb.ct == torch.float32 or pb.device.type != "cuda"))
     if fused and not ok:
-        raise ValueError("fused InfoNCE kernel: needs no pairs, no group B, topk=0 and Da <= 256")
+        raise ValueError(f"fused InfoNCE kernel: needs no pairs, no group B, topk=0, Da <= {FUSED_MAX_D} and, "
+                         f"on CUDA, float32")
     return ok
 
 
@@ -282,7 +286,7 @@ def contrastive_lse_forward(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a: S
                             fused: Optional[bool] = None, block_k: Optional[int] = None, splits: Optional[int] = None):
     """Same contract as torch.ops.skelfast.contrastive_lse (see skelfast/ops/losses.py).
 
-    Plain InfoNCE problems (no pairs, no group B, topk=0, Da <= 256: phase 1) run the fully fused
+    Plain InfoNCE problems (no pairs, no group B, topk=0, Da <= FUSED_MAX_D = 128: phase 1) run the fully fused
     tl.dot kernel; everything else the semi-fused chunk path. `fused` forces a path (tests);
     `chunk`, `block_k`, `splits` are tuning / test knobs.
     """
