@@ -10,6 +10,7 @@ and peak memory. Usage: python -m benchmarks.bench_modalities [--quick] [--devic
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import torch
@@ -43,14 +44,23 @@ def providers(device: torch.device):
 
     out = {"reference": eager, "reference+compile": compiled, "skelfast": fused}
     if device.type == "cuda" and "triton" in ops.available_backends():
-        def fused_triton(views, frames):
-            ops.set_backend("triton")
-            try:
-                return [ops.modalities(v, frames) for v in views]
-            finally:
-                ops.set_backend("auto")
-        out["skelfast-triton"] = fused_triton
+        out["skelfast-triton"] = fused   # the same calls, run inside backend_for("skelfast-triton")
     return out
+
+
+@contextlib.contextmanager
+def backend_for(provider: str):
+    """The skelfast backend a provider runs under, selected around its whole check and timing:
+    switching per call would attach and detach the Triton registrations inside the timed loop."""
+    if provider != "skelfast-triton":
+        yield
+        return
+    before = ops.get_backend()
+    ops.set_backend("triton")
+    try:
+        yield
+    finally:
+        ops.set_backend(before)
 
 
 def run(sizes, device: torch.device, quick: bool):
@@ -63,10 +73,11 @@ def run(sizes, device: torch.device, quick: bool):
             want = providers(device)["reference"](views, frames)
             results = {}
             for name, fn in providers(device).items():
-                H.check_close(name, fn(views, frames), want, atol=1e-4, rtol=1e-4)
-                stats = H.measure(lambda: fn(views, frames), device, min_time_s=0.2 if quick else 1.0,
-                                  min_reps=5 if quick else 20)
-                peak = H.peak_memory_mb(lambda: fn(views, frames), device)
+                with backend_for(name):
+                    H.check_close(name, fn(views, frames), want, atol=1e-4, rtol=1e-4)
+                    stats = H.measure(lambda: fn(views, frames), device, min_time_s=0.2 if quick else 1.0,
+                                      min_reps=5 if quick else 20)
+                    peak = H.peak_memory_mb(lambda: fn(views, frames), device)
                 results[name] = (stats, peak)
         rows += [H.timed_row("modalities", device, name, "forward", f"N={N},T={T},V={V},M={M},views=2", "float32",
                              stats, peak, reference_ms=results["reference"][0].p50,

@@ -8,7 +8,8 @@
 #   bash benchmarks/gpu_session.sh test-all     # the whole suite (CUDA tests run instead of skipping)
 #   bash benchmarks/gpu_session.sh bench-ops    # bench_modalities, bench_losses, bench_moco, bench_epilogue on cuda
 #   bash benchmarks/gpu_session.sh bench-encoder  # bench_encoder (N=64,128, last block)
-#   bash benchmarks/gpu_session.sh bench-step   # bench_step (N=128, K=32768, every GPU provider)
+#   bash benchmarks/gpu_session.sh bench-step [CASES]  # bench_step (N=128, K=32768, every GPU provider);
+#                                               # CASES e.g. phase1 (default phase1,phase2,distill)
 #   bash benchmarks/gpu_session.sh report       # Markdown report and plots of every CSV in the results
 #
 # Every phase builds first when the extension lacks CUDA kernels (a fresh machine), so each one
@@ -95,7 +96,11 @@ case "${1:-}" in
     ;;
   bench-step)
     build
-    "$PY" -m benchmarks.bench_step --device cuda --out-dir "$RES" 2>&1 | tee "$LOGS/bench_step.txt" | tail -30
+    # one case per device call fits its 10 minutes (three compiled providers each, and the checked
+    # first step at dropout 0 compiles them once more): bench-step phase1, then phase2, distill
+    cases=${2:-phase1,phase2,distill}
+    "$PY" -m benchmarks.bench_step --device cuda --cases "$cases" --out-dir "$RES" 2>&1 \
+      | tee "$LOGS/bench_step_${cases//,/_}.txt" | tail -30
     ;;
   report)
     shopt -s nullglob
@@ -104,7 +109,7 @@ case "${1:-}" in
     for f in "${csvs[@]}"; do "$PY" -m benchmarks.report "$f"; done
     ;;
   *)
-    sed -n '2,20p' "$0"
+    sed -n '2,21p' "$0"
     exit 2
     ;;
 esac
