@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._device_tables import device_table
+
 __all__ = ["contrastive_lse_forward", "contrastive_lse_backward", "DEFAULT_CHUNK"]
 
 DEFAULT_CHUNK = 8192   # columns per chunk: (A+B) x N x 8192 fp32 = 25 MiB for phase 2 at N=128
@@ -217,8 +219,8 @@ class _Problem:
         self.chunk = min(chunk, self.K)
         dev = qa.device
         self.src_base = torch.arange(self.A, dtype=torch.int32, device=dev)
-        self.pa = torch.tensor(list(pair_a), dtype=torch.int32, device=dev)
-        self.pb = torch.tensor(list(pair_b), dtype=torch.int32, device=dev)
+        self.pa = device_table(pair_a, dev)
+        self.pb = device_table(pair_b, dev)
 
 
 def _sims(pb: _Problem, qa, queue_a, col_scale, qb, queue_b, c0: int, cs: int, S: torch.Tensor) -> None:
@@ -343,7 +345,7 @@ def _csr(pb: _Problem, pair_a: Sequence[int], pair_b: Sequence[int], device) -> 
             pidx.append(p)
             partner.append(m)
         offs.append(len(pidx))
-    mk = lambda v: torch.tensor(v if v else [0], dtype=torch.int32, device=device)  # noqa: E731
+    mk = lambda v: device_table(v if v else [0], device)  # noqa: E731
     return mk(offs), mk(pidx), mk(partner)
 
 

@@ -7,12 +7,13 @@ skelfast.ops (engineering.md §4). Under TRITON_INTERPRET=1 it also runs on CPU 
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 import triton
 import triton.language as tl
 
+from ._device_tables import device_table
 from ._math import atan2, cross3, nrm3
 
 __all__ = ["modalities_forward"]
@@ -123,18 +124,6 @@ def _modalities_fwd_kernel(
             _store3(out_ptr, obase + S_OM * 3 * CS, CS, dtheta * ux, dtheta * uy, dtheta * uz, mask)
 
 
-_TABLE_CACHE: Dict[Tuple[Tuple[int, ...], torch.device], torch.Tensor] = {}
-
-
-def _device_table(values: Sequence[int], device: torch.device) -> torch.Tensor:
-    key = (tuple(values), device)
-    table = _TABLE_CACHE.get(key)
-    if table is None:
-        table = torch.tensor(list(values), dtype=torch.int32, device=device)
-        _TABLE_CACHE[key] = table
-    return table
-
-
 def modalities_forward(x: torch.Tensor, scale: Optional[torch.Tensor], select: Sequence[int],
                        bone_parent: Sequence[int], axis_partner: Sequence[int], normal: Sequence[int],
                        block: int = 256) -> torch.Tensor:
@@ -153,8 +142,8 @@ def modalities_forward(x: torch.Tensor, scale: Optional[torch.Tensor], select: S
     acc = tl.float64 if x.dtype == torch.float64 else tl.float32
     grid = (triton.cdiv(total, block),)
     _modalities_fwd_kernel[grid](
-        x, scale if scale is not None else x, _device_table(bone_parent, x.device),
-        _device_table(axis_partner, x.device), out, total, T, V, M,
+        x, scale if scale is not None else x, device_table(bone_parent, x.device),
+        device_table(axis_partner, x.device), out, total, T, V, M,
         HAS_SCALE=scale is not None, G=G, ACC=acc,
         S_J=slots[0], S_MO=slots[1], S_B=slots[2], S_AC=slots[3], S_R=slots[4], S_OM=slots[5],
         NJ=nj, NA=na, NB=nb, NC=nc, BLOCK=block,
