@@ -11,7 +11,8 @@ an explicit target without a driver. Two steps, two processes (TRITON_INTERPRET 
    its argument types as Triton types them (`mangle_type`) and its constexpr values, and writes
    them as JSON at exit;
 2. compile: `python tests/triton/_launches.py RECORD.json [ARCH]` compiles each recorded launch
-   with `triton.compile(ASTSource(...), target=GPUTarget("cuda", ARCH, 32))` and prints a JSON
+   with `triton.compile(ASTSource(...), target=GPUTarget("cuda", ARCH, 32))` and the recorded
+   num_warps / num_stages, checks that its shared memory fits one H100 block, and prints a JSON
    summary {"compiled": n, "failures": [...]}.
 """
 from __future__ import annotations
@@ -59,7 +60,9 @@ def install_recorder(path: str) -> None:
                     constexprs[p.name] = _encode(value)
                 else:
                     signature[p.name] = mangle_type(value)
-            record = [fn.__module__, fn.__name__, signature, constexprs]
+            # launch options the kernel is compiled with (shared memory grows with the warps' pipeline)
+            options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
+            record = [fn.__module__, fn.__name__, signature, constexprs, options]
             seen[json.dumps(record, sort_keys=True)] = record
         return original(self, *args, grid=grid, warmup=warmup, **kwargs)
 
@@ -72,6 +75,9 @@ def install_recorder(path: str) -> None:
     atexit.register(dump)
 
 
+MAX_SHARED_BYTES = 232448   # opt-in shared memory per block on H100 / H200 (227 KiB)
+
+
 def compile_all(path: str, arch: int = 90) -> dict:
     """Compile every recorded launch for cuda sm_<arch>; {"compiled": n, "kernels": [...], "failures": [...]}."""
     import triton
@@ -82,14 +88,17 @@ def compile_all(path: str, arch: int = 90) -> dict:
         records = json.load(fh)
     target = GPUTarget("cuda", arch, 32)
     compiled, kernels, failures = 0, set(), []
-    for module, name, signature, constexprs in records:
+    for module, name, signature, constexprs, options in records:
         fn = getattr(importlib.import_module(module), name)
         try:
             kernel = triton.compile(ASTSource(fn=fn, signature=signature,
                                               constexprs={k: _decode(v) for k, v in constexprs.items()}),
-                                    target=target)
+                                    target=target, options=options)
             if not kernel.asm.get("cubin"):
                 raise RuntimeError("no cubin produced")
+            if kernel.metadata.shared > MAX_SHARED_BYTES:   # the launch would fail with OutOfResources
+                raise RuntimeError(f"needs {kernel.metadata.shared} bytes of shared memory per block, the GPU "
+                                   f"allows {MAX_SHARED_BYTES}")
             compiled += 1
             kernels.add(f"{module}.{name}")
         except Exception as exc:   # report every failure, not just the first

@@ -24,7 +24,7 @@ def kernels_in_source():
     for path in glob.glob(os.path.join(ROOT, "skelfast", "triton", "*.py")):
         module = "skelfast.triton." + os.path.splitext(os.path.basename(path))[0]
         with open(path) as fh:
-            found |= {f"{module}.{name}" for name in re.findall(r"@triton\.jit\s*\ndef (\w+_kernel)\(", fh.read())}
+            found |= {f"{module}.{name}" for name in re.findall(r"@triton\.jit(?:\([^)]*\))?\s*\ndef (\w+_kernel)\(", fh.read())}
     return found
 
 
