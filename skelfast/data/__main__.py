@@ -8,8 +8,9 @@ Commands:
       and write the memory-mappable folder documented in `skelfast.data.preparation`. Resumable;
       manifest.json is written last. Published benchmarks: ntu60 xsub/xview, ntu120 xsub/xset;
       synthetic allows all three.
-  prepare --verify --out DIR
-      Re-check a prepared folder (checksums, shapes, label/data counts).
+  prepare --verify --out DIR [--raw DIR]
+      Re-check a prepared folder (checksums, shapes, label/data counts); with --raw, also that it
+      is up to date with that folder's .skeleton files (none added, removed or changed since).
   synth --out DIR [--num-classes 10] [--samples-per-class 30] [--seed 0] [--noise 1.0]
       Write a synthetic NTU-format dataset as `.skeleton` files (skelfast.data.synthetic); prepare it
       with `prepare --dataset synthetic --raw DIR ...`.
@@ -30,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="raw .skeleton folder -> prepared arrays (or --verify one)")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="ntu60")
     p.add_argument("--benchmark", choices=list(BENCHMARKS) + ["xsetup"], default="xsub")
-    p.add_argument("--raw", help="folder of .skeleton files")
+    p.add_argument("--raw", help="folder of .skeleton files (with --verify: also check that --out is up to "
+                                 "date with it)")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (0: none)")
     p.add_argument("--chunk-size", type=int, default=256, help="samples per resumable chunk")
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
     try:
         if args.command == "prepare":
             if args.verify:
-                verify(args.out, checksums=not args.no_checksums)
+                verify(args.out, checksums=not args.no_checksums, raw_dir=args.raw)
             else:
                 if not args.raw:
                     raise PrepareError("prepare needs --raw DIR (or --verify)")

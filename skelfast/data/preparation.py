@@ -331,9 +331,13 @@ def _load_label_file(path: str):
         return pickle.load(fh)
 
 
-def verify(out_dir: str, checksums: bool = True, log=print) -> dict:
+def verify(out_dir: str, checksums: bool = True, log=print, raw_dir: Optional[str] = None,
+           ignore: Optional[Sequence[str]] = None) -> dict:
     """Re-check a prepared folder: manifest present, checksums, shapes, label/data counts, label
-    range, frame counts, finiteness. Returns the manifest; raises PrepareError naming the file."""
+    range, frame counts, finiteness. With `raw_dir` (and the `ignore` list prepare used, default
+    the published one), also that the folder is up to date with those .skeleton files: the same
+    fingerprint (names, sizes, mtimes, resolved path) as when it was prepared. Returns the
+    manifest; raises PrepareError naming the file."""
     out_dir = os.fspath(out_dir)
     if not os.path.isdir(out_dir):
         raise PrepareError(f"--out {out_dir!r} is not a directory")
@@ -344,6 +348,12 @@ def verify(out_dir: str, checksums: bool = True, log=print) -> dict:
     if man.get("format_version") != FORMAT_VERSION:
         raise PrepareError(f"{os.path.join(out_dir, MANIFEST)}: format_version {man.get('format_version')} "
                            f"unsupported (expected {FORMAT_VERSION})")
+    if raw_dir is not None:
+        plan = plan_samples(raw_dir, man["dataset"], man["benchmark"], ignore)
+        if plan.fingerprint != man.get("fingerprint"):
+            raise PrepareError(f"{out_dir} is stale for --raw {raw_dir}: it was prepared from {man.get('raw_dir')} "
+                               f"and the kept .skeleton files differ from that input (added, removed, or changed in "
+                               f"size or modification time, or another folder); re-run prepare")
     for split, info in man["splits"].items():
         for key, f in info["files"].items():
             p = os.path.join(out_dir, f["path"])

@@ -212,6 +212,23 @@ def test_empty_split_is_valid(tmp_path):
     verify(str(out), log=lambda *a: None)
 
 
+def test_verify_with_raw_detects_a_stale_folder(tmp_path):
+    """verify(raw_dir=...) compares the raw folder's fingerprint with the manifest's: a touched,
+    added or removed .skeleton file makes the prepared folder stale."""
+    raw = ntu_folder(tmp_path, NTU60_NAMES[:3])
+    out = tmp_path / "out"
+    prepare(str(raw), str(out), dataset="ntu60", benchmark="xsub", **QUIET)
+    verify(str(out), raw_dir=str(raw), log=lambda *a: None)   # fresh: passes
+    victim = raw / sorted(os.listdir(raw))[0]
+    st = os.stat(victim)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))   # touched
+    with pytest.raises(PrepareError, match="is stale for --raw"):
+        verify(str(out), raw_dir=str(raw), log=lambda *a: None)
+    verify(str(out), log=lambda *a: None)   # without --raw only the folder itself is checked
+    from skelfast.data.__main__ import main
+    assert main(["prepare", "--verify", "--out", str(out), "--raw", str(raw)]) == 2
+
+
 def test_verify_names_a_damaged_label_file(tmp_path):
     raw = ntu_folder(tmp_path, NTU60_NAMES[:2])
     out = tmp_path / "out"
