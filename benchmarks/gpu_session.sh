@@ -53,6 +53,13 @@ pytest_run() {  # pytest_run SECONDS LOGNAME ARGS...
     | tee "$LOGS/$log" | tail -30
 }
 
+bench() {  # bench LOGNAME TAIL MODULE ARGS...: a failing benchmark is reported and the next one still runs
+  local log=$1 n=$2
+  shift 2
+  "$PY" -m "$@" --device cuda --out-dir "$RES" 2>&1 | tee "$LOGS/$log" | tail -"$n" \
+    || echo "== $1 exited with status $? (log: $log)"
+}
+
 case "${1:-}" in
   build-test)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$LOGS/gpu.txt"
@@ -83,24 +90,21 @@ case "${1:-}" in
     build
     for b in bench_modalities bench_losses bench_moco bench_epilogue; do
       echo "== $b $(date -u +%T)"
-      "$PY" -m "benchmarks.$b" --device cuda --out-dir "$RES" 2>&1 | tee "$LOGS/$b.txt" | tail -25
+      bench "$b.txt" 25 "benchmarks.$b"
     done
     ;;
   bench-encoder)
     build
     # one process per size: each writes its rows, so a time limit keeps the finished size
-    "$PY" -m benchmarks.bench_encoder --device cuda --sizes 64 --out-dir "$RES" 2>&1 \
-      | tee "$LOGS/bench_encoder_64.txt" | tail -20
-    "$PY" -m benchmarks.bench_encoder --device cuda --sizes 128 --last-block --out-dir "$RES" 2>&1 \
-      | tee "$LOGS/bench_encoder_128.txt" | tail -25
+    bench bench_encoder_64.txt 20 benchmarks.bench_encoder --sizes 64
+    bench bench_encoder_128.txt 25 benchmarks.bench_encoder --sizes 128 --last-block
     ;;
   bench-step)
     build
     # one case per device call fits its 10 minutes (three compiled providers each, and the checked
     # first step at dropout 0 compiles them once more): bench-step phase1, then phase2, distill
     cases=${2:-phase1,phase2,distill}
-    "$PY" -m benchmarks.bench_step --device cuda --cases "$cases" --out-dir "$RES" 2>&1 \
-      | tee "$LOGS/bench_step_${cases//,/_}.txt" | tail -30
+    bench "bench_step_${cases//,/_}.txt" 30 benchmarks.bench_step --cases "$cases"
     ;;
   report)
     shopt -s nullglob
