@@ -66,7 +66,7 @@ case "${1:-}" in
     build
     "$PY" -m skelfast.info | tee "$LOGS/info.txt"
     # does an error thrown inside a C++ kernel reach Python here? (torch 2.11 segfaulted: tests/_common.py)
-    probe='import torch, skelfast.ops; torch.ops.skelfast.dropout_add_relu(torch.zeros(2, 3), None, -0.1, 0)'
+    probe=$(PYTHONPATH="$PWD/tests:$PYTHONPATH" "$PY" -c 'import _common; print(_common.KERNEL_ERROR_PROBE)')
     { SKELFAST_QUIET_IMPORT=1 "$PY" -X faulthandler -c "$probe" 2>&1 | tail -25; echo "probe exit ${PIPESTATUS[0]}"
       if command -v gdb >/dev/null; then
         SKELFAST_QUIET_IMPORT=1 timeout 120 gdb -q -batch -ex run -ex bt --args "$PY" -c "$probe" 2>&1 | tail -40

@@ -33,15 +33,19 @@ def make_frames(N, device="cpu", seed=1):
     return torch.randint(30, 301, (N,), generator=g).to(device)
 
 
+# A raw op call whose C++ kernel raises ("p must be in [0, 1]"); benchmarks/gpu_session.sh runs it too.
+KERNEL_ERROR_PROBE = ("import torch, skelfast.ops; "
+                      "torch.ops.skelfast.dropout_add_relu(torch.zeros(2, 3), None, -0.1, 0)")
+
+
 @functools.lru_cache(maxsize=None)
 def kernel_errors_kill_process():
     """None where an error raised inside a skelfast C++ kernel reaches Python as a RuntimeError (torch
     2.13); else why not. With torch 2.11.0+cu130 on the lent H100 the same call ended the process
     with a segmentation fault, which took the whole pytest run with it. The probe runs in a child
     process; only a death by signal counts: any other outcome leaves the real check to fail or pass."""
-    probe = "import torch, skelfast.ops; torch.ops.skelfast.dropout_add_relu(torch.zeros(2, 3), None, -0.1, 0)"
     env = dict(os.environ, SKELFAST_QUIET_IMPORT="1")
-    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600, env=env)
+    r = subprocess.run([sys.executable, "-c", KERNEL_ERROR_PROBE], capture_output=True, text=True, timeout=600, env=env)
     if r.returncode >= 0:
         return None
     return (f"torch {torch.__version__}: an error raised inside a skelfast C++ kernel kills the process (signal "
