@@ -100,3 +100,57 @@ def test_no_cuda_flag_wins():
                           env={**os.environ, "SKELFAST_NO_CUDA": "1", "SKELFAST_FORCE_CUDA": "1"}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "CUDA kernels OFF (SKELFAST_NO_CUDA=1)" in proc.stdout
+
+
+def test_triton_launchers_run_on_their_inputs_device(monkeypatch):
+    """Triton launches on the current CUDA device, so every Triton registration enters the first
+    CUDA argument's device (here fake cuda:1 tensors; torch.cuda.device is recorded, not entered,
+    since this build has no CUDA). CPU arguments (TRITON_INTERPRET tests) enter nothing."""
+    from contextlib import contextmanager
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    entered, seen_inside = [], []
+
+    @contextmanager
+    def fake_device(dev):
+        entered.append(torch.device(dev))
+        yield
+
+    monkeypatch.setattr(torch.cuda, "device", fake_device)
+    launcher = _backend.on_input_device(lambda *a, **k: seen_inside.append(list(entered)) or "ran")
+
+    assert launcher(torch.zeros(2), 3, tau=0.1) == "ran"
+    assert entered == [] and seen_inside == [[]]
+    with FakeTensorMode():
+        on_1, on_0 = torch.empty(2, device="cuda:1"), torch.empty(2, device="cuda:0")
+        assert launcher(None, [on_1, on_0], on_0) == "ran"  # a list argument comes first
+    assert entered == [torch.device("cuda:1")]
+    assert seen_inside[-1] == [torch.device("cuda:1")]  # the launcher ran inside the guard
+
+
+def test_triton_cuda_registrations_are_device_guarded(monkeypatch):
+    """register_triton_for_cuda and attach_triton register the guarded launchers, not the bare ones."""
+    registered = []
+
+    class RecordingLibrary:
+        def __init__(self, *args):
+            pass
+
+        def impl(self, op, fn, key):
+            registered.append((op, fn, key))
+
+    monkeypatch.setattr(torch.library, "Library", RecordingLibrary)
+    monkeypatch.setattr(_backend.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(_backend, "_triton_cuda_libs", [])
+    monkeypatch.setattr(_backend, "_triton_lib", None)
+
+    def launcher(x):
+        return x
+
+    assert _backend.register_triton_for_cuda({"some_op": launcher})
+    monkeypatch.setattr(_backend, "_TRITON_KERNELS", {"other_op": (launcher, {})})
+    _backend.attach_triton("CUDA")
+    assert [(op, key) for op, _, key in registered] == [("some_op", "CUDA"), ("other_op", "CUDA")]
+    for _, fn, _ in registered:
+        assert fn is not launcher and fn.__wrapped__ is launcher

@@ -11,6 +11,7 @@ An explicit choice that cannot be met raises at `set_backend` and at the first o
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import warnings
@@ -60,6 +61,35 @@ def register_triton_kernel(op: str, fn: Callable, fallbacks: Optional[Dict[str, 
     _TRITON_KERNELS[op] = (fn, dict(fallbacks or {}))
 
 
+def _first_cuda_device(args) -> Optional[torch.device]:
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            if a.is_cuda:
+                return a.device
+        elif isinstance(a, (list, tuple)):
+            dev = _first_cuda_device(a)
+            if dev is not None:
+                return dev
+    return None
+
+
+def on_input_device(fn: Callable) -> Callable:
+    """Run a Triton launcher on its inputs' GPU. Triton launches on the *current* CUDA device and
+    the dispatcher does not switch devices for custom ops, so a tensor on cuda:1 with cuda:0
+    current would run on the wrong GPU (the compiled CUDA bindings open a DeviceGuard for the same
+    reason). The device is the first CUDA tensor argument's, as the bindings take x's."""
+
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs):
+        dev = _first_cuda_device(args)
+        if dev is None:
+            return fn(*args, **kwargs)
+        with torch.cuda.device(dev):
+            return fn(*args, **kwargs)
+
+    return guarded
+
+
 _triton_cuda_libs: List[torch.library.Library] = []
 
 
@@ -71,7 +101,7 @@ def register_triton_for_cuda(impls: Dict[str, Callable]) -> bool:
         return False
     lib = torch.library.Library("skelfast", "IMPL")
     for op, fn in impls.items():
-        lib.impl(op, fn, "CUDA")
+        lib.impl(op, on_input_device(fn), "CUDA")
     _triton_cuda_libs.append(lib)
     return True
 
@@ -88,7 +118,7 @@ def attach_triton(dispatch_key: str = "CUDA") -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "overriding a previously registered kernel" is the point here
         for op, (fn, fallbacks) in _TRITON_KERNELS.items():
-            lib.impl(op, fn, dispatch_key)
+            lib.impl(op, on_input_device(fn), dispatch_key)
             if not compiled:
                 for fallback_op, fallback_fn in fallbacks.items():
                     lib.impl(fallback_op, fallback_fn, dispatch_key)

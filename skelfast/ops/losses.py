@@ -36,7 +36,6 @@ gradient) raises instead of returning a wrong Hessian product (skelfast/ops/_fir
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 import numbers
 import operator
@@ -213,12 +212,9 @@ def _register_cuda() -> None:
     """There is no compiled CUDA kernel for this op: its CUDA key always runs the Triton launcher
     (semi-fused, performance.md §6), or the materialised composite when triton is missing."""
     global _cuda_lib
-    _cuda_lib = torch.library.Library("skelfast", "IMPL")
-    # find_spec, not import: importing triton here would fix its TRITON_INTERPRET mode too early.
-    if importlib.util.find_spec("triton") is not None:
-        _cuda_lib.impl("contrastive_lse", _triton_forward, "CUDA")
-        _cuda_lib.impl("contrastive_lse_backward", _triton_backward, "CUDA")
-    else:
+    if not _backend.register_triton_for_cuda({"contrastive_lse": _triton_forward,
+                                              "contrastive_lse_backward": _triton_backward}):
+        _cuda_lib = torch.library.Library("skelfast", "IMPL")
         _cuda_lib.impl("contrastive_lse", contrastive_lse_composite, "CUDA")
         _cuda_lib.impl("contrastive_lse_backward", _contrastive_lse_backward_composite, "CUDA")
 
