@@ -54,6 +54,22 @@ Tensor edge_weights(const Tensor& A_acc, const std::optional<Tensor>& E_acc, con
   return ae;
 }
 
+// What both passes read: A and importance in the accumulation dtype, bias contiguous.
+struct ReadInputs {
+  Tensor a_acc;
+  std::optional<Tensor> e_acc;
+  std::optional<Tensor> bias;
+};
+
+ReadInputs read_inputs(const Tensor& x, const Tensor& A, const std::optional<Tensor>& importance,
+                       const std::optional<Tensor>& bias) {
+  const ScalarType acc_st = x.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+  ReadInputs r{torch::stable::contiguous(torch::stable::to(A, acc_st)), std::nullopt, std::nullopt};
+  if (importance.has_value()) r.e_acc = torch::stable::contiguous(torch::stable::to(*importance, acc_st));
+  if (bias.has_value()) r.bias = torch::stable::contiguous(*bias);
+  return r;
+}
+
 Tensor graph_conv_cuda(Tensor x, Tensor weight, std::optional<Tensor> bias, Tensor A, std::optional<Tensor> importance,
                        int64_t groups) {
   const DeviceGuard guard(x.get_device_index());
@@ -62,12 +78,10 @@ Tensor graph_conv_cuda(Tensor x, Tensor weight, std::optional<Tensor> bias, Tens
   Tensor xc = torch::stable::contiguous(x);
   Tensor out = torch::stable::new_empty(xc, {d.B, d.G * d.Cout, d.T, d.V});
   if (out.numel() == 0) return out;
-  const ScalarType acc_st = xc.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
-  Tensor a_acc = torch::stable::contiguous(torch::stable::to(A, acc_st));
-  std::optional<Tensor> e_acc;
-  if (importance.has_value()) e_acc = torch::stable::contiguous(torch::stable::to(*importance, acc_st));
-  std::optional<Tensor> bc;
-  if (bias.has_value()) bc = torch::stable::contiguous(*bias);
+  const ReadInputs in = read_inputs(xc, A, importance, bias);
+  const Tensor& a_acc = in.a_acc;
+  const std::optional<Tensor>& e_acc = in.e_acc;
+  const std::optional<Tensor>& bc = in.bias;
   const cudaStream_t stream = current_stream(xc);
   Tensor wp = packed_weight_cuda(weight, d);
   Tensor z = torch::stable::new_empty(xc, {d.K * d.Cin, d.B * d.T * d.V});
@@ -107,12 +121,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> graph_conv_backward_cuda(Tensor grad_
                   "skelfast::graph_conv_backward: grad_out must be (B, G*Cout, T, V) with x's dtype");
   Tensor xc = torch::stable::contiguous(x);
   Tensor gc = torch::stable::contiguous(grad_out);
-  const ScalarType acc_st = xc.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
-  Tensor a_acc = torch::stable::contiguous(torch::stable::to(A, acc_st));
-  std::optional<Tensor> e_acc;
-  if (importance.has_value()) e_acc = torch::stable::contiguous(torch::stable::to(*importance, acc_st));
-  std::optional<Tensor> bc;
-  if (bias.has_value()) bc = torch::stable::contiguous(*bias);
+  const ReadInputs in = read_inputs(xc, A, importance, bias);
+  const Tensor& a_acc = in.a_acc;
+  const std::optional<Tensor>& e_acc = in.e_acc;
+  const std::optional<Tensor>& bc = in.bias;
   const cudaStream_t stream = current_stream(xc);
   const int64_t R = d.B * d.T;
   Tensor wp = packed_weight_cuda(weight, d);
