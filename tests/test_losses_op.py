@@ -416,16 +416,29 @@ def test_deterministic_and_non_contiguous_inputs():
                                ops.relational_distill_loss(x["q"], s, x["queues"], QT))
 
 
-def test_torch_backend_falls_back_to_reference():
-    """SKELFAST_BACKEND=torch (or no compiled kernel): the public losses run the eager reference."""
+def test_torch_backend_falls_back_to_reference(monkeypatch):
+    """SKELFAST_BACKEND=torch (or no compiled kernel): the public losses run the eager reference
+    (spied: the kernel matches the reference to 1e-10 too, so equal values alone prove nothing)."""
     x = make(G=3, S=2)
+    ran = []
+
+    def spy(module, name):
+        fn = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, **k: ran.append(name) or fn(*a, **k))
+
+    for name in ("info_nce", "context_pair_losses", "ikem_loss", "relational_distill_loss"):
+        spy(L.ref, name)
+    spy(L, "contrastive_lse_composite")
+    previous = ops.get_backend()
     ops.set_backend("torch")
     try:
         got = [ops.phase2_loss(x["q"], x["u"], x["k"], x["queues"]), ops.info_nce(x["q"], x["k"], x["queues"]),
                ops.relational_distill_loss(x["q"], x["s"], x["queues"], x["QT"])]
         lse1, lse2, idx, _ = L.contrastive_lse(*op_args())
     finally:
-        ops.set_backend("auto")
+        ops.set_backend(previous)
+    assert set(ran) == {"info_nce", "context_pair_losses", "ikem_loss", "relational_distill_loss",
+                        "contrastive_lse_composite"}
     want = [R.phase2_loss(x["q"], x["u"], x["k"], x["queues"]), R.info_nce(x["q"], x["k"], x["queues"]),
             R.relational_distill_loss(x["q"], x["s"], x["queues"], x["QT"])]
     for g, w in zip(got, want):

@@ -312,11 +312,14 @@ def test_finetuning_step_on_stacked_encoders_matches_reference(name):
 @pytest.mark.parametrize("backend", ["skelfast", "reference"])
 def test_set_heads_writes_the_given_streams(backend):
     model = build("linear6", backend=backend, **LINEAR_TINY)
-    before = model.state_dict()
+    # Clones: state_dict() tensors share storage with the parameters set_heads_ writes in place.
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     w, b = torch.randn(2, 5, 16), torch.randn(2, 5)
     model.set_heads_((4, 1), w, b)
     after = model.state_dict()
-    torch.testing.assert_close(after["encoders.4.fc.weight"], w[0])
-    torch.testing.assert_close(after["encoders.1.fc.bias"], b[1])
+    for stream, i in ((4, 0), (1, 1)):
+        torch.testing.assert_close(after[f"encoders.{stream}.fc.weight"], w[i], rtol=0, atol=0)
+        torch.testing.assert_close(after[f"encoders.{stream}.fc.bias"], b[i], rtol=0, atol=0)
     untouched = [k for k in after if not k.startswith(("encoders.4.fc.", "encoders.1.fc."))]
+    assert any(k.startswith("encoders.0.fc.") for k in untouched)  # the other streams' heads are checked too
     assert all(torch.equal(after[k], before[k]) for k in untouched)

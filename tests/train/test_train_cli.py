@@ -45,8 +45,14 @@ def test_pretrain_outputs(chain):
     assert ck["model"]["queues._extra_state"]["ptr"] == (steps * 8) % 32
     tags = {json.loads(l)["tag"] for l in open(os.path.join(pre, "metrics.jsonl"))}
     assert {"train/loss", "train/loss_joint", "train/loss_omega", "train/lr"} <= tags
-    # phase 2 changes the loss composition (context + IKEM): the IKEM heads moved from their init
-    assert ck["optimizer"]["state"], "SGD momentum buffers are saved"
+    # Phase 2 ran (context + IKEM terms): SGD keeps momentum only for parameters that got a gradient,
+    # and the IKEM heads get one only in phase 2 (method.md §5.4b).
+    from skelfast.train.models import build_model
+    trainable = [n for n, p in build_model(ck["config"]).named_parameters() if p.requires_grad]
+    state = ck["optimizer"]["state"]
+    ikem = [i for i, n in enumerate(trainable) if n.startswith("ikem_heads.")]
+    assert ikem and all(i in state and state[i]["momentum_buffer"].abs().sum() > 0 for i in ikem)
+    assert len(state) == len(trainable), "every trainable parameter got a gradient"
 
 
 def test_distill_outputs(chain):
