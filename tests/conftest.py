@@ -4,7 +4,10 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for tests/_common.py
+TESTS = os.path.dirname(os.path.abspath(__file__))
+# tests/ for the shared helpers (_common.py); the repository root for `benchmarks`, which is not
+# installed with the package (whatever way pytest is started: python -m pytest, pytest, a subfolder)
+sys.path[:0] = [TESTS, os.path.dirname(TESTS)]
 
 import torch  # noqa: E402
 
@@ -15,7 +18,7 @@ from skelfast.precision import pin_ieee_fp32  # noqa: E402
 pin_ieee_fp32()
 
 if os.environ.get("SKELFAST_RECORD_TRITON_LAUNCHES"):   # the recording run of test_triton_compiles_for_gpu.py
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "triton"))
+    sys.path.insert(0, os.path.join(TESTS, "triton"))
     from _launches import install_recorder  # noqa: E402
     install_recorder(os.environ["SKELFAST_RECORD_TRITON_LAUNCHES"])
 

@@ -160,8 +160,11 @@ def test_falls_back_to_pytorch_ops():
     out = batch_norm_relu(x, rm.clone(), rv.clone(), None, None, False, 0.1, 1e-5)
     torch.testing.assert_close(out, torch.relu(F.batch_norm(x, rm, rv, None, None, False, 0.1, 1e-5)))
     xb = x.to(torch.bfloat16)
-    outb = batch_norm_relu(xb, None, None, w.to(torch.bfloat16), b.to(torch.bfloat16), True, 0.1, 1e-5)
+    wb, bb = w.to(torch.bfloat16), b.to(torch.bfloat16)
+    outb = batch_norm_relu(xb, None, None, wb, bb, True, 0.1, 1e-5)
     assert outb.dtype == torch.bfloat16
+    want_b = torch.relu(F.batch_norm(xb.double(), None, None, wb.double(), bb.double(), True, 0.1, 1e-5))
+    torch.testing.assert_close(outb.double(), want_b, rtol=1.6e-2, atol=1e-2)   # bf16 output rounding
     compiled = torch.compile(lambda t: batch_norm_relu(t, None, None, w, b, True, 0.1, 1e-5, None, 0.0),
                              backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), torch.relu(F.batch_norm(x, None, None, w, b, True, 0.1, 1e-5)))

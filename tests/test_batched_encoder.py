@@ -4,6 +4,7 @@ import torch
 
 from skelfast._extension import has_cpu_kernels
 from skelfast.nn import BatchedSTGCN
+from skelfast.nn.batched_stgcn import BatchedSTGCNBlock
 from skelfast.reference.stgcn import STGCN
 
 pytestmark = pytest.mark.skipif(not (has_cpu_kernels() and hasattr(torch.ops.skelfast, "graph_conv")),
@@ -337,10 +338,16 @@ def test_cuda_graph_capture_training_step():
         out = batched(static_x)
         sum(o.sum() for o in out).backward()
     static_x.copy_(x * 0.5)
-    graph.replay()
+    graph.replay()       # the grads were zero at capture, so after one replay they are the new input's
     torch.cuda.synchronize()
+    replayed = {n: p.grad.clone() for n, p in batched.named_parameters()}
+    batched.zero_grad(set_to_none=True)
     eager = batched(x * 0.5)
+    sum(o.sum() for o in eager).backward()
     torch.testing.assert_close(out[1], eager[1], atol=1e-4, rtol=1e-4)
+    for n, p in batched.named_parameters():
+        scale = p.grad.abs().max().item()
+        torch.testing.assert_close(replayed[n], p.grad, atol=1e-4 * scale, rtol=1e-4, msg=lambda m: f"{n}: {m}")
 
 
 def test_official_prefixed_checkpoint_roundtrip():
@@ -362,18 +369,29 @@ def test_official_prefixed_checkpoint_roundtrip():
 
 
 def test_dropout_train_runs_and_scales():
-    """With dropout active (p=0.5) the in-place block arithmetic still backpropagates; dropout
-    zeroes about half of a block's pre-activation elements (per element, not per channel)."""
+    """With dropout active (p=0.5) the in-place block arithmetic still backpropagates; a block's
+    dropout drops about half of its elements (per element, not per channel) and scales the rest."""
     refs = make_refs(2, dropout=0.5)
     batched = BatchedSTGCN.from_reference(refs).train()
     x = make_x(2, N=2, T=6)
     head, pool = batched(x)
     (head.sum() + pool.sum()).backward()
     assert all(torch.isfinite(p.grad).all() for p in batched.parameters())
-    blk = batched.st_gcn_networks[1]
-    y = blk.tcn[3](torch.randn(4, 8, 6, 25, dtype=torch.float64))
-    frac = (blk.tcn[4](y) == 0).double().mean().item()
-    assert 0.4 < frac < 0.6
+    # The block's own output (the fused BN + dropout + ReLU path). Without a residual, an element the
+    # mask drops is 0 and a kept one is twice its p=0 value: compare the same batch at p=0.5 and p=0.
+    blk = BatchedSTGCNBlock(2, 4, 8, residual="none", dropout=0.5).double().train()
+    xb = torch.randn(4, 2 * 4, 6, 25, dtype=torch.float64)
+    out = blk(xb, batched.A, None)
+    blk.tcn[4].p = 0.0
+    plain = blk(xb, batched.A, None)
+    positive = plain > 0
+    dropped, kept = out[positive] == 0, torch.isclose(out[positive], 2 * plain[positive])
+    assert (dropped ^ kept).all()
+    assert positive.sum() > 1000 and 0.45 < dropped.double().mean().item() < 0.55
+    per_channel = dropped.new_zeros(positive.shape)
+    per_channel[positive] = dropped
+    mixed = [(per_channel[:, c][positive[:, c]]) for c in range(out.shape[1])]
+    assert all(0 < m.double().mean() < 1 for m in mixed)         # per element: no channel dropped whole
     batched.eval()
     for r, sd in zip(refs, batched.per_model_state_dicts()):  # BN statistics moved during training
         r.load_state_dict(sd)

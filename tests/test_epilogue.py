@@ -126,10 +126,24 @@ def test_opcheck():
         torch.library.opcheck(op, args)
 
 
-def test_compiled_module_uses_pytorch_ops():
+@pytest.mark.parametrize("training", [False, True])
+def test_compiled_module_uses_pytorch_ops(training):
+    """Under torch.compile the op traces to plain PyTorch ops (no skelfast op in the graph)."""
     x, r = inputs((2, 3, 4, 5), torch.float32)
-    f = torch.compile(lambda a, b: dropout_add_relu(a, b, 0.5, training=False), fullgraph=True)
-    torch.testing.assert_close(f(x, r), torch.relu(x + r))
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    f = torch.compile(lambda a, b: dropout_add_relu(a, b, 0.5, training=training), backend=record, fullgraph=True)
+    out = f(x, r)
+    targets = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets and not any("skelfast" in t for t in targets), targets
+    if training:   # dropped elements give relu(r), kept ones relu(2x + r)
+        assert ((out == torch.relu(r)) | torch.isclose(out, torch.relu(2 * x + r))).all()
+    else:
+        torch.testing.assert_close(out, torch.relu(x + r))
 
 
 def test_errors():
@@ -150,7 +164,9 @@ def test_composite_matches_torch_dropout_law():
     torch.manual_seed(0)
     x = torch.ones(1 << 16)
     out = dropout_add_relu_composite(x, None, 0.25)
-    assert set(out.unique().tolist()) <= {0.0, float(torch.tensor(1 / 0.75))}
+    assert set(out.unique().tolist()) == {0.0, float(torch.tensor(1 / 0.75))}
+    kept = (out != 0).double().mean().item()
+    assert abs(kept - 0.75) < 5 * (0.75 * 0.25 / x.numel()) ** 0.5   # 5 sigma of the keep fraction
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])

@@ -42,7 +42,7 @@ def test_resample_short_sequences():
         linear_resample_weights(0)
 
 
-def test_resample_weights_are_a_partition_of_unity():
+def test_resample_weights_are_in_range_and_monotone():
     for L in (1, 2, 7, 37, 49, 51, 123, 300):
         i0, i1, w = linear_resample_weights(L)
         assert ((0 <= i0) & (i0 <= i1) & (i1 < L)).all() and ((0 <= w) & (w < 1)).all()
@@ -99,12 +99,14 @@ def test_rotation_sign_rule_one_decision_per_sequence():
     y = rotate_y(_shoulders(angles))
     u = y[:, :, 8, 0] - y[:, :, 4, 0]
     np.testing.assert_allclose(u[2, 1:], 0.0, atol=2e-3)
+    assert (u[0, 1:] > 0).all()                          # onto +x, not -x
     got = np.arctan2(-u[2, 0], u[0, 0])
     assert got == pytest.approx(2 * 0.6, abs=2e-3)
     # flipping every z flips S: now theta = +alpha and the frames map to +x again
     y2 = rotate_y(_shoulders(-angles))
     u2 = y2[:, :, 8, 0] - y2[:, :, 4, 0]
     np.testing.assert_allclose(u2[2, 1:], 0.0, atol=2e-3)
+    assert (u2[0, 1:] > 0).all()
 
 
 def test_rotation_leaves_absent_person_zero():

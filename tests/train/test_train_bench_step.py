@@ -1,7 +1,5 @@
 """benchmarks/bench_step.py runs (quick sizes) and reports a step time and a projection per provider."""
-import pytest
-
-bench = pytest.importorskip("benchmarks.bench_step")
+from benchmarks import bench_step as bench
 
 
 def test_bench_step_quick(capsys):

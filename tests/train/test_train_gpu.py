@@ -34,7 +34,11 @@ def test_pretrain_distill_linear_on_cuda(tiny, tmp_path, switches):
     assert main(["pretrain", "--config", "ikem6", "--device", "cuda", *switches, "--name", f"pre-{name}",
                  *_sets(sets)]) == 0
     ck, loss = _losses(pre)
-    assert ck["config"]["run"]["device"] == "cuda"
+    run_cfg = ck["config"]["run"]
+    assert run_cfg["device"] == "cuda"
+    assert (run_cfg["amp"] == "bf16") == ("--amp" in switches)
+    assert bool(run_cfg["compile"]) == ("--compile" in switches)
+    assert bool(run_cfg["cuda_graphs"]) == ("--cuda-graphs" in switches)
     assert len(loss) == 4 and torch.isfinite(torch.tensor(loss)).all()   # 2 phase-1 + 2 phase-2 steps
     assert ck["global_step"] == 4 and ck["epoch"] == 2
 

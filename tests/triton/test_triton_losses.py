@@ -2,7 +2,6 @@
 materialised composite, under TRITON_INTERPRET=1 on CPU when no GPU is visible (engineering.md §4).
 Tiny shapes (A=2, N=3, K=20, chunks of 8 columns: a few dozen programs per launch)."""
 import os
-import sys
 
 import pytest
 import torch
@@ -11,7 +10,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before skelfast.triton is imported
 triton = pytest.importorskip("triton")
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from test_losses_op import CONFIGS, TOL, op_args  # noqa: E402
 
 from skelfast._extension import has_cpu_kernels  # noqa: E402
