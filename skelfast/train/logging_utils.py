@@ -21,10 +21,11 @@ __all__ = ["RunLogger", "make_run_dir", "progress", "plot_losses", "plot_table",
 RUN_ARTIFACTS = ("metrics.jsonl", "last.pt", "results.json", "train.log")
 
 
-def make_run_dir(cfg: Mapping[str, Any], command: str, model_name: str) -> str:
+def make_run_dir(cfg: Mapping[str, Any], command: str, model_name: Optional[str] = None) -> str:
     """The folder of a new (not resumed) run: run.out_dir/run.name, created.
 
-    Unnamed runs get <command>_<model>_<timestamp>, with a -2, -3, ... suffix when that folder
+    Unnamed runs get <command>_<model>_<timestamp> (<command>_<timestamp> without a model name:
+    the pipeline), with a -2, -3, ... suffix when that folder
     exists (two runs started in the same second). A named folder that already holds a run's
     files is an error unless run.reuse_dir is true (resume a run with --resume instead)."""
     r = cfg["run"]
@@ -38,7 +39,7 @@ def make_run_dir(cfg: Mapping[str, Any], command: str, model_name: str) -> str:
                                   f"to write into it anyway")
         os.makedirs(path, exist_ok=True)
         return path
-    base = os.path.join(parent, f"{command}_{model_name}_{time.strftime('%Y%m%d-%H%M%S')}")
+    base = os.path.join(parent, "_".join(filter(None, (command, model_name, time.strftime("%Y%m%d-%H%M%S")))))
     os.makedirs(parent, exist_ok=True)
     for i in range(1, 10_000):
         path = base if i == 1 else f"{base}-{i}"

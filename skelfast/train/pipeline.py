@@ -18,7 +18,7 @@ import time
 from typing import Any, Dict
 
 from .config import _expand_dotted, merge, save_config, validate
-from .logging_utils import RunLogger, format_table, plot_table
+from .logging_utils import RunLogger, format_table, make_run_dir, plot_table
 
 __all__ = ["run_pipeline", "stage_config"]
 
@@ -45,8 +45,7 @@ def run_pipeline(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
     t0 = time.perf_counter()
     r = cfg["run"]
-    run_dir = os.path.join(os.path.expanduser(r["out_dir"]), r["name"] or f"pipeline_{time.strftime('%Y%m%d-%H%M%S')}")
-    os.makedirs(run_dir, exist_ok=True)
+    run_dir = make_run_dir(cfg, "pipeline")   # never into a folder that holds a run (as the sub-commands)
     save_config(cfg, run_dir)
     logger = RunLogger(run_dir, tensorboard=False)
     log = logger.log

@@ -161,3 +161,8 @@ def test_no_argument_pipeline_smoke(tiny, tmp_path, capsys):
     assert len(res["rows"]) == 4 and res["chance"] == 25.0
     for f in ("accuracy.png", "config.yaml", "pretrain/last.pt", "distill/last.pt", "pretrain/loss.png"):
         assert os.path.exists(os.path.join(run, f)), f
+    # the same name again: refused before anything is written (config, log and results untouched)
+    kept = {f: open(os.path.join(run, f), "rb").read() for f in ("config.yaml", "train.log", "results.json")}
+    assert main(_sets(sets)) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert all(open(os.path.join(run, f), "rb").read() == v for f, v in kept.items())
