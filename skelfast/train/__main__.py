@@ -96,7 +96,9 @@ def _sets_from_flags(a) -> List[str]:
 
 def _check_resume_config(a) -> None:
     """An explicit --config on --resume must be the resumed run's own config: the run continues with
-    its saved config, so a different one would be silently ignored (or switch settings mid-run)."""
+    its saved config, so a different one would be silently ignored (or switch settings mid-run).
+    Keys the given config leaves null are the ones a run fills in (run.name, distill.teacher,
+    finetune.checkpoint, ...): not compared, so the run's own preset is accepted."""
     from .checkpoint import load_checkpoint
     from .config import ConfigError, load_config
     saved = load_checkpoint(a.resume, expect_commands=(a.command,))["config"]
@@ -108,7 +110,7 @@ def _check_resume_config(a) -> None:
             xv, yv = x.get(k), y.get(k)
             if isinstance(xv, dict) and isinstance(yv, dict):
                 walk(xv, yv, f"{prefix}{k}.")
-            elif xv != yv:
+            elif xv != yv and xv is not None:
                 diff.append(f"{prefix}{k}")
     walk(given, saved, "")
     if diff:

@@ -7,6 +7,7 @@ import signal
 
 import pytest
 import torch
+import yaml
 
 from skelfast.train.__main__ import main
 from skelfast.train.checkpoint import load_checkpoint
@@ -116,6 +117,17 @@ def test_distill_resume_refuses_other_teacher(pre, capsys):
     assert main(["distill", "--resume", run, "--teacher", os.path.join(pre[0], "epoch_0001.pt")]) == 2
     assert "--teacher" in capsys.readouterr().err
     assert main(["distill", "--resume", run, "--teacher", pre[0]]) == 0        # the same teacher
+    # --config: the run's own config is accepted with the keys a run fills in left null (the preset's
+    # teacher and run name); a changed setting is refused
+    own = yaml.safe_load(open(os.path.join(run, "config.yaml")))
+    assert own["distill"]["teacher"] and own["run"]["name"] == "dis"
+    own["distill"]["teacher"] = own["run"]["name"] = None
+    yaml.safe_dump(own, open(os.path.join(pre[2], "own.yaml"), "w"))
+    assert main(["distill", "--resume", run, "--config", os.path.join(pre[2], "own.yaml")]) == 0
+    own["optim"]["lr"] = own["optim"]["lr"] * 2
+    yaml.safe_dump(own, open(os.path.join(pre[2], "changed.yaml"), "w"))
+    assert main(["distill", "--resume", run, "--config", os.path.join(pre[2], "changed.yaml")]) == 2
+    assert "optim.lr" in capsys.readouterr().err
     # 3. the student inherits the teacher's time scale (pretrained with true_timeline false)
     assert load_checkpoint(run)["config"]["model"]["true_timeline"] is False
 
