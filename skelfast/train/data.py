@@ -115,9 +115,14 @@ def two_views(x: torch.Tensor, gen: torch.Generator, shear: float, crop_ratio: f
     return out[:b], out[b:]
 
 
-def augment_one(x: torch.Tensor, gen: torch.Generator, shear: float, crop_ratio: float) -> torch.Tensor:
-    """One augmented view of x (b, 3, T, V, M) (fine-tuning)."""
+def augment_one(x: torch.Tensor, gen: torch.Generator, shear: float, crop_ratio: float, rank: int = 0,
+                world: int = 1) -> torch.Tensor:
+    """One augmented view of the local slice x (b, 3, T, V, M) (fine-tuning). As in two_views, the
+    parameters are drawn for the global batch b*world and rank `rank` keeps its rows, so ranks do
+    not share augmentations and a DDP run augments like one process on the global batch."""
     if shear <= 0 and crop_ratio <= 0:
         return x
-    starts, mats = sample_augment_params(x.shape[0], x.shape[2], gen, shear, crop_ratio)
-    return apply_augment_params(x, starts.to(x.device), mats.to(x.device), crop_ratio)
+    b = x.shape[0]
+    starts, mats = sample_augment_params(b * world, x.shape[2], gen, shear, crop_ratio)
+    rows = slice(rank * b, (rank + 1) * b)
+    return apply_augment_params(x, starts[rows].to(x.device), mats[rows].to(x.device), crop_ratio)

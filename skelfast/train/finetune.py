@@ -70,6 +70,7 @@ class FinetuneTask(Task):
         self.augment = cfg["finetune"]["augment"]
         self.seed, self.amp = cfg["run"]["seed"], cfg["run"]["amp"]
         self.curve = []
+        self.world, self.rank = 1, 0
 
     def epoch_desc(self, epoch: int) -> str:
         return f"finetune epoch {epoch}"
@@ -77,7 +78,8 @@ class FinetuneTask(Task):
     def step_loss(self, ddp_model, model, split, idx, epoch, step, device):
         x, y, f = split.batch(idx, device)
         if self.augment:
-            x = augment_one(x, step_generator(self.seed, epoch, step, salt=1), self.shear, self.crop)
+            x = augment_one(x, step_generator(self.seed, epoch, step, salt=1), self.shear, self.crop, self.rank,
+                            self.world)
         with autocast(device, self.amp):
             logits = ddp_model(x, f, view=self.view)
         return {"loss": F.cross_entropy(logits.float(), y), "out": None}
@@ -137,6 +139,7 @@ def run_finetune(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Op
         # a 1% subset can be smaller than a batch: shrink the batch rather than train on nothing
         d["batch_size"] = len(train)
     task = FinetuneTask(cfg, view, test)
+    task.world, task.rank = sess.info.world, sess.info.rank
     trainer = Trainer(cfg, task, model, f"finetune:{source}", train, sess.run_dir, sess.device, sess.info,
                       resume=ck_resume, meta={"labels_used": int(len(keep))})
     res = trainer.fit()

@@ -110,3 +110,24 @@ def test_torchrun_cli(tiny, tmp_path):
     ck = load_checkpoint(os.path.join(run, "trun"))
     assert ck["epoch"] == 2 and ck["model"]["queues._extra_state"]["ptr"] == 16
     assert proc.stdout.count("pretrain ikem6:") == 1          # rank 0 logs, once
+
+
+@pytest.mark.parametrize("views", [2, 1], ids=["two_views", "augment_one"])
+def test_rank_slices_augment_like_one_process(views):
+    """Each rank augments its slice of the global batch exactly as one process augments that batch
+    (pretraining/distillation's two views and fine-tuning's one view): ranks never share a draw."""
+    from skelfast.train.data import augment_one, step_generator, two_views
+    x = torch.randn(1, 3, 20, 25, 2).repeat(8, 1, 1, 1, 1)   # one sample 8 times: outputs differ by draw only
+
+    def run(part, rank, world):
+        gen = step_generator(0, 1, 3)
+        if views == 2:
+            return torch.cat(two_views(part, gen, 0.5, 6, rank, world))
+        return augment_one(part, gen, 0.5, 6, rank, world)
+
+    single = run(x, 0, 1)
+    per_rank = [run(x[r * 4:(r + 1) * 4], r, 2) for r in range(2)]
+    if views == 2:   # (v1, v2) per rank -> the single process's view-major layout
+        per_rank = [torch.cat([p[:4] for p in per_rank]), torch.cat([p[4:] for p in per_rank])]
+    torch.testing.assert_close(torch.cat(per_rank), single, rtol=0, atol=0)
+    assert not torch.equal(single[0], single[4])    # rows 0 and 4 (one on each rank) got different draws
