@@ -76,7 +76,8 @@ def official_layout(model: torch.nn.Module) -> OfficialLayout:
                 lay.modules[f"encoder_student_{OFFICIAL_LETTER[m]}"] = f"students.{s}"
         lay.queues["queue_teacher"] = ("teacher_queue", 0)
         lay.pointers["queue_ptr_teacher"] = "teacher_queue"
-        # Students and queues start fresh when loading a pretrained teacher (§6.1 'Modules').
+        # Students and queues start fresh when loading a pretrained teacher (§6.1 'Modules'); only
+        # then (load_official_checkpoint drops these for a distillation checkpoint).
         lay.optional = (r"^students\.", r"^queues\.", r"^teacher_queue\.")
     elif isinstance(model, LinearEval):
         if model.fused:
@@ -209,7 +210,11 @@ def load_official_checkpoint(path_or_state_dict, model: torch.nn.Module, ignore_
                 continue
         missing.append(key)
     if strict:
-        bad = [k for k in missing if not any(re.search(p, k) for p in lay.optional)]
+        # A distillation checkpoint (it has queue_teacher) holds students and queues: none may stay
+        # fresh. A bank that got some of its slots is never a fresh part (the rest would stay random).
+        optional = () if isinstance(model, TeacherStudent) and "queue_teacher" in sd else lay.optional
+        partial = {f"{path}.queue" for path in loaded_banks}
+        bad = [k for k in missing if k in partial or not any(re.search(p, k) for p in optional)]
         if bad:
             raise ValueError(f"official checkpoint leaves {len(bad)} {type(model).__name__} entries unloaded: "
                              + ", ".join(bad) + " (pass strict=False to allow)")

@@ -212,3 +212,24 @@ def test_export_round_trip():
         assert va == vb if not torch.is_tensor(va) else torch.equal(va, vb)
     shared = to_official_state_dict(build("crossclr3", shared_crossclr_heads=True, **TINY))
     assert "encoder_q_motion.fc.2.2.weight" in shared  # CrosSCLR-original nested head layout (§5.5)
+
+
+def test_partial_distillation_checkpoint_is_refused():
+    """Students and queues may stay fresh only when a *pretraining* checkpoint becomes the teacher
+    (§6.1): a distillation checkpoint missing a student or a queue is an error, and so is a
+    queue bank that got only some of its slots."""
+    sd = official_student_state()
+    del sd["queue_omega"]
+    for k in [k for k in sd if k.startswith("encoder_student_b.")]:
+        del sd[k]
+    with pytest.raises(ValueError, match=r"unloaded: .*students\.2\..*queues\.queue"):
+        load_official_checkpoint(sd, build("student6to3", **TINY))
+    report = load_official_checkpoint(sd, build("student6to3", **TINY), strict=False)
+    assert "queues.queue" in report.missing and any(k.startswith("students.2.") for k in report.missing)
+    # a pretraining checkpoint whose queues are kept (not ignored) but one is missing: the bank
+    # would be part loaded, part random
+    sd = official_ikem_state()
+    assert load_official_checkpoint(sd, build("student6to3", **TINY), ignore_weights=["encoder_k", "mlp2"]).loaded
+    del sd["queue_motion"]
+    with pytest.raises(ValueError, match=r"unloaded: queues\.queue"):
+        load_official_checkpoint(sd, build("student6to3", **TINY), ignore_weights=["encoder_k", "mlp2"])
