@@ -19,7 +19,7 @@ keyword overrides by `skelfast.reference.build`). Defaults follow the §11 recom
 | #11 | (none)                    | -        | reporting best vs last top-1: training loop concern, report both |
 | #12 | (none)                    | -        | worker re-seeding: not reproduced |
 | #13 | (none)                    | -        | config paths: explicit inputs of the training CLI |
-| #14 | true_timeline (model arg) | per model| explicit per model: crossclr3/linear3 False, ikem6/student6to3/student3to1/linear6 True |
+| #14 | true_timeline (model arg) | per model| explicit per model: crossclr3/linear3 False, ikem6/student6to3/student3to1/linear6 True; the distill command uses the teacher's unless model.true_timeline is set (student3to1 over crossclr3 official: true, with a warning) |
 """
 from __future__ import annotations
 
