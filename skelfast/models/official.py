@@ -197,6 +197,9 @@ def load_official_checkpoint(path_or_state_dict, model: torch.nn.Module, ignore_
     for path, vals in ptrs.items():
         if len(set(vals)) != 1:
             raise ValueError(f"official queue pointers for {path!r} disagree ({vals}); skelfast keeps one pointer per bank")
+        K = target[f"{path}.queue"].shape[-1]
+        if not 0 <= vals[0] < K:   # would fail only later, at the first enqueue of training
+            raise ValueError(f"official queue pointer {vals[0]} for {path!r} is outside the queue [0, {K})")
 
     loaded_banks = {path for path, _ in slots}
     missing = []

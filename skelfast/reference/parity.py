@@ -63,6 +63,10 @@ def resolve_lock(parity: Parity, modalities: Sequence[str]) -> Tuple[bool, ...]:
     unknown = [n for n in names if n not in MODALITIES6]
     if unknown:
         raise ValueError(f"lock_keys has unknown modality name(s) {unknown}; expected names from {MODALITIES6}")
+    absent = [n for n in names if n not in modalities]
+    if absent:   # e.g. 'acceleration' on a 3-modality model: it would lock nothing, silently
+        raise ValueError(f"lock_keys names modality(ies) {absent} that this model does not have; its modalities "
+                         f"are {tuple(modalities)}")
     return tuple(m in names for m in modalities)
 
 

@@ -85,8 +85,10 @@ def test_lock_flags_are_configurable():
     m = build("ikem6", lock_keys=("omega",), **TINY)
     assert m.lock == (False,) * 5 + (True,)
     assert m.unlocked(2) == (0, 1, 2, 3, 4) and m.unlocked(1) == tuple(range(6))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown modality"):
         build("ikem6", lock_keys=("elbow",), **TINY)
+    with pytest.raises(ValueError, match=r"\['acceleration'\] that this model does not have"):
+        build("crossclr3", lock_keys=("joint", "acceleration"), **TINY)   # would lock nothing for it
 
 
 def test_eval_mode_neither_updates_keys_nor_enqueues():

@@ -190,6 +190,9 @@ def test_pointer_disagreement_and_file_with_module_prefix(tmp_path):
     sd["queue_ptr_motion"] = torch.tensor([4])
     with pytest.raises(ValueError, match="pointers"):
         load_official_checkpoint(sd, build("crossclr3", **TINY))
+    sd = official_ikem_state(G=3, ptr=K)
+    with pytest.raises(ValueError, match=rf"pointer {K} for 'queues' is outside the queue \[0, {K}\)"):
+        load_official_checkpoint(sd, build("crossclr3", **TINY))
     sd = official_ikem_state(G=3, ptr=12)
     path = tmp_path / "epoch150_model.pt"
     torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}}, path)
