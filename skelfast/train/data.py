@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ import torch
 from ..data import EvalFeeder, PretrainFeeder, load_manifest
 from ..data.augment import apply_augment_params, sample_augment_params
 
-__all__ = ["DataError", "Split", "resolve_data_root", "open_split", "epoch_order", "step_generator",
+__all__ = ["DataError", "Split", "resolve_data_root", "evaluation_data", "open_split", "epoch_order", "step_generator",
            "two_views", "augment_one"]
 
 
@@ -46,6 +46,37 @@ class Split:
         y = torch.from_numpy(self.labels[idx])
         f = torch.from_numpy(self.frames[idx])
         return x.to(device), y.to(device), f.to(device)
+
+
+# What names a dataset in a config: evaluations inherit these from the checkpoint's run (not
+# synthetic.cache_dir: where the generated copy lives is this machine's business).
+DATASET_KEYS = ("root", "benchmark")
+SYNTHETIC_DATASET_KEYS = ("num_classes", "samples_per_class", "seed", "noise")
+
+
+def evaluation_data(cfg: Dict[str, Any], ck: Mapping[str, Any]) -> Optional[str]:
+    """Linear / k-NN / fine-tuning run on the data their checkpoint was trained on: with data.root
+    null and data.from_checkpoint true (the default), the checkpoint run's data.root, benchmark and
+    synthetic dataset settings replace the config's, so an NTU checkpoint is not evaluated on the
+    embedded synthetic set by default. An explicit data.root (--data) or from_checkpoint=false keeps
+    the config's. Changes cfg in place; returns a log line naming what was taken, or None."""
+    d, src = cfg["data"], ck["config"]["data"]
+    if d["root"] or not d.get("from_checkpoint", True):
+        return None
+    taken = {f"data.{k}": src[k] for k in DATASET_KEYS if k in src and src[k] != d[k]}
+    syn = src.get("synthetic", {})
+    taken.update({f"data.synthetic.{k}": syn[k] for k in SYNTHETIC_DATASET_KEYS
+                  if k in syn and syn[k] != d["synthetic"][k]})
+    for key, value in taken.items():
+        *parents, leaf = key.split(".")[1:]
+        node = d
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    if not taken:
+        return None
+    return ("evaluating on the checkpoint's data (data.from_checkpoint): "
+            + ", ".join(f"{k}={v}" for k, v in taken.items()))
 
 
 def resolve_data_root(cfg: Mapping[str, Any], log=None) -> str:

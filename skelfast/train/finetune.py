@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint
-from .data import Split, augment_one, open_split, step_generator
+from .data import Split, augment_one, evaluation_data, open_split, step_generator
 from .features import eval_model_from_checkpoint
 from .linear import topk_accuracy
 from .logging_utils import format_table, plot_table
@@ -127,6 +127,7 @@ def run_finetune(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Op
         raise ValueError("finetune needs --checkpoint CKPT (a pretrain or distill checkpoint or run folder)")
     src = load_checkpoint(checkpoint, expect_commands=("pretrain", "distill"))
     fc["checkpoint"], fc["view"] = src["path"], view
+    data_note = evaluation_data(cfg, src)
     sess = start_session(cfg, "finetune", src["model_name"], run_dir)
     d = cfg["data"]
     train_full, test = open_split(sess.data_root, d["train_split"]), open_split(sess.data_root, d["test_split"])
@@ -142,6 +143,8 @@ def run_finetune(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Op
     task.world, task.rank = sess.info.world, sess.info.rank
     trainer = Trainer(cfg, task, model, f"finetune:{source}", train, sess.run_dir, sess.device, sess.info,
                       resume=ck_resume, meta={"labels_used": int(len(keep))})
+    if data_note:
+        trainer.logger.log(data_note)
     res = trainer.fit()
     if sess.info.is_main and task.curve and not res["interrupted"]:
         last = task.curve[-1]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import save_config
-from .data import open_split
+from .data import evaluation_data, open_split
 from .features import (cached_features, calibrate_bn, eval_model_from_checkpoint, resolve_evaluation,
                        view_indices)
 from .linear import topk_accuracy
@@ -57,10 +57,13 @@ def run_knn(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Optiona
             random_init: Optional[bool] = None, run_dir: Optional[str] = None) -> Dict[str, Any]:
     kc = cfg["knn"]
     ck, view, random_init = resolve_evaluation(kc, "knn", checkpoint, view, random_init)
+    data_note = evaluation_data(cfg, ck)
     sess = start_session(cfg, "knn", ck["model_name"], run_dir)
     if not sess.info.is_main:
         return {}
     logger = RunLogger(sess.run_dir, tensorboard=False)
+    if data_note:
+        logger.log(data_note)
     save_config(cfg, sess.run_dir)
     d = cfg["data"]
     tr_split, te_split = open_split(sess.data_root, d["train_split"]), open_split(sess.data_root, d["test_split"])

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .checkpoint import save_checkpoint
 from .config import save_config
-from .data import open_split
+from .data import evaluation_data, open_split
 from .features import (cached_features, calibrate_bn, eval_model_from_checkpoint, resolve_evaluation,
                        view_indices)
 from .logging_utils import RunLogger, format_table, plot_table
@@ -138,8 +138,11 @@ def run_linear(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Opti
     """Linear evaluation of a pretrain / distill checkpoint; writes results.json, accuracy.png, linear.pt."""
     lc = cfg["linear"]
     ck, view, random_init = resolve_evaluation(lc, "linear", checkpoint, view, random_init)
+    data_note = evaluation_data(cfg, ck)
     sess = start_session(cfg, "linear", ck["model_name"], run_dir)
     logger = RunLogger(sess.run_dir, enabled=sess.info.is_main, tensorboard=cfg["run"]["tensorboard"])
+    if data_note:
+        logger.log(data_note)
     if not sess.info.is_main:   # nothing to share between ranks: features + heads are cheap
         return {}
     save_config(cfg, sess.run_dir)

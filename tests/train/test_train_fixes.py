@@ -242,3 +242,38 @@ def test_resuming_a_finished_run_says_so(pre, tmp_path):
     assert main(["pretrain", "--resume", run, "--no-progress"]) == 0
     last = open(os.path.join(run, "train.log")).read().strip().splitlines()[-1]
     assert "already finished its 2 epochs; nothing to train" in last, last
+
+
+# ------------------------------------------------------------------ 8. evaluation data from the checkpoint
+def test_evaluation_data_comes_from_the_checkpoint():
+    """linear / knn / finetune with data.root null evaluate on the checkpoint run's dataset."""
+    from skelfast.train.data import evaluation_data
+    ntu = {"config": {"data": {"root": "/data/ntu60", "benchmark": "xview",
+                               "synthetic": {"num_classes": 10, "samples_per_class": 30, "seed": 0, "noise": 1.0}}}}
+    cfg = load_config("linear", [])
+    note = evaluation_data(cfg, ntu)
+    assert cfg["data"]["root"] == "/data/ntu60" and "data.root=/data/ntu60" in note
+    # an explicit root (--data), or from_checkpoint=false, keeps the config's data
+    cfg = load_config("linear", ["data.root=/other"])
+    assert evaluation_data(cfg, ntu) is None and cfg["data"]["root"] == "/other"
+    cfg = load_config("linear", ["data.from_checkpoint=false"])
+    assert evaluation_data(cfg, ntu) is None and cfg["data"]["root"] is None
+    # a synthetic checkpoint: its dataset settings (not the cache folder), and nothing to say when equal
+    syn = {"config": {"data": {"root": None, "benchmark": "xsub", "synthetic": {
+        "num_classes": 4, "samples_per_class": 10, "seed": 3, "noise": 1.0, "cache_dir": "/elsewhere"}}}}
+    cfg = load_config("knn", ["data.synthetic.cache_dir=/here"])
+    assert "data.synthetic.num_classes=4" in evaluation_data(cfg, syn)
+    assert cfg["data"]["synthetic"] == {"num_classes": 4, "samples_per_class": 10, "seed": 3, "noise": 1.0,
+                                        "cache_dir": "/here"}
+    assert evaluation_data(cfg, syn) is None
+
+
+def test_knn_evaluates_on_the_pretraining_dataset(pre):
+    """The pretraining run used 4 classes x 10 samples; a knn config asking for 12 per class still
+    evaluates on the checkpoint's dataset, and the saved config and log say so."""
+    run = os.path.join(pre[2], "runs", "knn_data")
+    assert main(["knn", "--checkpoint", pre[0],
+                 *_sets(_tiny(pre, **{"run.name": "knn_data", "data.synthetic.samples_per_class": 12}))]) == 0
+    saved = yaml.safe_load(open(os.path.join(run, "config.yaml")))
+    assert saved["data"]["synthetic"]["samples_per_class"] == 10
+    assert "data.synthetic.samples_per_class=10" in open(os.path.join(run, "train.log")).read()
