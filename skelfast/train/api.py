@@ -17,6 +17,7 @@ maps and page-faults every large activation afresh.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -71,6 +72,10 @@ class Embedder(nn.Module):
         dev = next(self.model.parameters()).device
         x = x.to(dev, torch.float32)
         # None stays None (scale 1): filling in frames = T would scale by 50/T, not 1
+        if frames is None and getattr(self.model, "true_timeline", False):
+            warnings.warn("Embedder: no frames for a model trained with true_timeline (time scale 50/F): motion, "
+                          "acceleration and angular velocity use scale 1, unlike in training and linear "
+                          "evaluation; pass the raw frame counts F of resized (50-frame) inputs", stacklevel=2)
         frames = None if frames is None else torch.as_tensor(frames).to(dev)
         f = stream_features(self.model, x, frames)   # (S, N, H)
         streams = {name: f[i] for i, name in enumerate(self.streams)}

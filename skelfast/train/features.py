@@ -106,7 +106,8 @@ def feature_key(model: nn.Module, split: Split, device: torch.device, amp: str,
                 data_root: Optional[str] = None) -> Dict[str, Any]:
     """What determines the cached features: a hash of every encoder weight and buffer (the linear
     heads excluded: they do not change the features and are set after extraction), the model class
-    and its time-scale flag (not in the state dict), device type, amp, and the split's identity.
+    and its time-scale flag (not in the state dict), the encoders' class (the backend), device type,
+    amp, and the split's identity.
     Hashing the weights rather than the checkpoint path also catches a checkpoint rewritten in place
     and the random-init baseline (seeded weights, BN statistics calibrated on the data)."""
     h = hashlib.sha1()
@@ -121,7 +122,9 @@ def feature_key(model: nn.Module, split: Split, device: torch.device, amp: str,
         a = np.ascontiguousarray(a)
         d.update(f"{a.dtype}:{a.shape}".encode())
         d.update(a.tobytes())
+    enc = getattr(model, "encoders", None)   # the backend: batched (skelfast) or a list of encoders (reference)
     return {"encoders_sha1": h.hexdigest(), "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "encoders_class": None if enc is None else f"{type(enc).__module__}.{type(enc).__qualname__}",
             "true_timeline": getattr(model, "true_timeline", None), "device": device.type, "amp": amp,
             "data_root": os.path.abspath(data_root) if data_root else None, "split": split.name,
             "num_samples": len(split), "num_classes": int(split.num_classes), "split_sha1": d.hexdigest()}
@@ -172,7 +175,10 @@ def calibrate_bn(model: nn.Module, split: Split, device: torch.device, batch_siz
         m.reset_running_stats()
         m.momentum = None                 # cumulative moving average over the whole split
     model.to(device)
-    model.encoders.train()
+    model.encoders.train()                # BN on batch statistics, but no dropout: eval-mode features have none
+    for m in model.encoders.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
     n = len(split)
     for lo in range(0, n, batch_size):
         idx = np.arange(lo, min(lo + batch_size, n))

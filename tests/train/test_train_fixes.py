@@ -65,6 +65,29 @@ def test_feature_cache_not_reused_for_another_checkpoint(pre):
     cached_features(model, split, torch.device("cpu"), os.path.join(pre[2], "runs", "linB"), "model", 64,
                     "none", resolve_data_root(cfg), msgs.append)
     assert msgs == []
+    # ... but not for the other backend: same class and state-dict keys, other kernels
+    ref_model, _ = eval_model_from_checkpoint(load_checkpoint(b), split.num_classes, backend="reference")
+    cached_features(ref_model, split, torch.device("cpu"), os.path.join(pre[2], "runs", "linB"), "model", 64,
+                    "none", resolve_data_root(cfg), msgs.append)
+    assert len(msgs) == 1 and "encoders_class" in msgs[0]
+
+
+def test_bn_calibration_runs_without_dropout(pre):
+    """The random-init baseline's BN statistics are estimated as the eval-mode features will see the
+    layers: without dropout (two calibrations with different RNG states agree exactly)."""
+    from skelfast.train.data import open_split, resolve_data_root
+    from skelfast.train.features import calibrate_bn, eval_model_from_checkpoint
+    split = open_split(resolve_data_root(load_config("linear", _tiny(pre))), "train")
+    ck = load_checkpoint(pre[0])
+    ck["config"]["model"]["dropout"] = 0.5
+    stats = []
+    for seed in (0, 1):
+        model, _ = eval_model_from_checkpoint(ck, split.num_classes, random_init=True)
+        assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.5 for m in model.modules())
+        torch.manual_seed(seed)
+        calibrate_bn(model, split, torch.device("cpu"), 64)
+        stats.append({k: v for k, v in model.state_dict().items() if k.endswith("running_var")})
+    assert stats[0] and all(torch.equal(stats[0][k], stats[1][k]) for k in stats[0])
 
 
 # ------------------------------------------------------------------ 2. --resume with other flags
