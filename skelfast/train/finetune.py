@@ -138,7 +138,11 @@ def run_finetune(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Op
     train = subset_split(train_full, keep)
     if len(train) < d["batch_size"]:
         # a 1% subset can be smaller than a batch: shrink the batch rather than train on nothing
-        d["batch_size"] = len(train)
+        # (to a multiple of the DDP world size: each rank takes an equal share of a global batch)
+        d["batch_size"] = len(train) // sess.info.world * sess.info.world
+        if d["batch_size"] == 0:
+            raise ValueError(f"the labelled subset has {len(train)} samples, fewer than the {sess.info.world} "
+                             f"DDP processes; raise finetune.label_fraction or use fewer processes")
     task = FinetuneTask(cfg, view, test)
     task.world, task.rank = sess.info.world, sess.info.rank
     trainer = Trainer(cfg, task, model, f"finetune:{source}", train, sess.run_dir, sess.device, sess.info,
@@ -151,7 +155,7 @@ def run_finetune(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Op
         best = max(task.curve, key=lambda c: c["top1"])
         row = {"model": source, "view": view, "labels": f"{len(keep)}/{len(train_full)}",
                "last top-1": last["top1"], "best top-1": best["top1"], "last top-5": last["top5"],
-               "best top-5": best["top5"]}
+               "top-5 @ best": best["top5"]}
         print(format_table([row], list(row)))
         with open(os.path.join(sess.run_dir, "results.json"), "w") as fh:
             json.dump(dict(row, curve=task.curve, checkpoint=src["path"]), fh, indent=1)

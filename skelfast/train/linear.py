@@ -44,8 +44,9 @@ def train_linear_heads(train: Mapping[str, torch.Tensor], test: Mapping[str, tor
                        log=None, standardize: bool = False) -> Dict[str, Any]:
     """Softmax regression on cached features with the logit average of `streams` (method.md §7).
 
-    train/test: {'feats': (S, N, H), 'labels': (N,)}. Returns last/best top-1/top-5, the per-eval
-    curve and the heads W (s, C, H), b (s, C) of the selected streams.
+    train/test: {'feats': (S, N, H), 'labels': (N,)}. Returns the last top-1/top-5, the best top-1
+    (§11 #11) with its epoch and that epoch's top-5 ('best_top5'), the per-eval curve (epoch-mean
+    training loss) and the heads W (s, C, H), b (s, C) of the selected streams.
     """
     idx = list(streams)
     Xtr, ytr = train["feats"][idx].float(), train["labels"].long()
@@ -77,12 +78,15 @@ def train_linear_heads(train: Mapping[str, torch.Tensor], test: Mapping[str, tor
         for grp in opt.param_groups:
             grp["lr"] = lr_at(optim["lr"], e, optim["step"], optim["gamma"])
         order = torch.randperm(N, generator=g)
+        loss_sum = 0.0
         for i in range(steps):
             j = order[i * bs:(i + 1) * bs]
             loss = F.cross_entropy(logits(Xtr[:, j]), ytr[j])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            loss_sum += loss.detach()
+        loss = loss_sum / steps          # the epoch's mean training loss (curve and log)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"linear evaluation diverged (loss {loss.item()}) at epoch {e}; lower optim.lr")
         if e % eval_every == 0 or e == epochs:
@@ -155,7 +159,7 @@ def run_linear(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Opti
         logger.scalar(f"linear/top5_{view}", c["top5"], c["epoch"])
     row = {"model": f"{out['source']}{' (random init)' if random_init else ''}", "view": view,
            "last top-1": res["last_top1"], "best top-1": res["best_top1"], "last top-5": res["last_top5"],
-           "best top-5": res["best_top5"]}
+           "top-5 @ best": res["best_top5"]}
     cols = list(row)
     logger.log("\n" + format_table([row], cols))
     summary = {k: v for k, v in res.items() if k not in ("W", "b")}
