@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from concurrent.futures.process import BrokenProcessPool
 
 from . import BENCHMARKS, DATASETS
 
@@ -71,7 +72,12 @@ def main(argv=None) -> int:
             paths = generate(args.out, args.num_classes, args.samples_per_class, args.seed, args.noise,
                              workers=args.workers, progress=not args.no_progress)
             print(f"{args.out}: wrote {len(paths)} synthetic .skeleton files ({args.num_classes} classes)")
-    except (PrepareError, SkeletonFormatError, ValueError, FileNotFoundError) as exc:
+    except BrokenProcessPool as exc:   # a worker died mid-prepare, typically killed for memory
+        print(f"error: {exc} (out of memory? retry with fewer --workers; finished chunks are kept)",
+              file=sys.stderr)
+        return 2
+    except (PrepareError, SkeletonFormatError, ValueError, OSError) as exc:
+        # OSError: a missing path, permissions, a folder named like a file, a full disk (names the path)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

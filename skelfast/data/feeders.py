@@ -32,14 +32,22 @@ def load_labels(path: str) -> Tuple[List[str], List[int], Optional[List[int]]]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"label file {path!r} does not exist")
     if path.endswith(".json"):
-        with open(path) as fh:
-            d = json.load(fh)
+        try:
+            with open(path) as fh:
+                d = json.load(fh)
+        except (ValueError, UnicodeDecodeError) as exc:   # JSONDecodeError is a ValueError without the path
+            raise ValueError(f"{path}: unreadable label file ({type(exc).__name__}: {exc})") from None
         try:
             return list(d["sample_name"]), list(d["label"]), d.get("frame")
         except (KeyError, TypeError):
             raise ValueError(f"{path}: expected a JSON object with 'sample_name', 'label', 'frame'") from None
-    with open(path, "rb") as fh:
-        obj = pickle.load(fh)
+    try:
+        with open(path, "rb") as fh:
+            obj = pickle.load(fh)
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged pickle raises any of a dozen types, none naming the file
+        raise ValueError(f"{path}: unreadable label file ({type(exc).__name__}: {exc})") from None
     if isinstance(obj, (tuple, list)) and len(obj) == 3:
         return list(obj[0]), list(obj[1]), list(obj[2])
     if isinstance(obj, (tuple, list)) and len(obj) == 2:

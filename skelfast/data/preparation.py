@@ -95,11 +95,17 @@ def plan_samples(raw_dir: str, dataset: str, benchmark: str, ignore: Optional[Se
     raw_dir = os.fspath(raw_dir)
     if not os.path.isdir(raw_dir):
         raise PrepareError(f"--raw {raw_dir!r} is not a directory")
-    # the extension in any case (a copy through a case-insensitive file system may upper-case it)
-    files = sorted(f for f in os.listdir(raw_dir) if f.lower().endswith(".skeleton"))
+    # the extension in any case (a copy through a case-insensitive file system may upper-case it);
+    # hidden files are not samples (macOS '._S001...skeleton' resource forks beside the real ones)
+    files = sorted(f for f in os.listdir(raw_dir) if f.lower().endswith(".skeleton") and not f.startswith("."))
     if not files:
         raise PrepareError(f"--raw {raw_dir!r} contains no .skeleton files (expected the NTU RGB+D "
                            "'nturgb+d_skeletons' folder or a skelfast synthetic folder)")
+    seen: Dict[str, str] = {}
+    for f in files:   # X.skeleton and X.SKELETON side by side (case-sensitive file system): one sample twice
+        other = seen.setdefault(_stem(f), f)
+        if other != f:
+            raise PrepareError(f"--raw {raw_dir!r} holds sample {_stem(f)} twice ({other} and {f}); keep one")
     # compared by stem: ignore entries are sample names, with or without the .skeleton extension
     ignore_set = {_stem(n.strip()) for n in (load_ignore_list(dataset) if ignore is None else ignore)}
     plan = SamplePlan(raw_dir, dataset, benchmark, {s: [] for s in SPLITS}, {s: [] for s in SPLITS})

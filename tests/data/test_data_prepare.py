@@ -335,3 +335,33 @@ def test_ignore_entries_with_extension_and_upper_case_files(tmp_path):
     assert plan.names["train"] == [f"{NTU60_NAMES[0]}.skeleton", f"{NTU60_NAMES[3]}.SKELETON"]
     assert plan.names["val"] == []
     assert plan_samples(str(raw), "ntu60", "xsub", ignore=[NTU60_NAMES[1]]).fingerprint == plan.fingerprint
+
+
+def test_hidden_files_are_skipped_and_case_duplicates_refused(tmp_path):
+    """macOS resource forks ('._<name>.skeleton') are not samples; X.skeleton beside X.SKELETON
+    would be one sample twice (a case-sensitive file system) and is refused naming both."""
+    raw = ntu_folder(tmp_path, NTU60_NAMES[:2])
+    (raw / f"._{NTU60_NAMES[0]}.skeleton").write_bytes(b"\x00\x05\x16\x07 binary resource fork")
+    plan = plan_samples(str(raw), "ntu60", "xsub")
+    assert sum(len(v) for v in plan.names.values()) == 2
+    (raw / f"{NTU60_NAMES[1]}.SKELETON").write_text((raw / f"{NTU60_NAMES[1]}.skeleton").read_text())
+    with pytest.raises(PrepareError, match=rf"{NTU60_NAMES[1]} twice \({NTU60_NAMES[1]}.SKELETON and "
+                                           rf"{NTU60_NAMES[1]}.skeleton\)"):
+        plan_samples(str(raw), "ntu60", "xsub")
+
+
+def test_cli_reports_os_errors_and_damaged_label_files(tmp_path, capsys):
+    """A folder named like a sample (an OSError in the reader) ends in `error: ...` and exit 2, not a
+    traceback; a damaged label file raises ValueError naming the file (json and pickle)."""
+    from skelfast.data.__main__ import main
+    from skelfast.data.feeders import load_labels
+    raw = ntu_folder(tmp_path, NTU60_NAMES[:2])
+    os.mkdir(raw / f"{NTU60_NAMES[3]}.skeleton")
+    assert main(["prepare", "--dataset", "ntu60", "--benchmark", "xsub", "--raw", str(raw),
+                 "--out", str(tmp_path / "out"), "--workers", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and NTU60_NAMES[3] in err and "Traceback" not in err
+    for name, content in (("bad_label.json", b'{"sample_name": ['), ("bad_label.pkl", b"\x80\x04truncated")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=rf"{name}: unreadable label file"):
+            load_labels(str(tmp_path / name))
