@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("linear", help="linear evaluation on cached frozen features (method.md §7)")
     _common(p, "linear")
     p.add_argument("--checkpoint", default=None, help="pretrain / distill checkpoint (file or run folder)")
-    p.add_argument("--view", default=None, help="joint|motion|bone|acceleration|rotation_axis|omega|3views|all")
+    p.add_argument("--view", default=None, help="joint|motion|bone|acceleration|rotation_axis|omega|3views|all, "
+                   "or several separated by commas (one feature pass, one head per view)")
     p.add_argument("--random-init", action="store_true", help="evaluate a randomly initialised encoder")
     p = sub.add_parser("knn", help="k-NN evaluation of frozen features")
     _common(p, "knn")

@@ -139,9 +139,17 @@ def evaluate_checkpoint(cfg: Dict[str, Any], ck: Optional[Dict[str, Any]], views
 
 def run_linear(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Optional[str] = None,
                random_init: Optional[bool] = None, run_dir: Optional[str] = None) -> Dict[str, Any]:
-    """Linear evaluation of a pretrain / distill checkpoint; writes results.json, accuracy.png, linear.pt."""
+    """Linear evaluation of a pretrain / distill checkpoint; writes results.json, accuracy.png, linear.pt.
+
+    view: one view, or several separated by commas ('joint,motion,all'): one run computes the
+    features once and trains each view's heads on them (§7: per-modality numbers need one head per
+    view). results.json holds the single view's results, or {'views': {view: results}, ...};
+    linear.pt holds the heads of the first view."""
     lc = cfg["linear"]
     ck, view, random_init = resolve_evaluation(lc, "linear", checkpoint, view, random_init)
+    views = [v.strip() for v in str(view).split(",") if v.strip()]
+    if not views or len(set(views)) != len(views):
+        raise ValueError(f"--view {view!r}: expected one view or distinct views separated by commas")
     data_note = evaluation_data(cfg, ck)
     sess = start_session(cfg, "linear", ck["model_name"], run_dir)
     logger = RunLogger(sess.run_dir, enabled=sess.info.is_main, tensorboard=cfg["run"]["tensorboard"])
@@ -151,27 +159,30 @@ def run_linear(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Opti
         return {}
     save_config(cfg, sess.run_dir)
     tag = "random" if random_init else "model"
-    out = evaluate_checkpoint(cfg, ck, [view], sess.run_dir, sess.device, sess.data_root, random_init,
+    out = evaluate_checkpoint(cfg, ck, views, sess.run_dir, sess.device, sess.data_root, random_init,
                               tag=tag, log=logger.log)
-    res = out["results"][view]
-    for c in res["curve"]:
-        logger.scalar(f"linear/top1_{view}", c["top1"], c["epoch"])
-        logger.scalar(f"linear/top5_{view}", c["top5"], c["epoch"])
-    row = {"model": f"{out['source']}{' (random init)' if random_init else ''}", "view": view,
-           "last top-1": res["last_top1"], "best top-1": res["best_top1"], "last top-5": res["last_top5"],
-           "top-5 @ best": res["best_top5"]}
-    cols = list(row)
-    logger.log("\n" + format_table([row], cols))
-    summary = {k: v for k, v in res.items() if k not in ("W", "b")}
-    summary.update(checkpoint=ck["path"], view=view, source=out["source"], random_init=random_init)
+    rows, per_view = [], {}
+    for v in views:
+        res = out["results"][v]
+        for c in res["curve"]:
+            logger.scalar(f"linear/top1_{v}", c["top1"], c["epoch"])
+            logger.scalar(f"linear/top5_{v}", c["top5"], c["epoch"])
+        rows.append({"model": f"{out['source']}{' (random init)' if random_init else ''}", "view": v,
+                     "last top-1": res["last_top1"], "best top-1": res["best_top1"], "last top-5": res["last_top5"],
+                     "top-5 @ best": res["best_top5"]})
+        per_view[v] = {k: val for k, val in res.items() if k not in ("W", "b")}
+    cols = list(rows[0])
+    logger.log("\n" + format_table(rows, cols))
+    common = dict(checkpoint=ck["path"], source=out["source"], random_init=random_init)
+    summary = dict(per_view[views[0]], view=views[0], **common) if len(views) == 1 else dict(views=per_view, **common)
     with open(os.path.join(sess.run_dir, "results.json"), "w") as fh:
         json.dump(summary, fh, indent=1)
     if cfg["run"]["plots"]:
-        plot_table([row], cols, os.path.join(sess.run_dir, "accuracy.png"), "linear evaluation (%)")
+        plot_table(rows, cols, os.path.join(sess.run_dir, "accuracy.png"), "linear evaluation (%)")
     save_checkpoint(os.path.join(sess.run_dir, "linear.pt"),
                     {"command": "linear", "model_name": f"linear:{out['source']}", "config": cfg,
                      "model": out["model"].state_dict(), "optimizer": None, "epoch": cfg["optim"]["epochs"],
                      "step": 0, "global_step": 0, "rng": None, "history": logger.history,
-                     "meta": {"view": view, "source": out["source"]}})
+                     "meta": {"view": views[0], "source": out["source"]}})
     logger.close()
     return summary

@@ -80,6 +80,28 @@ def test_linear(chain, view):
     assert os.path.exists(out / "runs" / f"lin_{view}" / "features_model_train.pt")
 
 
+def test_linear_several_views_in_one_run(chain):
+    """--view joint,all: one feature pass, one head per view; each view's result equals its own
+    single-view run (test_linear's lin_joint / lin_all: same features, seed and settings)."""
+    base, pre, _, out = chain
+    for view in ("joint", "all"):   # the single-view runs (the same runs as test_linear's)
+        if not os.path.exists(out / "runs" / f"lin_{view}"):
+            assert main(["linear", "--checkpoint", pre, "--view", view, "--name", f"lin_{view}", "--epochs", "10",
+                         *_sets(base + ["linear.eval_every=5"])]) == 0
+    assert main(["linear", "--checkpoint", pre, "--view", "joint,all", "--name", "lin_multi", "--epochs", "10",
+                 *_sets(base + ["linear.eval_every=5"])]) == 0
+    run = out / "runs" / "lin_multi"
+    res = json.load(open(run / "results.json"))
+    assert list(res["views"]) == ["joint", "all"] and res["checkpoint"]
+    for view in ("joint", "all"):
+        single = json.load(open(out / "runs" / f"lin_{view}" / "results.json"))
+        assert res["views"][view]["curve"] == single["curve"], view
+    assert sorted(f for f in os.listdir(run) if f.startswith("features_")) == ["features_model_train.pt",
+                                                                              "features_model_val.pt"]
+    for bad in ("joint,joint", "joint,elbow"):
+        assert main(["linear", "--checkpoint", pre, "--view", bad, "--name", "lin_bad", *_sets(base)]) == 2
+
+
 def test_linear_student_and_knn(chain):
     base, _, dis, out = chain
     assert main(["linear", "--checkpoint", dis, "--name", "lin_s", "--epochs", "5", *_sets(base)]) == 0
