@@ -7,6 +7,11 @@ with the pretraining augmentations (crop + shear, method.md §2) on a seeded per
 training labels (label_fraction of every class, at least one sample per class; 1.0 = all). The
 test split is evaluated every `finetune.eval_every` epochs and at the end; last and best top-1/top-5
 are reported. Checkpoints and --resume work as for pretraining (train/loops.py).
+
+A multi-stream view (all, 3views) fine-tunes its streams jointly through the averaged logit, so
+each encoder's gradient is 1/S of the loss's. The anchors' multi-stream ("3s-") fine-tuning numbers
+are late ensembles of streams fine-tuned one by one: for those, run one single-stream view each
+(--view joint, motion, bone) and average the test scores.
 """
 from __future__ import annotations
 
