@@ -18,6 +18,7 @@ import torch
 
 from ..data import EvalFeeder, PretrainFeeder, load_manifest
 from ..data.augment import apply_augment_params, sample_augment_params
+from .config import _expand_dotted, merge
 
 __all__ = ["DataError", "Split", "resolve_data_root", "evaluation_data", "open_split", "epoch_order", "step_generator",
            "two_views", "augment_one"]
@@ -67,14 +68,9 @@ def evaluation_data(cfg: Dict[str, Any], ck: Mapping[str, Any]) -> Optional[str]
     syn = src.get("synthetic", {})
     taken.update({f"data.synthetic.{k}": syn[k] for k in SYNTHETIC_DATASET_KEYS
                   if k in syn and syn[k] != d["synthetic"][k]})
-    for key, value in taken.items():
-        *parents, leaf = key.split(".")[1:]
-        node = d
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
     if not taken:
         return None
+    cfg["data"] = merge(d, _expand_dotted({k[len("data."):]: v for k, v in taken.items()}))
     return ("evaluating on the checkpoint's data (data.from_checkpoint): "
             + ", ".join(f"{k}={v}" for k, v in taken.items()))
 
