@@ -1,5 +1,6 @@
 """skelfast.ops.graph_conv (grouped ST-GCN spatial unit) vs the reference unit (method.md §4.1-§4.2)."""
 import os
+import subprocess
 import sys
 
 import pytest
@@ -284,6 +285,27 @@ def test_arguments_on_another_device_are_refused():
         args[i] = args[i].to("meta")
         with pytest.raises(ValueError, match=f"graph_conv: {name} is on meta, x on cpu"):
             ops.graph_conv(x, *args, 2)
+
+
+def test_adjacency_without_subsets_is_refused():
+    """K = 0 subsets: the C++ binding divided by zero (SIGFPE ended the process). Found by review."""
+    x, w = torch.randn(2, 4, 3, 5), torch.randn(6, 4)
+    A0 = torch.zeros(0, 5, 5)
+    with pytest.raises(ValueError, match=r"A must be \(K, V, V\) with K >= 1 subsets, got \(0, 5, 5\)"):
+        ops.graph_conv(x, w, None, A0, None, 1)
+    if not has_cpu_kernels():
+        return
+    # the raw op, in a child process: a regression would end the test process with SIGFPE
+    code = ("import torch, skelfast.ops\n"
+            "try:\n"
+            "    torch.ops.skelfast.graph_conv(torch.randn(2, 4, 3, 5), torch.randn(6, 4), None, "
+            "torch.zeros(0, 5, 5), None, 1)\n"
+            "except RuntimeError as e:\n"
+            "    print('raised:', e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, SKELFAST_QUIET_IMPORT="1"))
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert "A must have K >= 1 subsets" in r.stdout, r.stdout + r.stderr[-2000:]
 
 
 def _import_triton_graph_conv():

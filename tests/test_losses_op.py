@@ -354,6 +354,31 @@ def test_op_matches_composite_and_gradcheck(cfg):
     assert torch.autograd.gradcheck(f, (qa, lpos), eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_op_without_gradient_sources(shared):
+    """A = 0 (only constant sources; a distillation with no student): the shared queue's oneDNN
+    convolution with 0 outputs raised an unreadable dispatcher error. Found by review."""
+    qa, lpos, queue_a, col_scale, qb, queue_b, *_ = op_args(shared=shared)
+    qa, lpos = qa[:0], lpos[:0]
+    if not shared:
+        queue_a = queue_a[:0]
+    args = (qa, lpos, queue_a, col_scale, qb, queue_b, [0, 1], [1, 0], 0.3, 2, False)
+    got = torch.ops.skelfast.contrastive_lse(*args)
+    want = L.contrastive_lse_composite(*args)
+    assert got[0].shape == (0, 3) and got[1].shape == (2, 3) and got[2].shape == (2, 3, 2)
+    torch.testing.assert_close(got[1], want[1], **TOL[torch.float64])
+    assert torch.equal(got[2], want[2])
+    dq, dl = torch.ops.skelfast.contrastive_lse_backward(torch.ones(0, 3, dtype=qa.dtype), torch.ones_like(got[1]),
+                                                         *args[:9], got[0], got[1])
+    assert dq.shape == (0, 3, 6) and dl.shape == (0, 3)
+    x = make(G=6, S=1, dtype=torch.float32, K=64, seed=3)
+    s0 = x["s"][:0].detach().requires_grad_(True)
+    out = ops.relational_distill_loss(x["q"], s0, x["queues"], x["QT"])
+    assert out.shape == (0,) and torch.equal(out, R.relational_distill_loss(x["q"], s0, x["queues"], x["QT"]))
+    out.sum().backward()
+    assert s0.grad.shape == s0.shape
+
+
 @pytest.mark.parametrize("cfg", CONFIGS[:3] + CONFIGS[4:5], ids=["default", "shared", "plain", "jacobian"])
 def test_opcheck(cfg):
     args = list(op_args(**cfg))

@@ -457,7 +457,7 @@ void forward_pass(const Problem& p, const Tensor& qa, const T* lpos, Tensor queu
     const int64_t cs = std::min(chunk, p.K - c0);
     ensure_workspace(ws, qa, A, p.B, N, p.Da, cs, blas);
     Tensor ca = queue_chunk(queue_a, c0, cs, p.ct, use_onednn<T>(p.Da), ws.conv_a);
-    chunk_sims(qa, ca, p.shared_a, ws.sa, sa);
+    if (A > 0) chunk_sims(qa, ca, p.shared_a, ws.sa, sa);  // no sources of group A: a conv with 0 outputs fails
     if (p.B > 0) {
       Tensor cb = queue_chunk(*queue_b, c0, cs, p.ct, use_onednn<T>(p.Db), ws.conv_b);
       chunk_sims(*qb, cb, false, ws.sb, sb);
@@ -606,7 +606,7 @@ std::tuple<Tensor, Tensor> contrastive_lse_backward_cpu(Tensor grad_lse1, Tensor
   if (col_scale.has_value()) scc = torch::stable::contiguous(*col_scale);
   Tensor dqa = torch::stable::new_zeros(qac, {p.A, p.N, p.Da});
   Tensor dlpos = torch::stable::new_empty(qac, {p.A, p.N});
-  if (p.N == 0) return {dqa, dlpos};
+  if (p.N == 0 || p.A == 0) return {dqa, dlpos};  // both empty: nothing has a gradient
   auto run = [&](auto tag) {
     using T = decltype(tag);
     const T it = static_cast<T>(1.0 / p.tau);

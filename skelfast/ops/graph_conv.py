@@ -61,6 +61,8 @@ def graph_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         A: (K, V, V) adjacency, A[k, v, w] from source v to target w. Constant for the kernels; an
             A that requires grad runs the PyTorch composite instead (its gradient is then exact).
         importance: (G, K, V, V) edge importance E (or (K, V, V) when G == 1), or None (= ones).
+            The kernels read E only where A != 0 (A's sparsity), so a NaN/inf in E where A == 0
+            stays out of the output there, while the composite's A * E turns it into NaN.
         groups: G.
     Returns:
         (B, G*Cout, T, V) in x's dtype. Differentiable w.r.t. x, weight, bias and importance.
@@ -72,6 +74,8 @@ def graph_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     for name, t in (("weight", weight), ("bias", bias), ("A", A), ("importance", importance)):
         if t is not None and t.device != x.device:   # the kernels' own check would end the process on torch 2.11
             raise ValueError(f"graph_conv: {name} is on {t.device}, x on {x.device}; all must be on one device")
+    if A.dim() != 3 or A.shape[0] < 1:
+        raise ValueError(f"graph_conv: A must be (K, V, V) with K >= 1 subsets, got {tuple(A.shape)}")
     lowp = _autocast_dtype(x.device.type)
     if lowp is not None and x.dtype != torch.float64:   # autocast leaves float64 alone
         x, weight = x.to(lowp), weight.to(lowp)
@@ -93,6 +97,7 @@ def graph_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
 def _fake_checks(x, weight, bias, A, importance, groups):
     torch._check(x.dim() == 4, lambda: "x must be (B, G*Cin, T, V)")
     torch._check(A.dim() == 3 and A.shape[1] == A.shape[2] == x.shape[3], lambda: "A must be (K, V, V)")
+    torch._check(A.shape[0] >= 1, lambda: "A must have K >= 1 subsets")
     torch._check(x.shape[1] % groups == 0, lambda: "x channels must be divisible by groups")
     torch._check(weight.shape[1] * groups == x.shape[1], lambda: "weight must be (G*K*Cout, Cin[,1,1])")
     torch._check(weight.shape[0] % (groups * A.shape[0]) == 0, lambda: "weight rows must be G*K*Cout")

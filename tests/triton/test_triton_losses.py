@@ -147,3 +147,22 @@ def test_fused_infonce_kernel_matches_cpp(dtype, shared, scale, jacobian):
     want = L.contrastive_lse_composite(*_to(big, device="cpu"))
     torch.testing.assert_close(got[0].cpu(), want[0], **TOL[dtype])
     torch.testing.assert_close(got[3].cpu(), want[3], **TOL[dtype])
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_no_gradient_sources_match_cpp(shared):
+    """A = 0: only constant sources (pairs and mining among them), as in a distillation with no student."""
+    TL = _tl()
+    qa, lpos, queue_a, col_scale, qb, queue_b, *_ = op_args(shared=shared)
+    qa, lpos = qa[:0], lpos[:0]
+    if not shared:
+        queue_a = queue_a[:0]
+    args = (qa, lpos, queue_a, col_scale, qb, queue_b, [0, 1], [1, 0], 0.3, 2, False)
+    got = TL.contrastive_lse_forward(*_to(args), chunk=8)
+    want = torch.ops.skelfast.contrastive_lse(*args)
+    assert got[1].shape == (2, 3)
+    torch.testing.assert_close(got[1].cpu(), want[1], **TOL[torch.float64])
+    assert torch.equal(got[2].cpu(), want[2])
+    dq, dl = TL.contrastive_lse_backward(*_to([torch.ones(0, 3, dtype=qa.dtype), torch.ones_like(want[1])]
+                                             + list(args[:9]) + [want[0], want[1]]), chunk=8)
+    assert dq.shape == (0, 3, 6) and dl.shape == (0, 3)

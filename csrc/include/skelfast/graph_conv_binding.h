@@ -26,6 +26,8 @@ inline GraphConvDims graph_conv_dims(const torch::stable::Tensor& x, const torch
   STD_TORCH_CHECK(x.dim() == 4, "skelfast::graph_conv: x must be (B, G*Cin, T, V), got rank ", x.dim());
   STD_TORCH_CHECK(groups >= 1, "skelfast::graph_conv: groups must be >= 1");
   STD_TORCH_CHECK(A.dim() == 3 && A.size(1) == A.size(2), "skelfast::graph_conv: A must be (K, V, V)");
+  // K = 0 would divide by zero below (SIGFPE ends the process instead of raising).
+  STD_TORCH_CHECK(A.size(0) >= 1, "skelfast::graph_conv: A must have K >= 1 subsets, got K=0");
   GraphConvDims d{};
   d.B = x.size(0);
   d.G = groups;
