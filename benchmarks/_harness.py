@@ -4,8 +4,8 @@
   median with p20/p80 in milliseconds. measure_interleaved({name: fn}): the same for the providers
   of one case, on GPU timed in turns so that machine drift cannot favour one of them (on CPU one
   provider after another by default; see its docstring).
-- peak_memory(fn): peak bytes allocated during one call (CUDA allocator stats on GPU, a
-  tracemalloc-free CPU estimate through torch's CPU profiler memory events otherwise).
+- peak_memory_mb(fn): peak bytes allocated during one call (CUDA allocator stats on GPU, the CPU
+  profiler's raw allocation records otherwise); cuda_graph_pool_mb() for what CUDA graphs hold.
 - check_close(got, want) / check_rel_l2(got, want): every provider's output is checked against the
   reference before it is timed, so a fast wrong kernel never gets a number.
 - floor(bytes_moved, flops): the performance.md §2 floor max(bytes / copy bandwidth, FLOPs / GEMM
@@ -54,10 +54,11 @@ CASE_FIELDS = KEY_FIELDS[:6]
 # throughput/throughput_unit: the natural rate of a case (samples/s, files/s, or the achieved GB/s);
 # gbs / tflops: achieved rates at the case's minimal bytes / nominal FLOPs; pct_of_floor = floor_us /
 # median time with floor_bound the binding term ("memory", "compute", or a labelled variant);
-# pct_of_datasheet_peak: vs a published peak (performance.md §2), only where a bench states one.
+# pct_of_datasheet_peak: vs a published peak (performance.md §2), only where a bench states one;
+# backend: what a skelfast provider's ops ran on (skelfast_backend()), empty for the references.
 VALUE_FIELDS = ["p50_ms", "p20_ms", "p80_ms", "peak_mem_mb", "speedup_vs_reference", "speedup_vs_compile",
                 "throughput", "throughput_unit", "gbs", "tflops", "pct_of_floor", "floor_us", "floor_bound",
-                "pct_of_datasheet_peak", "timestamp", "run_id"]
+                "pct_of_datasheet_peak", "timestamp", "run_id", "backend"]
 # One id per benchmark process: rows of a case written by different runs (a provider that failed or
 # was left out of a re-run keeps its older row) are told apart by it in the report.
 RUN_ID = f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
@@ -69,6 +70,23 @@ class Stats:
     p20: float
     p80: float
     n: int
+
+
+def compile_static(fn: Callable) -> Callable:
+    """torch.compile for a baseline provider, one static graph per shape (`dynamic=False`).
+
+    With the default, a compiled function called at a second size (N=64 then 128, K=4096 then
+    32768) is recompiled with that size symbolic (automatic dynamic shapes), which is not what a
+    user compiling for the one shape of a training run gets. Callers start every case with
+    fresh_compile_cache(), so the per-code recompile limit is never reached either (past it, dynamo
+    silently runs the function eagerly)."""
+    return torch.compile(fn, dynamic=False)
+
+
+def fresh_compile_cache() -> None:
+    """Forget every compiled graph (torch._dynamo.reset()): each case's compiled providers compile
+    for its own shapes in their (untimed) checking call, whatever earlier cases compiled."""
+    torch._dynamo.reset()
 
 
 def sync(device: torch.device) -> None:
@@ -193,8 +211,8 @@ def _stats(times: List[float]) -> Stats:
 def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
     """Peak memory allocated while fn() runs, in MiB, above what was allocated before.
 
-    CUDA: torch.cuda.max_memory_allocated. CPU: the profiler's memory events (allocations made by
-    torch's CPU allocator), integrated in time order.
+    CUDA: torch.cuda.max_memory_allocated. CPU: the profiler's raw memory records (every allocation
+    and free made through torch's CPU allocator, any thread), integrated in time order.
     """
     if device.type == "cuda":
         sync(device)
@@ -207,15 +225,36 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
 
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    # Each allocation/free is attributed to the op that made it (self memory; an op's total would
-    # count its children again); integrate them in time order for the peak above the start.
-    events = [e for e in prof.events() if getattr(e, "self_cpu_memory_usage", 0)]
-    events.sort(key=lambda e: e.time_range.start)
     current = peak = 0
-    for e in events:
-        current += e.self_cpu_memory_usage
+    for _, nbytes in _cpu_memory_records(prof):
+        current += nbytes
         peak = max(peak, current)
     return peak / 2**20
+
+
+def cuda_graph_pool_mb(device: torch.device) -> float:
+    """MiB held by CUDA-graph private memory pools on `device` (snapshot segments outside the
+    default pool (0, 0)). A replayed graph allocates nothing, so peak_memory_mb of a call that
+    replays one misses the buffers the graph keeps in its pool: add this for such a provider."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return sum(seg["total_size"] for seg in torch.cuda.memory_snapshot()
+               if seg.get("device", index) == index and tuple(seg["segment_pool_id"]) != (0, 0)) / 2**20
+
+
+def _cpu_memory_records(prof) -> List[Tuple[int, int]]:
+    """(time, bytes) of every CPU allocation (+) and free (-) the profiler saw, in time order.
+
+    The raw records, not the per-op self memory of prof.events(): an op's own net allocation nets
+    out whatever it allocates and frees inside itself, so a torch.compile'd region (one op in the
+    profile) and the scratch of a C++ kernel would both count as about zero (measured: a compiled
+    mm-relu-mm came out at 0 MiB instead of 32). Falls back to the per-op records where this torch
+    has no kineto_results."""
+    results = getattr(getattr(prof, "profiler", None), "kineto_results", None)
+    if results is not None:
+        return sorted((e.start_ns(), e.nbytes()) for e in results.events()
+                      if e.name() == "[memory]" and str(e.device_type()) == "DeviceType.CPU")
+    events = [e for e in prof.events() if getattr(e, "self_cpu_memory_usage", 0)]
+    return sorted((e.time_range.start, e.self_cpu_memory_usage) for e in events)
 
 
 @contextlib.contextmanager
@@ -323,11 +362,14 @@ def timed_row(op: str, device: torch.device, provider: str, mode: str, shape: st
     FLOPs: give the achieved GB/s and TFLOP/s columns and the §2 floor (floor(), with floor_dtype's
     GEMM rate); floor_bound overrides the name of the binding term (a labelled floor).
     throughput: (value, unit) of the case's natural rate; default the achieved GB/s, else TFLOP/s.
-    extra: further columns (printed tables show them; the CSV keeps VALUE_FIELDS only).
+    extra: further columns (printed tables show them; the CSV keeps VALUE_FIELDS only); a skelfast
+    provider's `backend` defaults to skelfast_backend(device) at the time of the call.
     """
     row = base_row(op, device)
     row.update(provider=provider, mode=mode, shape=shape, dtype=dtype, p50_ms=stats.p50, p20_ms=stats.p20,
                p80_ms=stats.p80, peak_mem_mb="" if peak_mb is None else round(peak_mb, 2))
+    if provider.startswith("skelfast"):
+        row["backend"] = skelfast_backend(device)
     seconds = stats.p50 * 1e-3
     if reference_ms:
         row["speedup_vs_reference"] = reference_ms / stats.p50
@@ -439,6 +481,16 @@ def git_sha() -> str:
                                        text=True, stderr=subprocess.DEVNULL).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def skelfast_backend(device: torch.device) -> str:
+    """What skelfast ops run on for `device` under the selected backend, e.g. 'auto:compiled'
+    (skelfast._C's kernels; on CUDA, ops without a CUDA kernel run the Triton launchers registered
+    on their CUDA key), 'triton:triton', or 'auto:torch' (the eager reference: no kernel was
+    available, so a skelfast row measured the reference). Call it inside the provider's backend."""
+    from skelfast.ops import _backend
+
+    return f"{_backend.get_backend()}:{_backend.resolve(device)}"
 
 
 def base_row(op: str, device: torch.device) -> Dict[str, str]:

@@ -106,7 +106,7 @@ def bench_augment(reps: int, device: torch.device):
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     cases = [("cpu_per_sample_numpy", torch.device("cpu"), per_sample)]
-    compiled_two_views = torch.compile(batched_two_views)
+    compiled_two_views = H.compile_static(batched_two_views)
     for d in devices:
         x = torch.from_numpy(x_np).to(d)
         g = torch.Generator(device=d).manual_seed(0)

@@ -98,8 +98,8 @@ def with_providers(names, reference: Callable, batched: Callable, device: torch.
         with torch.autocast(device.type, dtype=torch.bfloat16):
             return tuple(o.float() for o in batched(*args))
 
-    makers = {"reference": lambda: reference, "reference+compile": lambda: torch.compile(reference),
-              "skelfast": lambda: batched, "skelfast+compile": lambda: torch.compile(batched),
+    makers = {"reference": lambda: reference, "reference+compile": lambda: H.compile_static(reference),
+              "skelfast": lambda: batched, "skelfast+compile": lambda: H.compile_static(batched),
               "skelfast-bf16": lambda: lowp}
     return {name: makers[name]() for name in names}
 
@@ -186,6 +186,7 @@ def run(sizes, G: int, device: torch.device, modes, quick: bool, names):
         x = torch.randn(G, N, 3, T, V, M, generator=g).to(device)
         fwd_flops = G * encoder_forward_flops(N * M)
         for mode in modes:
+            H.fresh_compile_cache()
             if mode == "forward":
                 def in_mode(fn):
                     def call():
@@ -195,7 +196,12 @@ def run(sizes, G: int, device: torch.device, modes, quick: bool, names):
                 flops = fwd_flops
             else:
                 def in_mode(fn):
+                    # every call writes fresh gradients, as a training step after zero_grad(set_to_none)
+                    # does: accumulating into .grad across timed calls would add one kernel per
+                    # parameter, 6x more of them for the six reference encoders than the batched one
                     def call():
+                        for prm in params:
+                            prm.grad = None
                         h, p = fn(x)
                         (h.float().sum() + p.float().sum()).backward()
                         return h.detach(), p.detach()
@@ -238,6 +244,7 @@ def run_last_block(sizes, G: int, device: torch.device, quick: bool, names):
     cin = blocks[0][0].gcn.conv.in_channels
     rows = []
     for N in sizes:
+        H.fresh_compile_cache()
         x = torch.randn(N * M, G * cin, 13, V, device=device)
         xs = [c.contiguous() for c in x.chunk(G, dim=1)]
         if device.type == "cpu":  # the layout BatchedSTGCN runs its blocks in on CPU

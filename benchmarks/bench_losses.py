@@ -118,7 +118,7 @@ def providers(case: str, names: List[str]):
     if "reference" in names:
         out["reference"] = ref_fn
     if "reference+compile" in names:
-        compiled_inner = torch.compile(lambda xr, *a: ref_fn0(xr, *a))
+        compiled_inner = H.compile_static(lambda xr, *a: ref_fn0(xr, *a))
         out["reference+compile"] = lambda x, *a: compiled_inner(x["_ref"], *a)
     if "skelfast" in names:
         out["skelfast"] = sk_fn
@@ -135,9 +135,9 @@ def full_step(fn, x, grad_names):
 
 def run(cases, Ks, provider_names, device, quick, queue_dtype=torch.float32):
     rows = []
-    print(H.ceilings_line(device), flush=True)
     for case in cases:
         for K in Ks:
+            H.fresh_compile_cache()
             x = make_inputs(case, K, device, queue_dtype=queue_dtype)
             x["_ref"] = reference_view(x)
             provs, grad_names = providers(case, provider_names)
@@ -190,13 +190,16 @@ def main(argv=None):
     Ks = [int(k) for k in args.K.split(",")] if args.K else ([4096] if args.quick else [4096, 32768, 65536])
     print(f"skelfast {skelfast.__version__}, torch {torch.__version__}, {H.device_name(device)}, "
           f"threads {torch.get_num_threads()}, backends {ops.available_backends()}")
-    rows = run(args.cases.split(","), Ks, args.providers.split(","), device, args.quick,
-               getattr(torch, args.queue_dtype))
+    print(H.ceilings_line(device), flush=True)
+    rows = []
+    for case in args.cases.split(","):   # written case by case: a run stopped by a time limit keeps the finished cases
+        case_rows = run([case], Ks, args.providers.split(","), device, args.quick, getattr(torch, args.queue_dtype))
+        path = H.write_rows(case_rows, "losses", device, args.out_dir)
+        print(f"wrote {path}", flush=True)
+        rows += case_rows
     H.print_table(rows, ["op", "provider", "shape", "p50_ms", "p20_ms", "p80_ms", "speedup_vs_reference",
                          "speedup_vs_compile", "tflops", "pct_of_floor", "peak_mem_mb", "mem_ratio_vs_reference",
                          "rss_peak_mb"])
-    path = H.write_rows(rows, "losses", device, args.out_dir)
-    print(f"wrote {path}")
     return 0
 
 

@@ -34,7 +34,7 @@ def providers(device: torch.device):
     def eager(views, frames):
         return [reference.modalities(v, frames) for v in views]
 
-    compiled_ref = torch.compile(reference.modalities)
+    compiled_ref = H.compile_static(reference.modalities)
 
     def compiled(views, frames):
         return [compiled_ref(v, frames) for v in views]
@@ -67,6 +67,7 @@ def run(sizes, device: torch.device, quick: bool):
     print(H.ceilings_line(device))
     rows = []
     for N in sizes:
+        H.fresh_compile_cache()
         views, frames = make_inputs(N, device, seed=N)
         bytes_moved = 2 * (N * 3 * T * V * M * 4) * (1 + len(MODALITIES6))  # 2 views: read x, write 6 outputs
         with torch.no_grad():
@@ -78,11 +79,13 @@ def run(sizes, device: torch.device, quick: bool):
                     stats = H.measure(lambda: fn(views, frames), device, min_time_s=0.2 if quick else 1.0,
                                       min_reps=5 if quick else 20)
                     peak = H.peak_memory_mb(lambda: fn(views, frames), device)
-                results[name] = (stats, peak)
+                    backend = H.skelfast_backend(device) if name.startswith("skelfast") else ""
+                results[name] = (stats, peak, backend)
         rows += [H.timed_row("modalities", device, name, "forward", f"N={N},T={T},V={V},M={M},views=2", "float32",
                              stats, peak, reference_ms=results["reference"][0].p50,
-                             compile_ms=results["reference+compile"][0].p50, bytes_moved=bytes_moved)
-                 for name, (stats, peak) in results.items()]
+                             compile_ms=results["reference+compile"][0].p50, bytes_moved=bytes_moved,
+                             backend=backend)
+                 for name, (stats, peak, backend) in results.items()]
     return rows
 
 

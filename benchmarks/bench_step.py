@@ -40,7 +40,8 @@ mask), which alone moves the first loss by up to ~8e-4 at p = 0.5. The timed ste
 encoders' dropout `--dropout` (default 0.5, the official value; on CPU dropout's bernoulli_ is a
 real part of the eager step).
 
-Columns: median/p20/p80 step time, throughput = samples/s, peak memory, speedup_vs_reference,
+Columns: median/p20/p80 step time, throughput = samples/s, peak memory (skelfast+graphs: plus the
+graphs' private pools, step_peak_mb), speedup_vs_reference,
 speedup_vs_compile (over reference+compile), tflops = achieved TFLOP/s at the step's nominal FLOPs
 (step_flops), floor_us = those FLOPs / the GEMM rate measured in this run for the provider's compute
 dtype (fp32, bf16 for skelfast+bf16), pct_of_floor = floor / median, and the projected time of the
@@ -193,6 +194,15 @@ def precision(provider: str) -> str:
     return "bf16" if provider.endswith("bf16") else "fp32"
 
 
+def step_peak_mb(provider: str, step, device: torch.device) -> float:
+    """Peak MiB one step allocates; for CUDA graphs plus the graphs' private pools, which hold the
+    captured steps' buffers (a replay allocates nothing, so the call alone measures about 0)."""
+    peak = H.peak_memory_mb(step, device)
+    if provider.endswith("+graphs") and device.type == "cuda":
+        peak += H.cuda_graph_pool_mb(device)
+    return peak
+
+
 def run_case(case: str, provs, a, device: torch.device, reps: int, failures: list):
     """Check every provider's first-step loss against the reference's, then time it; one row each.
     A provider that fails or misses the check gets no row; the failure is appended to `failures`."""
@@ -231,7 +241,7 @@ def run_case(case: str, provs, a, device: torch.device, reps: int, failures: lis
     # H.measure_interleaved: in turns on GPU (machine drift lands on every provider alike)
     stats = H.measure_interleaved(steps, device, warmup=(0 if a.quick else 1) if cpu else 3, min_reps=reps,
                                   min_time_s=0.0 if cpu else 1.0, max_reps=reps if cpu else 200) if steps else {}
-    results = {prov: (stats[prov], None if a.no_memory else H.peak_memory_mb(step, device))
+    results = {prov: (stats[prov], None if a.no_memory else step_peak_mb(prov, step, device))
                for prov, step in steps.items()}
     ref, comp = results.get("reference"), results.get("reference+compile")
     rows = []
@@ -291,6 +301,7 @@ def main(argv=None) -> int:
                                          key=str)), flush=True)
     failures, rows, path = [], [], None
     for case in cases:   # written case by case: a run stopped by a time limit keeps the finished cases
+        H.fresh_compile_cache()
         case_rows = run_case(case, provs, a, device, reps, failures)
         rows += case_rows
         if not a.no_write and case_rows:

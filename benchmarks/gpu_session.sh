@@ -6,7 +6,9 @@
 #                                               # then the test files that run on the GPU when one is seen
 #   bash benchmarks/gpu_session.sh test-train   # the trainer's GPU switches (tests/train/test_train_gpu.py)
 #   bash benchmarks/gpu_session.sh test-all     # the whole suite (CUDA tests run instead of skipping)
-#   bash benchmarks/gpu_session.sh bench-ops    # bench_modalities, bench_losses, bench_moco, bench_epilogue on cuda
+#   bash benchmarks/gpu_session.sh bench-ops    # bench_modalities, bench_moco, bench_epilogue on cuda
+#   bash benchmarks/gpu_session.sh bench-losses [CASES]  # bench_losses (K=4096,32768,65536); CASES e.g.
+#                                               # phase2 (default phase1,phase2,distill)
 #   bash benchmarks/gpu_session.sh bench-encoder  # bench_encoder (N=64,128, last block)
 #   bash benchmarks/gpu_session.sh bench-step [CASES]  # bench_step (N=128, K=32768, every GPU provider);
 #                                               # CASES e.g. phase1 (default phase1,phase2,distill)
@@ -56,8 +58,12 @@ pytest_run() {  # pytest_run SECONDS LOGNAME ARGS...
 bench() {  # bench LOGNAME TAIL MODULE ARGS...: a failing benchmark is reported and the next one still runs
   local log=$1 n=$2
   shift 2
-  "$PY" -m "$@" --device cuda --out-dir "$RES" 2>&1 | tee "$LOGS/$log" | tail -"$n" \
-    || echo "== $1 exited with status $? (log: $log)"
+  # stopped before the device tool's limit, so the summary and the rows written so far come back
+  # (bench_losses and bench_step write their CSV case by case)
+  local left=$((CALL_S - SECONDS))
+  if [ "$left" -lt 20 ]; then echo "== $1 skipped: ${left}s left of this call"; return; fi
+  timeout "$left" "$PY" -m "$@" --device cuda --out-dir "$RES" 2>&1 | tee "$LOGS/$log" | tail -"$n" \
+    || echo "== $1 exited with status $? (124: stopped at the time limit; log: $log)"
 }
 
 case "${1:-}" in
@@ -88,10 +94,16 @@ case "${1:-}" in
     ;;
   bench-ops)
     build
-    for b in bench_modalities bench_losses bench_moco bench_epilogue; do
+    for b in bench_modalities bench_moco bench_epilogue; do
       echo "== $b $(date -u +%T)"
       bench "$b.txt" 25 "benchmarks.$b"
     done
+    ;;
+  bench-losses)
+    build
+    # each (case, K) compiles its torch.compile baseline afresh (static shapes): 9 compiles in all
+    cases=${2:-phase1,phase2,distill}
+    bench "bench_losses_${cases//,/_}.txt" 30 benchmarks.bench_losses --cases "$cases"
     ;;
   bench-encoder)
     build
@@ -113,7 +125,7 @@ case "${1:-}" in
     for f in "${csvs[@]}"; do "$PY" -m benchmarks.report "$f"; done
     ;;
   *)
-    sed -n '2,21p' "$0"
+    sed -n '2,23p' "$0"
     exit 2
     ;;
 esac
