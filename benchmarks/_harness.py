@@ -271,6 +271,10 @@ def _quiet_stderr():
         os.close(saved)
 
 
+# Measured ceilings (copy bandwidth, GEMM and exp rates), once per run and size. Each is taken at
+# the p20 time of its calls, not the median: a ceiling is what the unit reaches, and on the shared
+# CPU box a slow spell during the short measurement once read the GEMM rate as 90 GFLOP/s at the
+# median, against 126-153 in the runs beside it (every % of floor of that run then read ~1.5x high).
 _CEILINGS: Dict[tuple, float] = {}
 
 
@@ -288,17 +292,30 @@ def copy_bandwidth_gbs(device: torch.device, mbytes: Optional[float] = None) -> 
     if key not in _CEILINGS:
         x = torch.empty(max(1, int(mbytes * 2**20) // 4), dtype=torch.float32, device=device).normal_()
         stats = measure(lambda: x.clone(), device, warmup=2, min_reps=5, min_time_s=0.3)
-        _CEILINGS[key] = 2 * x.numel() * 4 / (stats.p50 * 1e-3) / 1e9
+        _CEILINGS[key] = 2 * x.numel() * 4 / (stats.p20 * 1e-3) / 1e9
     return _CEILINGS[key]
 
 
-def gemm_tflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
+def gemm_tflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, tf32: bool = False) -> float:
     """Dense GEMM rate (TFLOP/s) at n x n x n, measured once per run: the compute roofline for
-    that dtype on this device. GPU: torch.matmul (TF32/bf16 tensor cores follow torch's matmul
-    settings). CPU: the faster of torch.matmul (MKL) and the same GEMM as a channels-last 1x1
-    convolution (oneDNN): on AMD CPUs MKL's sgemm reaches about half of what oneDNN does, and the
-    encoders' convolutions run on oneDNN, so matmul alone would put them above 100% of the floor."""
-    key = ("gemm", str(device), dtype, n)
+    that dtype on this device. GPU: torch.matmul (fp32 pinned to IEEE at import; tf32=True
+    measures the TF32 tensor cores instead). CPU: the faster of torch.matmul (MKL) and the same GEMM
+    as a channels-last 1x1 convolution (oneDNN): on AMD CPUs MKL's sgemm reaches about half of what
+    oneDNN does, and the encoders' convolutions run on oneDNN, so matmul alone would put them above
+    100% of the floor."""
+    tf32 = tf32 and device.type == "cuda" and dtype == torch.float32
+    key = ("gemm", str(device), dtype, n, tf32)
+    if tf32 and key not in _CEILINGS:
+        saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            return _measure_gemm(device, dtype, n, key)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = saved
+    return _measure_gemm(device, dtype, n, key)
+
+
+def _measure_gemm(device: torch.device, dtype: torch.dtype, n: int, key: tuple) -> float:
     if key not in _CEILINGS:
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
@@ -308,20 +325,48 @@ def gemm_tflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int
             w = b.view(n, n, 1, 1)                                               # (N=n, K=n, 1, 1)
             calls.append(lambda: torch.nn.functional.conv2d(x, w))
         with torch.no_grad():
-            best_ms = min(measure(fn, device, warmup=2, min_reps=5, min_time_s=0.3).p50 for fn in calls)
+            best_ms = min(measure(fn, device, warmup=2, min_reps=5, min_time_s=0.3).p20 for fn in calls)
         _CEILINGS[key] = 2 * n**3 / (best_ms * 1e-3) / 1e12
     return _CEILINGS[key]
 
 
-def floor(bytes_moved: float = 0.0, flops: float = 0.0, device: Optional[torch.device] = None,
-          dtype: torch.dtype = torch.float32) -> Tuple[float, str]:
-    """performance.md §2 floor: (max(bytes / copy bandwidth, FLOPs / GEMM rate of `dtype`) in
-    microseconds, binding term), both ceilings measured on this device in this run.
+# Special-function (exp2) throughput of an H100/H200, published (performance.md §2, from the
+# FlashAttention-3 paper): a torch.exp measured on the GPU is memory-bound, far below it.
+GPU_EXP_PER_S = 3.9e12
 
-    bytes_moved: inputs read and outputs written once; flops: nominal FLOPs. The bandwidth is that
-    of the large copy (DRAM/HBM, term "memory"), or that of a copy moving the same bytes when this
-    is faster (term "memory, cache-warm"): a working set that fits in a cache stays there across
-    the repeated calls of a benchmark, and would otherwise run above 100% of its floor."""
+
+def exp_rate(device: torch.device) -> float:
+    """exps per second: on CUDA the published GPU_EXP_PER_S; on CPU torch.exp over a buffer that
+    stays in the L2 caches (256 KiB: both threads' halves fit), measured once per run."""
+    if device.type == "cuda":
+        return GPU_EXP_PER_S
+    key = ("exp", str(device))
+    if key not in _CEILINGS:
+        x = torch.rand(65536, device=device)
+        out = torch.empty_like(x)
+        reps = 32
+
+        def call():
+            for _ in range(reps):
+                torch.exp(x, out=out)
+        _CEILINGS[key] = reps * x.numel() / (measure(call, device, warmup=2, min_reps=5, min_time_s=0.2).p20 * 1e-3)
+    return _CEILINGS[key]
+
+
+def floor(bytes_moved: float = 0.0, flops: float = 0.0, device: Optional[torch.device] = None,
+          dtype: torch.dtype = torch.float32, exps: float = 0.0, tf32x3: bool = False) -> Tuple[float, str]:
+    """performance.md §2 floor: (max(bytes / copy bandwidth, FLOPs / GEMM rate of `dtype`, exps /
+    exp rate) in microseconds, binding term), the ceilings measured on this device in this run
+    (the exp rate on GPU is the published one, exp_rate()). The fourth term of §2, launches, is
+    left out: the cases time one call of fused work.
+
+    bytes_moved: inputs read and outputs written once; flops: nominal FLOPs; exps: the exponentials
+    any implementation must evaluate. tf32x3 (CUDA, fp32): the FLOPs run as three TF32
+    tensor-core products each (Triton's input_precision="tf32x3", skelfast's fp32 loss kernels),
+    so the rate is a third of the measured TF32 rate (term "compute, tf32x3"). The bandwidth is
+    that of the large copy (DRAM/HBM, term "memory"), or that of a copy moving the same bytes when
+    this is faster (term "memory, cache-warm"): a working set that fits in a cache stays there
+    across the repeated calls of a benchmark, and would otherwise run above 100% of its floor."""
     device = device or torch.device("cpu")
     t_mem, mem_term = 0.0, "memory"
     if bytes_moved:
@@ -331,8 +376,13 @@ def floor(bytes_moved: float = 0.0, flops: float = 0.0, device: Optional[torch.d
             if same_size > bw:
                 bw, mem_term = same_size, "memory, cache-warm"
         t_mem = bytes_moved / (bw * 1e9)
-    t_flop = flops / (gemm_tflops(device, dtype) * 1e12) if flops else 0.0
-    return max(t_mem, t_flop) * 1e6, (mem_term if t_mem >= t_flop else "compute")
+    tf32x3 = tf32x3 and device.type == "cuda" and dtype == torch.float32
+    rate = gemm_tflops(device, dtype, tf32=True) / 3 if tf32x3 else gemm_tflops(device, dtype)
+    t_flop = flops / (rate * 1e12) if flops else 0.0
+    t_exp = exps / exp_rate(device) if exps else 0.0
+    t, term = max((t_mem, mem_term), (t_flop, "compute, tf32x3" if tf32x3 else "compute"), (t_exp, "exp"),
+                  key=lambda tt: tt[0])
+    return t * 1e6, term
 
 
 def floor_us(bytes_moved: float = 0.0, flops: float = 0.0, device: Optional[torch.device] = None,
@@ -341,9 +391,15 @@ def floor_us(bytes_moved: float = 0.0, flops: float = 0.0, device: Optional[torc
     return floor(bytes_moved, flops, device, dtype)[0]
 
 
-def ceilings_line(device: torch.device, dtypes: Sequence[torch.dtype] = (torch.float32,)) -> str:
-    """One line naming this run's measured ceilings (printed by every benchmark that uses them)."""
+def ceilings_line(device: torch.device, dtypes: Sequence[torch.dtype] = (torch.float32,), exps: bool = False,
+                  tf32: bool = False) -> str:
+    """One line naming this run's ceilings (printed by every benchmark that uses them); exps / tf32:
+    also the exp rate and (CUDA) the TF32 GEMM rate, for floors that use them."""
     gemm = ", ".join(f"{str(d)[6:]} GEMM {gemm_tflops(device, d) * 1e3:.1f} GFLOP/s" for d in dtypes)
+    if tf32 and device.type == "cuda":
+        gemm += f", tf32 GEMM {gemm_tflops(device, torch.float32, tf32=True) * 1e3:.1f} GFLOP/s"
+    if exps:
+        gemm += f", exp {exp_rate(device) / 1e9:.1f} G/s" + (" (published)" if device.type == "cuda" else "")
     return (f"ceilings measured in this run on {device_name(device)}: copy {copy_bandwidth_gbs(device):.1f} GB/s "
             f"(read+write, {default_copy_mib(device)} MiB), {gemm}; CPU allocator {CPU_ALLOCATOR}"
             + (f"; CUDA fp32 {fp32_precision_summary()}" if device.type == "cuda" else ""))
@@ -353,14 +409,16 @@ def timed_row(op: str, device: torch.device, provider: str, mode: str, shape: st
               peak_mb: Optional[float] = None, reference_ms: Optional[float] = None,
               compile_ms: Optional[float] = None, bytes_moved: Optional[float] = None, flops: Optional[float] = None,
               floor_dtype: torch.dtype = torch.float32, floor_bound: Optional[str] = None,
-              throughput: Optional[Tuple[float, str]] = None, **extra) -> Dict[str, object]:
+              throughput: Optional[Tuple[float, str]] = None, exps: Optional[float] = None,
+              tf32x3: bool = False, **extra) -> Dict[str, object]:
     """One CSV row of a timed case.
 
     reference_ms / compile_ms: medians of the eager reference and of its torch.compile provider,
     measured in the same run (speed-up columns; left empty when that provider did not run).
     bytes_moved / flops: the case's minimal traffic (inputs read, outputs written once) and nominal
     FLOPs: give the achieved GB/s and TFLOP/s columns and the §2 floor (floor(), with floor_dtype's
-    GEMM rate); floor_bound overrides the name of the binding term (a labelled floor).
+    GEMM rate, and `exps` / `tf32x3` passed on); floor_bound overrides the name of the binding term
+    (a labelled floor).
     throughput: (value, unit) of the case's natural rate; default the achieved GB/s, else TFLOP/s.
     extra: further columns (printed tables show them; the CSV keeps VALUE_FIELDS only); a skelfast
     provider's `backend` defaults to skelfast_backend(device) at the time of the call.
@@ -380,7 +438,7 @@ def timed_row(op: str, device: torch.device, provider: str, mode: str, shape: st
     if flops:
         row["tflops"] = flops / seconds / 1e12
     if bytes_moved or flops:
-        floor_val, bound = floor(bytes_moved or 0.0, flops or 0.0, device, floor_dtype)
+        floor_val, bound = floor(bytes_moved or 0.0, flops or 0.0, device, floor_dtype, exps or 0.0, tf32x3)
         row.update(floor_us=round(floor_val, 3), floor_bound=floor_bound or bound,
                    pct_of_floor=100 * floor_val / (stats.p50 * 1e3))
     if throughput is not None:

@@ -8,15 +8,23 @@ Providers: `reference` (eager), `reference+compile` (torch.compile of the same r
 `skelfast` (streaming op: C++ on CPU; Triton on GPU when selected). Every provider's loss and
 gradients are checked against the eager reference before timing.
 
-Floor: `floor_us` is the GEMM floor (forward similarities + query-gradient GEMMs, gemm_flops(), at
-the fp32 GEMM rate measured in the same run by the harness); `pct_of_floor` = floor / median time;
-the achieved TFLOP/s is at those nominal FLOPs. On CPU these losses are GEMM-bound, so this is the
-relevant roofline; on GPU see performance.md §3(b), §6 for the memory/exp floors.
+Floor (performance.md §2, harness floor()): the largest of
+- the GEMMs (forward similarities + query-gradient products, gemm_flops()) at the GEMM rate of the
+  unit skelfast runs them on: fp32 on CPU; on CUDA, phase 1 runs the fully fused Triton InfoNCE
+  kernel, three TF32 products each (tf32x3: a third of the TF32 rate measured in the same run),
+  while phase 2 and distillation (pairs, 768-d sources) run their similarity GEMMs on cuBLAS in
+  fp32, which the harness pins to IEEE (fp32 rate);
+- the queues read once (queue_bytes()) at the measured copy bandwidth;
+- the exponentials any implementation needs (exp_count()) at the exp rate (measured on CPU, the
+  published SFU rate on GPU).
+`floor_bound` names the binding term, `pct_of_floor` = floor / median time; the achieved TFLOP/s is
+at the nominal FLOPs. On CPU the GEMM term binds at every K.
 
-Peak memory: `peak_mem_mb` is the shared harness measure (torch profiler allocation events, above
-the inputs). `rss_peak_mb` is the rise of the process's peak resident set (VmHWM, reset through
-/proc/self/clear_refs) during one call: it sees every byte, including C++ workspaces. Both are in
-the printed table; the CSV keeps the harness measure in peak_mem_mb.
+Peak memory: `peak_mem_mb` is the shared harness measure (every allocation through torch's
+allocator, the C++ kernels' workspaces included, above the inputs). `rss_peak_mb` is the rise of
+the process's peak resident set (VmHWM, reset through /proc/self/clear_refs) during one call: it
+also sees memory outside torch's allocator (oneDNN's scratchpads). Both are in the printed table;
+the CSV keeps the harness measure in peak_mem_mb.
 
 Usage: python -m benchmarks.bench_losses [--quick] [--cases phase1,phase2,distill] [--K 4096,32768]
        [--providers reference,reference+compile,skelfast] [--queue-dtype bfloat16] [--device cuda]
@@ -74,6 +82,21 @@ def gemm_flops(case: str, K: int, n: int = N, d: int = D) -> float:
     if case == "distill":
         return 2 * G * n * d * K + 2 * (2 * S * n * G * d * K)
     raise ValueError(case)
+
+
+def queue_bytes(case: str, K: int, elem: int = 4, d: int = D) -> float:
+    """Bytes of the queues a case reads: the G per-modality queues (d x K), plus the 768-d teacher
+    queue in distillation."""
+    return G * d * K * elem * (2 if case == "distill" else 1)
+
+
+def exp_count(case: str, K: int, n: int = N) -> float:
+    """Exponentials over the queues any implementation evaluates (performance.md §6 accounting):
+    phase1 G per (row, column); phase2 G key terms + G*(G-1)/2 context products (the product of a
+    pair is symmetric, so its two ordered pairs share them) + G IKEM terms = 27; distill S student
+    terms + S*G teacher-student products = 21."""
+    per = {"phase1": G, "phase2": G + G * (G - 1) // 2 + G, "distill": S + S * G}[case]
+    return float(per * n * K)
 
 
 def make_inputs(case: str, K: int, device: torch.device, seed: int = 0,
@@ -172,7 +195,9 @@ def run(cases, Ks, provider_names, device, quick, queue_dtype=torch.float32):
                     f"N={N},D={D},K={K},G={G}" + (f",S={S}" if case == "distill" else ""),
                     "float32" if queue_dtype == torch.float32 else f"float32,queue={str(queue_dtype)[6:]}",
                     stats, peak, reference_ms=ref and ref.p50, compile_ms=comp and comp.p50,
-                    flops=gemm_flops(case, K), **extra))
+                    flops=gemm_flops(case, K), bytes_moved=queue_bytes(case, K, x["queues"].element_size()),
+                    exps=exp_count(case, K), tf32x3=device.type == "cuda" and case == "phase1",
+                    throughput=(gemm_flops(case, K) / (stats.p50 * 1e-3) / 1e12, "TFLOP/s"), **extra))
             del x
             gc.collect()
     return rows
@@ -190,7 +215,7 @@ def main(argv=None):
     Ks = [int(k) for k in args.K.split(",")] if args.K else ([4096] if args.quick else [4096, 32768, 65536])
     print(f"skelfast {skelfast.__version__}, torch {torch.__version__}, {H.device_name(device)}, "
           f"threads {torch.get_num_threads()}, backends {ops.available_backends()}")
-    print(H.ceilings_line(device), flush=True)
+    print(H.ceilings_line(device, exps=True, tf32=True), flush=True)
     rows = []
     for case in args.cases.split(","):   # written case by case: a run stopped by a time limit keeps the finished cases
         case_rows = run([case], Ks, args.providers.split(","), device, args.quick, getattr(torch, args.queue_dtype))

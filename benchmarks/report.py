@@ -38,9 +38,41 @@ def _f(row, key):
         return None
 
 
-def _batch(shape: str):
-    m = re.search(r"\bN=(\d+)", shape)
+def _size(shape: str, name: str):
+    """The integer `name=` of a shape string ("G=6,N=64,..."), or None."""
+    m = re.search(rf"\b{name}=(\d+)", shape)
     return int(m.group(1)) if m else None
+
+
+def _batch(shape: str):
+    return _size(shape, "N")
+
+
+def _scale(shape: str) -> Tuple[int, int]:
+    """(N, K) of a shape for ordering (numbers, not text: K=4096 before K=32768); 0 where absent."""
+    return _size(shape, "N") or 0, _size(shape, "K") or 0
+
+
+def _short_case(r) -> str:
+    """mode, N and K of a row (plot labels)."""
+    parts = [r["mode"]] + [f"{k}={v}" for k in ("N", "K") if (v := _size(r["shape"], k))]
+    return ", ".join(parts)
+
+
+def _memory_label(r) -> str:
+    """op, mode and sizes (the whole shape where it has no N), provider and dtype of a row."""
+    case = _short_case(r) if _size(r["shape"], "N") else f"{r['mode']}, {r['shape']}"
+    return f"{r['op']} {case}\n{r['provider']}, {r['dtype']}"
+
+
+def _versions(rows, key: str) -> str:
+    """The values of `key` over the rows, the most frequent first, with row counts when they differ."""
+    counts: Dict[str, int] = defaultdict(int)
+    for r in rows:
+        counts[r.get(key) or "?"] += 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{v} ({n} row{'s' if n > 1 else ''})" for v, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _fmt(v, spec="{:.3g}"):
@@ -90,15 +122,15 @@ def _provider_cell(r, latest) -> str:
 def markdown(rows: List[Dict[str, str]]) -> str:
     if not rows:
         return "No benchmark rows.\n"
-    first = rows[0]
-    lines = [f"# skelfast benchmarks on {first.get('device_name')}", "",
-             f"torch {first.get('torch_version')}, skelfast {first.get('skelfast_version')}, "
-             f"git {first.get('git_sha')}, measured {max(r.get('timestamp', '') for r in rows)}. "
+    lines = [f"# skelfast benchmarks on {_versions(rows, 'device_name')}", "",
+             f"torch {_versions(rows, 'torch_version')}, skelfast {_versions(rows, 'skelfast_version')}, "
+             f"git {_versions(rows, 'git_sha')}, measured {min(r.get('timestamp', '') for r in rows)[:10]} to "
+             f"{max(r.get('timestamp', '') for r in rows)}. "
              "Medians over repeated runs (p20-p80 in brackets); speed-ups are against the eager reference "
              "and against torch.compile of it, measured in the same run. Achieved GB/s and TFLOP/s are at "
              "each case's minimal traffic and nominal FLOPs; % of floor = floor / median, with the floor "
-             "max(bytes / copy bandwidth, FLOPs / GEMM rate) measured on this device in the same run and "
-             "its binding term in brackets (performance.md §2; the benchmark modules define bytes and FLOPs).",
+             "max(bytes / copy bandwidth, FLOPs / GEMM rate, exps / exp rate where counted) measured on this "
+             "device in the same run and its binding term in brackets (performance.md §2; the benchmark modules define bytes and FLOPs).",
              ""]
     by_op = defaultdict(list)
     for r in rows:
@@ -107,7 +139,7 @@ def markdown(rows: List[Dict[str, str]]) -> str:
     for op in sorted(by_op):
         lines += [f"## {op}", "", "| provider | mode | shape | dtype | median ms [p20-p80] | vs eager | vs compile | "
                   "throughput | achieved | % of floor | peak MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in sorted(by_op[op], key=lambda r: (r["mode"], _batch(r["shape"]) or 0, r["shape"], r["provider"])):
+        for r in sorted(by_op[op], key=lambda r: (r["mode"], _scale(r["shape"]), r["shape"], r["provider"])):
             tp = _f(r, "throughput")
             lines.append("| {} | {} | {} | {} | {} [{}-{}] | {} | {} | {} | {} | {} | {} |".format(
                 _provider_cell(r, latest), r["mode"], r["shape"], r["dtype"], _fmt(_f(r, "p50_ms")), _fmt(_f(r, "p20_ms")),
@@ -129,15 +161,16 @@ def plots(rows: List[Dict[str, str]], out_prefix: str) -> List[str]:
     by_op = defaultdict(list)
     for r in rows:
         by_op[r["op"]].append(r)
-    # 1. speed-up over eager per op: best skelfast provider at each op's largest shape
+    # 1. speed-up over eager per op: the best skelfast row at each op's largest (N, K), named with
+    #    its mode, sizes, provider and dtype (a bf16 row's ratio is over the fp32 reference)
     labels, values = [], []
     for op, rs in sorted(by_op.items()):
         ours = [r for r in rs if r["provider"].startswith("skelfast") and _f(r, "speedup_vs_reference")]
         if not ours:
             continue
-        biggest = max(_batch(r["shape"]) or 0 for r in ours)
-        best = max((r for r in ours if (_batch(r["shape"]) or 0) == biggest), key=lambda r: _f(r, "speedup_vs_reference"))
-        labels.append(f"{op}\n{best['mode']}, N={biggest}" if biggest else f"{op}\n{best['mode']}")
+        biggest = max(_scale(r["shape"]) for r in ours)
+        best = max((r for r in ours if _scale(r["shape"]) == biggest), key=lambda r: _f(r, "speedup_vs_reference"))
+        labels.append(f"{op}\n{_short_case(best)}\n{best['provider']}, {best['dtype']}")
         values.append(_f(best, "speedup_vs_reference"))
     if values:
         fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(values)), 4))
@@ -179,15 +212,22 @@ def plots(rows: List[Dict[str, str]], out_prefix: str) -> List[str]:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)
-    # 3. peak memory per op and provider (largest shape)
-    mem = [(op, r["provider"], _f(r, "peak_mem_mb")) for op, rs in sorted(by_op.items())
-           for r in rs if _f(r, "peak_mem_mb") is not None and (_batch(r["shape"]) or 0) == max(_batch(x["shape"]) or 0 for x in rs)]
+    # 3. peak memory: per op and mode, the case at the largest (N, K) (among shapes without N, the
+    #    one with the largest peak), one bar per provider and dtype; every label names its case
+    mem = []
+    for op, rs in sorted(by_op.items()):
+        for mode in sorted({r["mode"] for r in rs}):
+            ms = [r for r in rs if r["mode"] == mode and _f(r, "peak_mem_mb") is not None]
+            if ms:
+                shape = max(ms, key=lambda r: (_scale(r["shape"]), _f(r, "peak_mem_mb")))["shape"]
+                mem += sorted((r for r in ms if r["shape"] == shape), key=lambda r: (r["dtype"], r["provider"]))
     if mem:
-        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(mem)), 4))
-        ax.bar(range(len(mem)), [m[2] for m in mem], color="tab:blue")
-        ax.set_xticks(range(len(mem)), [f"{m[0]}\n{m[1]}" for m in mem], rotation=90, fontsize=6)
-        ax.set_ylabel("peak memory (MiB)")
-        ax.set_title("peak memory per op and provider (largest shape)")
+        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(mem)), 5))
+        ax.bar(range(len(mem)), [_f(r, "peak_mem_mb") for r in mem], color="tab:blue")
+        ax.set_xticks(range(len(mem)), [_memory_label(r) for r in mem], rotation=90, fontsize=5)
+        ax.set_yscale("symlog", linthresh=1.0)  # streaming losses use 1-2 orders of magnitude less; 0 MiB stays drawable
+        ax.set_ylabel("peak memory (MiB, symlog)")
+        ax.set_title("peak memory per case and provider (each op and mode at its largest size)")
         fig.tight_layout()
         path = f"{out_prefix}_peak_memory.png"
         fig.savefig(path, dpi=120)
@@ -214,8 +254,9 @@ def write_report(csv_path: str) -> str:
 
 def compare(old_csv: str, new_csv: str, tolerance: float = 0.15) -> int:
     """Print new/old median ratios per common case; 1 if any is slower than (1 + tolerance)x."""
-    old = {tuple(r[k] for k in CASE): r for r in load(old_csv)}
-    new = {tuple(r[k] for k in CASE): r for r in load(new_csv)}
+    key_of = lambda r: tuple(r[k] for k in CASE) + (r.get("device_name", ""),)  # noqa: E731 (same machine only)
+    old = {key_of(r): r for r in load(old_csv)}
+    new = {key_of(r): r for r in load(new_csv)}
     common = sorted(set(old) & set(new))
     if not common:
         print(f"no common cases between {old_csv} and {new_csv}")

@@ -181,3 +181,51 @@ def test_cuda_graph_pool_counts_segments_outside_the_default_pool(monkeypatch):
     monkeypatch.setattr(torch.cuda, "memory_snapshot", lambda: segs)
     assert H.cuda_graph_pool_mb(torch.device("cuda:0")) == 3.0
     assert H.cuda_graph_pool_mb(torch.device("cuda:1")) == 5.0
+
+
+def test_report_orders_sizes_as_numbers_and_names_every_case(tmp_path):
+    """K=4096 before K=32768 (numbers, not text); the header lists every commit of the rows; the
+    memory plot's bars each name their case (op, mode, sizes, provider, dtype). Found by review."""
+    rows = [dict(_row("skelfast", 2.0, shape="N=128,K=32768"), op="losses_phase2", mode="full", git_sha="b"),
+            dict(_row("skelfast", 1.0, shape="N=128,K=4096"), op="losses_phase2", mode="full", git_sha="a"),
+            dict(_row("reference", 9.0, shape="N=128,K=32768"), op="losses_phase2", mode="full", git_sha="a"),
+            dict(_row("skelfast", 1.0, shape="N*M=128,C=96"), op="epilogue", mode="bn_relu"),
+            dict(_row("skelfast", 1.0, shape="N*M=128,C=384"), op="epilogue", mode="bn_relu")]
+    path = tmp_path / "dev.csv"
+    _write(path, rows)
+    text = open(report.write_report(str(path))).read()
+    assert text.index("| N=128,K=4096 |") < text.index("| N=128,K=32768 |")
+    assert "git a (2 rows), x (2 rows), b (1 row)," in text
+    loaded = report.load(str(path))
+    labels = [report._memory_label(r) for r in loaded]
+    assert len(set(labels)) == len(labels), labels
+    assert "losses_phase2 full, N=128, K=4096\nskelfast, float32" in labels
+    assert "epilogue bn_relu, N*M=128,C=96\nskelfast, float32" in labels
+
+
+def test_compare_only_pairs_rows_of_the_same_device(tmp_path, capsys):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    _write(a, [_row("skelfast", 1.0)])
+    _write(b, [dict(_row("skelfast", 5.0), device_name="other-machine")])
+    assert report.compare(str(a), str(b)) == 1
+    assert "no common cases" in capsys.readouterr().out
+
+
+def test_floor_names_its_binding_term(monkeypatch):
+    """The §2 floor is the largest of the memory, GEMM and exp terms, and names it; tf32x3 prices
+    CUDA fp32 GEMMs at a third of the TF32 rate and is ignored on CPU."""
+    cpu = torch.device("cpu")
+    monkeypatch.setitem(H._CEILINGS, ("exp", str(cpu)), 1e9)                        # 1 G exps/s
+    monkeypatch.setattr(H, "gemm_tflops", lambda device, dtype=torch.float32, n=2048, tf32=False: 4.0 if tf32 else 1.0)
+    monkeypatch.setattr(H, "copy_bandwidth_gbs", lambda device, mbytes=None: 1000.0)
+    assert H.floor(flops=2e12, exps=1e9, device=cpu) == (2e6, "compute")          # 2 s of GEMM > 1 s of exps
+    assert H.floor(flops=2e11, exps=1e9, device=cpu) == (1e6, "exp")
+    assert H.floor(flops=2e12, device=cpu, tf32x3=True) == (2e6, "compute")        # no TF32 on CPU
+    cuda = torch.device("cuda")
+    us, term = H.floor(flops=4e12, device=cuda, tf32x3=True)
+    assert (round(us), term) == (3e6, "compute, tf32x3")                           # 4e12 / (4e12 / 3)
+    assert H.exp_rate(cuda) == H.GPU_EXP_PER_S
+    from benchmarks import bench_losses as B
+    assert B.exp_count("phase2", 32768) == 27 * 128 * 32768                        # performance.md §6: 113 M
+    assert B.exp_count("distill", 100) == 21 * 128 * 100
+    assert B.queue_bytes("distill", 10) == 2 * 6 * 128 * 10 * 4
