@@ -305,17 +305,6 @@ def gemm_tflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int
     100% of the floor."""
     tf32 = tf32 and device.type == "cuda" and dtype == torch.float32
     key = ("gemm", str(device), dtype, n, tf32)
-    if tf32 and key not in _CEILINGS:
-        saved = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = True
-        try:
-            return _measure_gemm(device, dtype, n, key)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = saved
-    return _measure_gemm(device, dtype, n, key)
-
-
-def _measure_gemm(device: torch.device, dtype: torch.dtype, n: int, key: tuple) -> float:
     if key not in _CEILINGS:
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
@@ -324,8 +313,13 @@ def _measure_gemm(device: torch.device, dtype: torch.dtype, n: int, key: tuple) 
             x = a.view(1, n, n, 1).contiguous(memory_format=torch.channels_last)  # (1, K=n, M=n, 1)
             w = b.view(n, n, 1, 1)                                               # (N=n, K=n, 1, 1)
             calls.append(lambda: torch.nn.functional.conv2d(x, w))
-        with torch.no_grad():
-            best_ms = min(measure(fn, device, warmup=2, min_reps=5, min_time_s=0.3).p20 for fn in calls)
+        saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = saved or tf32
+        try:
+            with torch.no_grad():
+                best_ms = min(measure(fn, device, warmup=2, min_reps=5, min_time_s=0.3).p20 for fn in calls)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = saved
         _CEILINGS[key] = 2 * n**3 / (best_ms * 1e-3) / 1e12
     return _CEILINGS[key]
 
