@@ -30,13 +30,17 @@ class DataError(ValueError):
 
 @dataclass
 class Split:
-    """One split as arrays: data (Ns, 3, T, V, M) float32 memmap, labels/frames int64 (Ns,)."""
+    """One split as arrays: data (Ns, 3, T, V, M) float32 memmap, labels/frames int64 (Ns,).
+
+    data_sha256: the prepared data file's sha256 from its manifest when `data` is that whole file
+    (open_split), else None (a subset, or arrays built in memory); feature caches key on it."""
 
     name: str
     data: np.ndarray
     labels: np.ndarray
     frames: np.ndarray
     num_classes: int
+    data_sha256: Optional[str] = None
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
@@ -107,8 +111,9 @@ def open_split(root: str, split: str) -> Split:
     # true_timeline=True: the raw frame counts F travel with every batch; each model decides whether
     # to use the time scale 50/F (method.md §3.1, §11 #14).
     ds = PretrainFeeder.from_prepared(root, split, augment=False, true_timeline=True)
+    sha = man["splits"][split].get("files", {}).get("data", {}).get("sha256")
     return Split(split, ds.data, np.asarray(ds.label, dtype=np.int64), np.asarray(ds.frame, dtype=np.int64),
-                 int(man["num_classes"]))
+                 int(man["num_classes"]), sha)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

@@ -98,6 +98,10 @@ def extract_features(model: nn.Module, split: Split, device: torch.device, batch
     return {"feats": torch.cat(feats, 1), "labels": torch.from_numpy(split.labels.copy())}
 
 
+# Samples whose data enter feature_key when the split has no manifest checksum.
+DATA_SAMPLES_HASHED = 64
+
+
 def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
@@ -107,7 +111,9 @@ def feature_key(model: nn.Module, split: Split, device: torch.device, amp: str,
     """What determines the cached features: a hash of every encoder weight and buffer (the linear
     heads excluded: they do not change the features and are set after extraction), the model class
     and its time-scale flag (not in the state dict), the encoders' class (the backend), device type,
-    amp, and the split's identity.
+    amp, and the split's identity: labels, frame counts and the data's content (the manifest's
+    sha256 of the data file, else a hash of up to DATA_SAMPLES_HASHED evenly spaced samples), so a
+    folder prepared again in place by other preprocessing code does not reuse stale features.
     Hashing the weights rather than the checkpoint path also catches a checkpoint rewritten in place
     and the random-init baseline (seeded weights, BN statistics calibrated on the data)."""
     h = hashlib.sha1()
@@ -122,6 +128,13 @@ def feature_key(model: nn.Module, split: Split, device: torch.device, amp: str,
         a = np.ascontiguousarray(a)
         d.update(f"{a.dtype}:{a.shape}".encode())
         d.update(a.tobytes())
+    d.update(f"data:{split.data.dtype}:{tuple(split.data.shape)}".encode())
+    if split.data_sha256:
+        d.update(split.data_sha256.encode())
+    elif len(split):
+        # reading a whole NTU split (GBs) would cost about as much as extracting its features
+        rows = np.unique(np.linspace(0, len(split) - 1, min(len(split), DATA_SAMPLES_HASHED)).round().astype(np.int64))
+        d.update(np.ascontiguousarray(split.data[rows]).tobytes())
     enc = getattr(model, "encoders", None)   # the backend: batched (skelfast) or a list of encoders (reference)
     return {"encoders_sha1": h.hexdigest(), "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
             "encoders_class": None if enc is None else f"{type(enc).__module__}.{type(enc).__qualname__}",

@@ -48,8 +48,9 @@ def label_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 
 
 def subset_split(split: Split, idx: np.ndarray) -> Split:
-    return Split(split.name, split.data[idx] if len(idx) < len(split) else split.data, split.labels[idx],
-                 split.frames[idx], split.num_classes)
+    whole = len(idx) == len(split)
+    return Split(split.name, split.data if whole else split.data[idx], split.labels[idx], split.frames[idx],
+                 split.num_classes, split.data_sha256 if whole else None)
 
 
 @torch.no_grad()

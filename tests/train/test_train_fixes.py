@@ -1,6 +1,7 @@
 """Regression tests: feature cache keyed by what produced it, --resume refusing changed flags,
 distillation time scale from the teacher, batch/queue check only with queues, value validation,
 epoch mean loss across a mid-epoch resume."""
+import dataclasses
 import os
 import re
 import signal
@@ -70,6 +71,40 @@ def test_feature_cache_not_reused_for_another_checkpoint(pre):
     cached_features(ref_model, split, torch.device("cpu"), os.path.join(pre[2], "runs", "linB"), "model", 64,
                     "none", resolve_data_root(cfg), msgs.append)
     assert len(msgs) == 1 and "encoders_class" in msgs[0]
+
+
+def test_feature_key_follows_the_data_content(synth_cache):
+    """Data prepared again in place (same labels and frame counts, other preprocessing) must not hit
+    the feature cache: the key holds the manifest's sha256 of the data file, and without one (a
+    subset, in-memory arrays) a hash of sampled data."""
+    import numpy as np
+    from skelfast.data import load_manifest
+    from skelfast.train.data import Split, open_split
+    from skelfast.train.features import feature_key
+    from skelfast.data import synthetic
+    from skelfast.train.finetune import subset_split
+    root = synthetic.ensure_prepared(os.path.join(synth_cache, "synthetic"), num_classes=4, samples_per_class=10,
+                                     seed=0, benchmark="xsub")   # the fixture's folder (already prepared)
+    split = open_split(root, "train")
+    sha = load_manifest(root)["splits"]["train"]["files"]["data"]["sha256"]
+    assert split.data_sha256 == sha and len(sha) == 64
+    model, cpu = torch.nn.Linear(2, 2), torch.device("cpu")
+
+    def key(s):
+        return feature_key(model, s, cpu, "none")["split_sha1"]
+
+    assert key(split) == key(dataclasses.replace(split))
+    assert key(split) != key(dataclasses.replace(split, data_sha256="0" * 64))
+    # no checksum: the content decides (a change in one hashed sample changes the key)
+    data = np.array(split.data)
+    bare = Split(split.name, data, split.labels, split.frames, split.num_classes)
+    changed = data.copy()
+    changed[-1, 0, 0, 0, 0] += 1.0
+    assert key(bare) == key(Split(split.name, data.copy(), split.labels, split.frames, split.num_classes))
+    assert key(bare) != key(Split(split.name, changed, split.labels, split.frames, split.num_classes))
+    # a subset has other data than the file the checksum names
+    assert subset_split(split, np.arange(len(split))).data_sha256 == sha
+    assert subset_split(split, np.arange(0, len(split), 2)).data_sha256 is None
 
 
 def test_bn_calibration_runs_without_dropout(pre):
