@@ -128,9 +128,9 @@ def _parse_block(lines: List[str], starts: List[int], counts: List[int], path: s
     except (ValueError, UserWarning):
         raise SkeletonFormatError(f"{path}: malformed {what} line in .skeleton file "
                                   f"({_locate(lines, starts, counts, usecols, ncols)})") from None
-    if out.shape != (sum(counts), ncols):
-        raise SkeletonFormatError(f"{path}: malformed .skeleton file, {what} lines have {out.shape[1]} values, "
-                                  f"expected {ncols}")
+    if out.shape != (sum(counts), ncols):   # e.g. a blank line among them: loadtxt skips it
+        raise SkeletonFormatError(f"{path}: malformed {what} line in .skeleton file "
+                                  f"({_locate(lines, starts, counts, usecols, ncols)})")
     return out
 
 

@@ -82,6 +82,8 @@ def test_parallel_equals_serial(write_skeleton):
     (lambda t: t.replace("\n25\n", "\n25\nabc ", 1), "malformed joint line.*line 5"),   # bad x of joint 0
     (lambda t: "\n".join(l if k != 4 else "0.5 0.25" for k, l in enumerate(t.split("\n"))),
      "malformed joint line.*line 5 has 2 values"),                       # a joint line without z
+    (lambda t: "\n".join(l if k != 6 else "" for k, l in enumerate(t.split("\n"))),
+     "malformed joint line.*line 7 has 0 values"),                       # a blank joint line
     (lambda t: "0\n", "0 frames"),
     (lambda t: t + "1\n", "trailing"),
     (lambda t: "2\n1.5\n" + t.split("\n", 2)[2], "non-negative integer"),
