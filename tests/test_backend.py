@@ -55,6 +55,36 @@ def test_env_var_is_validated_at_first_use(restore_backend, monkeypatch):
         ops.modalities(make_skeleton(N=1))
 
 
+def test_backend_choice_is_traceable_and_ignores_the_build_info_file(restore_backend, monkeypatch):
+    """resolve() runs inside compiled regions on every op call: for CUDA tensors it used to read
+    skelfast/_build_info.json each time (dynamo cannot trace open(): a graph break per op, and
+    fullgraph=True failed). What the loaded library registered is read once at import instead,
+    so a stale build-info file cannot claim CUDA kernels either."""
+    from skelfast import _extension
+    before = _extension.has_cuda_kernels()
+    if torch.version.cuda is None:
+        assert not before          # a CPU-only torch cannot have loaded CUDA kernels
+    for claim in (True, False):
+        monkeypatch.setattr(_extension, "build_info", lambda claim=claim: {"with_cuda": claim})
+        assert _extension.has_cuda_kernels() == before
+
+    def f(x):
+        cuda, cpu = _backend.resolve(torch.device("cuda")), _backend.resolve(torch.device("cpu"))
+        return x + (1.0 if cuda == "compiled" else 2.0) + (10.0 if cpu == "compiled" else 20.0)
+
+    want = f(torch.zeros(2))
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(f, fullgraph=True, backend="eager")(torch.zeros(2)), want)
+
+
+def test_the_exact_library_name_is_loaded_first(tmp_path):
+    from skelfast._extension import _library_candidates
+    for name in ("_C.abi3.so", "_C.cpython-311-x86_64-linux-gnu.so", "_C.so"):
+        (tmp_path / name).write_bytes(b"")
+    got = [os.path.basename(p) for p in _library_candidates(str(tmp_path))]
+    assert got == ["_C.so", "_C.abi3.so", "_C.cpython-311-x86_64-linux-gnu.so"]
+
+
 def _run(code, env_extra, cwd):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKELFAST_")}
     env.update(env_extra)
