@@ -16,6 +16,7 @@ import torch
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+os.chdir(ROOT)   # the source globs below are relative (setuptools wants relative source paths)
 VERSION = "0.1.0"
 # Stable ABI: the binary only uses the torch C shim, so it keeps working with newer torch releases.
 TORCH_TARGET = "0x020a000000000000"  # 2.10
@@ -77,6 +78,10 @@ def make_extension():
     debug = env_flag("SKELFAST_DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
+    # Without ninja, setuptools rebuilds only when a source or one of `depends` is newer than the
+    # library (with ninja, torch forces every build and ninja tracks headers and flags itself)
+    headers = sorted(glob.glob(os.path.join("csrc", "**", "*.h"), recursive=True)
+                     + glob.glob(os.path.join("csrc", "**", "*.cuh"), recursive=True))
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     # No errno from sqrt and no FP traps: lets gcc vectorise the CPU kernels' time loops.
     cxx = opt + STABLE_FLAGS + ["-fvisibility=hidden", "-fno-math-errno", "-fno-trapping-math",
@@ -99,26 +104,46 @@ def make_extension():
         if debug:
             nvcc.append("-lineinfo")
         ext = cpp_extension.CUDAExtension("skelfast._C", sources, include_dirs=include_dirs, py_limited_api=True,
-                                          extra_compile_args={"cxx": cxx + ["-DUSE_CUDA"], "nvcc": nvcc})
+                                          depends=headers, extra_compile_args={"cxx": cxx + ["-DUSE_CUDA"], "nvcc": nvcc})
     else:
         ext = cpp_extension.CppExtension("skelfast._C", sources, include_dirs=include_dirs, py_limited_api=True,
-                                         extra_compile_args={"cxx": cxx})
+                                         depends=headers, extra_compile_args={"cxx": cxx})
     return ext, info
 
 
 EXTENSION, BUILD_INFO = make_extension()
 
 
+# What the binary depends on besides its sources: a change of any of these rebuilds it.
+BINARY_KEYS = ("torch_version", "with_cuda", "torch_cuda", "debug", "nvcc_version", "arch_list")
+
+
 class BuildExt(cpp_extension.BuildExtension.with_options(no_python_abi_suffix=True)):
-    """Writes skelfast/_build_info.json next to the built library (read by `python -m skelfast.info`)."""
+    """Writes skelfast/_build_info.json next to the built library (read by `python -m skelfast.info`),
+    and rebuilds when the build settings changed since the library there was built: without ninja,
+    setuptools compares only file times, so a CPU build followed by SKELFAST_FORCE_CUDA=1 would keep
+    the CPU library (with ninja, torch forces every build and ninja compares the commands)."""
+
+    def _target(self):
+        in_tree = self.inplace or getattr(self, "editable_mode", False)
+        return os.path.join(ROOT, "skelfast") if in_tree else os.path.join(self.build_lib, "skelfast")
 
     def run(self):
+        path = os.path.join(self._target(), "_build_info.json")
+        try:
+            with open(path) as fh:
+                old = json.load(fh)
+        except (OSError, ValueError):
+            old = None
+        if old is not None and any(old.get(k) != BUILD_INFO.get(k) for k in BINARY_KEYS):
+            print("skelfast: build settings changed since the last build; rebuilding _C")
+            self.force = True
         super().run()
-        in_tree = self.inplace or getattr(self, "editable_mode", False)
-        target = os.path.join(ROOT, "skelfast") if in_tree else os.path.join(self.build_lib, "skelfast")
-        os.makedirs(target, exist_ok=True)
-        with open(os.path.join(target, "_build_info.json"), "w") as fh:
+        os.makedirs(self._target(), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:   # then renamed: an importing process never reads half a file
             json.dump(BUILD_INFO, fh, indent=1)
+        os.replace(tmp, path)
 
 
 setup(

@@ -11,6 +11,7 @@ sys.path[:0] = [TESTS, os.path.dirname(TESTS)]
 
 import torch  # noqa: E402
 
+from skelfast import _extension  # noqa: E402
 from skelfast.precision import pin_ieee_fp32  # noqa: E402
 
 # fp32 oracles compare fp32 arithmetic: cuDNN convolutions (the reference's nn.Conv2d) default to
@@ -21,6 +22,17 @@ if os.environ.get("SKELFAST_RECORD_TRITON_LAUNCHES"):   # the recording run of t
     sys.path.insert(0, os.path.join(TESTS, "triton"))
     from _launches import install_recorder  # noqa: E402
     install_recorder(os.environ["SKELFAST_RECORD_TRITON_LAUNCHES"])
+
+
+def pytest_sessionstart(session):
+    """Without the compiled extension every kernel test skips and the ops fall back to the
+    reference, so a broken build (or the in-tree package shadowing a non-editable install) would
+    pass as a green run of skips: stop instead, unless the fallback alone is what is tested."""
+    if _extension.LIBRARY_PATH is None and os.environ.get("SKELFAST_ALLOW_NO_EXTENSION") != "1":
+        pytest.exit(f"skelfast's compiled extension did not load: {_extension.LOAD_ERROR}. Build it in this "
+                    f"tree (`pip install -e .` or `python setup.py build_ext --inplace` in "
+                    f"{os.path.dirname(TESTS)}), or set SKELFAST_ALLOW_NO_EXTENSION=1 to test the reference "
+                    "fallback alone.", returncode=3)
 
 
 @pytest.fixture(autouse=True)

@@ -109,6 +109,25 @@ def test_import_without_extension_warns_and_falls_back(tmp_path):
     assert "fallback ok" in proc.stdout
 
 
+def test_suite_stops_when_the_extension_did_not_load(tmp_path):
+    """tests/conftest.py ends the run (instead of a green run of skipped kernel tests) when the
+    skelfast it imports has no loadable _C, unless SKELFAST_ALLOW_NO_EXTENSION=1."""
+    shutil.copytree(os.path.join(ROOT, "skelfast"), tmp_path / "skelfast",
+                    ignore=shutil.ignore_patterns("_C*.so", "__pycache__"))
+    (tmp_path / "tests").mkdir()
+    shutil.copy(os.path.join(ROOT, "tests", "conftest.py"), tmp_path / "tests")
+    (tmp_path / "tests" / "test_one.py").write_text("def test_one():\n    assert 1 + 1 == 2\n")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKELFAST_")}
+    env.update(SKELFAST_QUIET_IMPORT="1", PYTHONPATH="")
+    stopped = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert stopped.returncode == 3, stopped.stdout + stopped.stderr
+    assert "compiled extension did not load" in stopped.stdout + stopped.stderr
+    allowed = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                             env={**env, "SKELFAST_ALLOW_NO_EXTENSION": "1"})
+    assert allowed.returncode == 0 and "1 passed" in allowed.stdout, allowed.stdout + allowed.stderr
+
+
 def test_info_cli_runs():
     proc = _run("import runpy; runpy.run_module('skelfast.info', run_name='__main__')", {"SKELFAST_QUIET_IMPORT": "1"}, ROOT)
     assert proc.returncode == 0, proc.stderr
