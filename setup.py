@@ -43,8 +43,9 @@ def nvcc_version():
 
 def decide_cuda():
     forced = env_flag("SKELFAST_FORCE_CUDA", "FORCE_CUDA")
-    if env_flag("SKELFAST_NO_CUDA", "FORCE_ONLY_CPU"):
-        return False, "SKELFAST_NO_CUDA=1"
+    for name in ("SKELFAST_NO_CUDA", "FORCE_ONLY_CPU"):
+        if env_flag(name):
+            return False, f"{name}={os.environ[name]}"
     if forced and torch.version.cuda is None:
         sys.exit("skelfast: SKELFAST_FORCE_CUDA=1 but the installed torch " + torch.__version__ +
                  " is a CPU-only build; CPU-only torch cannot link CUDA extensions. Install a CUDA build of torch "

@@ -50,7 +50,8 @@ def _load() -> None:
         # of some ops): only the library's own C++ CUDA kernels count. modalities has no Python one.
         HAS_CUDA_KERNELS = HAS_CPU_KERNELS and torch._C._dispatch_has_kernel_for_dispatch_key(
             "skelfast::modalities", "CUDA")
-    if LOAD_ERROR is not None and os.environ.get("SKELFAST_QUIET_IMPORT", "0") != "1":
+    quiet = os.environ.get("SKELFAST_QUIET_IMPORT", "").strip().lower() in ("1", "true", "yes", "on")
+    if LOAD_ERROR is not None and not quiet:
         warnings.warn(f"skelfast: compiled ops unavailable, using the eager reference path. {LOAD_ERROR}",
                       RuntimeWarning, stacklevel=3)
 

@@ -44,6 +44,7 @@ _M_MMAP_THRESHOLD = -3
 _LARGEST = 2**31 - 1        # mallopt takes an int: the largest mmap threshold it can express
 _NO_TRIM = -1               # mallopt(3): "Setting M_TRIM_THRESHOLD to -1 disables trimming completely"
 _SMALL = 128 * 1024         # glibc's initial thresholds
+_HALF_HEAP = 32 * 1024 * 1024   # older glibc refuses an mmap threshold above HEAP_MAX_SIZE / 2 (64-bit)
 _tuned = False
 
 
@@ -57,6 +58,8 @@ def _set_thresholds(libc, mmap_threshold: int, trim_threshold: int) -> bool:
     # mmap threshold first: setting either parameter switches off glibc's dynamic adjustment, and
     # a lone trim setting would leave every block above 128 KiB on mmap (measured 1.6x slower).
     ok = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(mmap_threshold)) == 1
+    if not ok and mmap_threshold > _HALF_HEAP:   # e.g. glibc 2.26: blocks above 32 MiB stay on mmap
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(_HALF_HEAP)) == 1
     return ok and libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(trim_threshold)) == 1
 
 

@@ -44,9 +44,9 @@ def check_modalities_args(
 ) -> Tuple[Tuple[int, ...], Topology, Optional[torch.Tensor]]:
     """Validate the arguments of `modalities` and compute the per-sample time scale.
 
-    Returns (modality ids, topology, scale) where scale is None (time scale 1) or a float32
-    tensor (N,) on x.device holding scale_base / frames, computed in float (method.md §11 #6):
-    float64 for float64 x, float32 otherwise (the kernels' accumulation type).
+    Returns (modality ids, topology, scale) where scale is None (time scale 1) or a tensor (N,)
+    on x.device holding scale_base / frames, computed in float (method.md §11 #6), in the kernels'
+    accumulation type: float64 for float64 x, float32 otherwise.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")

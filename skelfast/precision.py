@@ -27,6 +27,10 @@ def pin_ieee_fp32() -> None:
 
 
 def fp32_precision_summary() -> str:
-    """'matmul=<mode> conv=<mode>' (for benchmark logs)."""
-    return (f"matmul={'tf32' if torch.backends.cuda.matmul.allow_tf32 else 'ieee'} "
-            f"conv={'tf32' if torch.backends.cudnn.allow_tf32 else 'ieee'}")
+    """'matmul=<mode> conv=<mode>' (for benchmark logs). Reading the legacy flags raises once the
+    per-unit API (fp32_precision) has been used in the process; a log line must not end a run."""
+    try:
+        return (f"matmul={'tf32' if torch.backends.cuda.matmul.allow_tf32 else 'ieee'} "
+                f"conv={'tf32' if torch.backends.cudnn.allow_tf32 else 'ieee'}")
+    except RuntimeError as exc:
+        return f"unknown ({str(exc).splitlines()[0][:80]})"

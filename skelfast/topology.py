@@ -12,6 +12,7 @@ Tables (0-based joint indices, length V each):
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple, Union
 
@@ -25,6 +26,18 @@ def _one_based_pairs_to_parent(pairs: Sequence[Tuple[int, int]], num_joints: int
     if -1 in parent:
         raise ValueError(f"pair list does not cover joint {parent.index(-1) + 1}")
     return tuple(parent)
+
+
+def _joint_indices(topology: str, table_name: str, values) -> Tuple[int, ...]:
+    """values as a tuple of ints; a float or other non-integer entry is an error (int() would
+    truncate 0.5 to joint 0 without a word)."""
+    out = []
+    for j in values:
+        try:
+            out.append(operator.index(j))
+        except TypeError:
+            raise ValueError(f"topology {topology!r}: {table_name} must hold integer joint indices, got {j!r}") from None
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -41,13 +54,15 @@ class Topology:
     def __post_init__(self):
         V = self.num_joints
         for table_name in ("bone_parent", "axis_partner"):
-            table = getattr(self, table_name)
+            table = _joint_indices(self.name, table_name, getattr(self, table_name))
+            object.__setattr__(self, table_name, table)   # frozen: normalised once, to a tuple of ints
             if len(table) != V:
                 raise ValueError(f"topology {self.name!r}: {table_name} has {len(table)} entries, expected {V}")
             bad = [j for j in table if not 0 <= j < V]
             if bad:
                 raise ValueError(f"topology {self.name!r}: {table_name} has out-of-range joint(s) {bad}")
         if self.normal is not None:
+            object.__setattr__(self, "normal", _joint_indices(self.name, "normal", self.normal))
             if len(self.normal) != 4 or not all(0 <= j < V for j in self.normal):
                 raise ValueError(f"topology {self.name!r}: normal must be 4 joint indices < {V}, got {self.normal}")
         for a, b in self.edges:
@@ -59,9 +74,9 @@ class Topology:
     @classmethod
     def from_tables(cls, bone_parent, axis_partner, normal=()) -> "Topology":
         """A graph-less topology from the modality tables (as the ops receive them)."""
-        normal = tuple(int(j) for j in normal)
-        return cls(name="custom", num_joints=len(bone_parent), bone_parent=tuple(int(j) for j in bone_parent),
-                   axis_partner=tuple(int(j) for j in axis_partner), edges=(), center=0,
+        normal = _joint_indices("custom", "normal", normal)
+        return cls(name="custom", num_joints=len(bone_parent), bone_parent=_joint_indices("custom", "bone_parent", bone_parent),
+                   axis_partner=_joint_indices("custom", "axis_partner", axis_partner), edges=(), center=0,
                    normal=normal if normal else None)
 
     @property

@@ -30,6 +30,29 @@ def test_torch_backend_uses_reference(restore_backend, monkeypatch):
     assert called
 
 
+def test_set_backend_takes_any_case_as_the_variable_does(restore_backend):
+    ops.set_backend(" Torch ")
+    assert _backend.get_backend() == "torch"
+
+
+def test_precision_summary_survives_the_per_unit_tf32_api():
+    """After torch's per-unit fp32_precision API is used, reading the legacy TF32 flags raises; the
+    benchmarks' log line must not end a run (child process: the mix is process-wide)."""
+    code = ("import torch\n"
+            "from skelfast.precision import fp32_precision_summary\n"
+            "torch.backends.fp32_precision = 'tf32'\n"   # the global per-unit setting (torch 2.13)
+            "try:\n"
+            "    torch.backends.cuda.matmul.allow_tf32\n"
+            "    print('legacy read ok')\n"
+            "except RuntimeError:\n"
+            "    print('legacy read raises')\n"
+            "print('summary:', fp32_precision_summary())\n")
+    proc = _run(code, {"SKELFAST_QUIET_IMPORT": "1"}, ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "legacy read raises" in proc.stdout, proc.stdout   # the situation this guards against
+    assert "summary: unknown (" in proc.stdout
+
+
 def test_unknown_backend_raises(restore_backend):
     with pytest.raises(ValueError, match="SKELFAST_BACKEND must be one of"):
         ops.set_backend("opencl")
@@ -102,7 +125,7 @@ def test_import_without_extension_warns_and_falls_back(tmp_path):
             "assert any('compiled ops unavailable' in str(m.message) for m in w), [str(m.message) for m in w]\n"
             "x = torch.randn(2, 3, 4, 25, 2)\n"
             "torch.testing.assert_close(skelfast.ops.modalities(x), skelfast.reference.modalities(x))\n"
-            "assert skelfast.ops.available_backends() == ['torch'] or 'triton' in skelfast.ops.available_backends()\n"
+            "assert skelfast.ops.available_backends() == ['torch'], skelfast.ops.available_backends()\n"
             "print('fallback ok')\n")
     proc = _run(code, {"PYTHONPATH": str(tmp_path)}, str(tmp_path))
     assert proc.returncode == 0, proc.stderr

@@ -137,3 +137,23 @@ def test_rss_scope_returns_blocks_then_restores_tuning():
     assert out["scoped_faults"] > PAGES_64MIB // 2   # inside: kept memory was given back, so it faults again
     assert out["after_faults"] < PAGES_64MIB // 20   # tuned again after it
     assert out["flag_after"] is True
+
+
+def test_older_glibc_refusing_the_largest_mmap_threshold_gets_half_a_heap():
+    """glibc before the heap-size tunables refuses M_MMAP_THRESHOLD above HEAP_MAX_SIZE / 2 (32 MiB
+    on 64-bit): the tuning then keeps that threshold and still switches trimming off."""
+    from skelfast import cpu_allocator
+
+    class OldGlibc:
+        def __init__(self):
+            self.set = {}
+
+        def mallopt(self, param, value):
+            if param == cpu_allocator._M_MMAP_THRESHOLD and value.value > 32 * 1024 * 1024:
+                return 0
+            self.set[param] = value.value
+            return 1
+
+    libc = OldGlibc()
+    assert cpu_allocator._set_thresholds(libc, cpu_allocator._LARGEST, cpu_allocator._NO_TRIM)
+    assert libc.set == {cpu_allocator._M_MMAP_THRESHOLD: 32 * 1024 * 1024, cpu_allocator._M_TRIM_THRESHOLD: -1}

@@ -1,4 +1,5 @@
 """Bad input to modalities raises a ValueError/TypeError that names the problem (issue: foundation)."""
+import numpy as np
 import pytest
 import torch
 
@@ -42,6 +43,13 @@ def test_topology_tables_validated():
         Topology("t", 4, (0, 0, 1), (0, 0, 1, 2), (), 0)
     with pytest.raises(ValueError, match="out-of-range"):
         Topology("t", 3, (0, 0, 5), (0, 0, 1), (), 0)
+    # a non-integer index is refused, not truncated to a joint (int(0.5) == 0)
+    with pytest.raises(ValueError, match="bone_parent must hold integer joint indices, got 0.5"):
+        Topology("t", 3, (0, 0.5, 1), (0, 0, 1), (), 0)
+    with pytest.raises(ValueError, match="axis_partner must hold integer joint indices"):
+        Topology.from_tables((0, 0, 1), (0, 1.0, 1))
+    t = Topology.from_tables(np.arange(3), [np.int64(0), 0, 1])   # numpy integers are indices
+    assert t.bone_parent == (0, 1, 2) and all(type(j) is int for j in t.axis_partner)
 
 
 def test_op_level_checks_on_raw_schema():

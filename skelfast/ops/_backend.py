@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import threading
 import warnings
 from typing import Callable, Dict, List, Optional
 
@@ -39,13 +40,15 @@ def _triton_usable() -> bool:
 
 
 def available_backends() -> List[str]:
-    """Backends that can run on this machine right now."""
+    """Kernel sets that can run on this machine right now: 'torch' (the eager reference), 'cpu'
+    (the compiled C++ kernels, which 'auto' uses for CPU tensors; not a SKELFAST_BACKEND value),
+    'cuda' and 'triton' (each also a SKELFAST_BACKEND value, listed where set_backend accepts it)."""
     out = ["torch"]
     if _extension.has_cpu_kernels():
         out.append("cpu")
     if _extension.has_cuda_kernels() and torch.cuda.is_available():
         out.append("cuda")
-    if _triton_usable():
+    if _triton_usable() and _extension.has_cpu_kernels():   # the op schemas come from skelfast._C
         out.append("triton")
     return out
 
@@ -53,6 +56,7 @@ def available_backends() -> List[str]:
 # op name -> (Triton forward, {backward op name: composite fallback}); filled by skelfast/ops/*.py.
 _TRITON_KERNELS: Dict[str, tuple] = {}
 _triton_lib: Optional[torch.library.Library] = None
+_triton_lib_lock = threading.Lock()   # two threads attaching at once would leave one Library undetachable
 
 
 def register_triton_kernel(op: str, fn: Callable, fallbacks: Optional[Dict[str, Callable]] = None) -> None:
@@ -111,26 +115,28 @@ def attach_triton(dispatch_key: str = "CUDA") -> None:
     kernels if any). Undone by detach_triton(); the dispatcher then restores the C++ kernels.
     Tests use dispatch_key='CPU' under TRITON_INTERPRET=1."""
     global _triton_lib
-    if _triton_lib is not None:
-        return
-    lib = torch.library.Library("skelfast", "IMPL")
-    compiled = _extension.has_cuda_kernels() if dispatch_key == "CUDA" else _extension.has_cpu_kernels()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "overriding a previously registered kernel" is the point here
-        for op, (fn, fallbacks) in _TRITON_KERNELS.items():
-            lib.impl(op, on_input_device(fn), dispatch_key)
-            if not compiled:
-                for fallback_op, fallback_fn in fallbacks.items():
-                    lib.impl(fallback_op, fallback_fn, dispatch_key)
-    _triton_lib = lib
+    with _triton_lib_lock:
+        if _triton_lib is not None:
+            return
+        lib = torch.library.Library("skelfast", "IMPL")
+        compiled = _extension.has_cuda_kernels() if dispatch_key == "CUDA" else _extension.has_cpu_kernels()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "overriding a previously registered kernel" is the point here
+            for op, (fn, fallbacks) in _TRITON_KERNELS.items():
+                lib.impl(op, on_input_device(fn), dispatch_key)
+                if not compiled:
+                    for fallback_op, fallback_fn in fallbacks.items():
+                        lib.impl(fallback_op, fallback_fn, dispatch_key)
+        _triton_lib = lib
 
 
 def detach_triton() -> None:
     """Remove the Triton registrations made by attach_triton()."""
     global _triton_lib
-    if _triton_lib is not None:
-        _triton_lib._destroy()
-        _triton_lib = None
+    with _triton_lib_lock:
+        if _triton_lib is not None:
+            _triton_lib._destroy()
+            _triton_lib = None
 
 
 def _check(name: str) -> None:
@@ -145,7 +151,8 @@ def _check(name: str) -> None:
 
 
 def set_backend(name: str) -> None:
-    """Select the backend for all skelfast ops (overrides SKELFAST_BACKEND)."""
+    """Select the backend for all skelfast ops (overrides SKELFAST_BACKEND); any case, as the variable."""
+    name = name.strip().lower() if isinstance(name, str) else name
     _check(name)
     global _selected
     _selected = name
