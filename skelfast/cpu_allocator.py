@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import ctypes.util
 import os
 import platform
@@ -48,6 +49,7 @@ _HALF_HEAP = 32 * 1024 * 1024   # older glibc refuses an mmap threshold above HE
 _tuned = False
 
 
+@functools.lru_cache(maxsize=None)   # find_library runs ldconfig (~2 ms): once per process
 def _glibc():
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None

@@ -63,6 +63,8 @@ def check_modalities_args(
     if V != topo.num_joints:
         raise ValueError(f"x has V={V} joints but topology {topo.name!r} has {topo.num_joints}")
     ids = modality_ids(names)
+    if len(set(ids)) != len(ids):   # the reference refuses it too: one signature, one behaviour
+        raise ValueError(f"names lists a modality twice: {tuple(names)}")
     if not scale_base > 0:
         raise ValueError(f"scale_base must be > 0, got {scale_base}")
     scale = None

@@ -36,6 +36,8 @@ def test_bad_input(fn, make, kwargs, exc, match):
 def test_duplicate_names_rejected_by_fused_op():
     with pytest.raises(ValueError, match="twice"):
         ops.modalities(make_skeleton(N=1), names=("joint", "joint"))
+    with pytest.raises(ValueError, match="twice"):   # the oracle has the op's signature and checks
+        reference.modalities(make_skeleton(N=1), None, ("joint", "joint"))
 
 
 def test_topology_tables_validated():

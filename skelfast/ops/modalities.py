@@ -44,8 +44,6 @@ def modalities(
     if not isinstance(names, str):
         names = tuple(names)   # an iterator would be used up by the checks before the reference sees it
     ids, topo, scale = check_modalities_args(x, frames, names, topology, scale_base)
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"names lists a modality twice: {tuple(names)}")
     impl = _backend.resolve(x.device)
     if impl == "torch":
         return reference.modalities(x, frames, names, topo, scale_base)
