@@ -37,8 +37,9 @@ def _load() -> None:
         LOAD_ERROR = "skelfast/_C.so not found (the extension was not built; run `pip install .`)"
     else:
         if len(candidates) > 1:
-            warnings.warn(f"skelfast: several extension libraries in {_HERE} ({[os.path.basename(c) for c in candidates]}); "
-                          f"loading {os.path.basename(candidates[0])}, delete the stale ones", RuntimeWarning, stacklevel=3)
+            names = [os.path.basename(c) for c in candidates]
+            warnings.warn(f"skelfast: several extension libraries in {_HERE} ({names}); loading {names[0]}, "
+                          "delete the stale ones", RuntimeWarning, stacklevel=3)
         try:
             torch.ops.load_library(candidates[0])
             LIBRARY_PATH = candidates[0]

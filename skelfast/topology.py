@@ -36,7 +36,8 @@ def _joint_indices(topology: str, table_name: str, values) -> Tuple[int, ...]:
         try:
             out.append(operator.index(j))
         except TypeError:
-            raise ValueError(f"topology {topology!r}: {table_name} must hold integer joint indices, got {j!r}") from None
+            raise ValueError(f"topology {topology!r}: {table_name} must hold integer joint indices, "
+                             f"got {j!r}") from None
     return tuple(out)
 
 
@@ -75,9 +76,9 @@ class Topology:
     def from_tables(cls, bone_parent, axis_partner, normal=()) -> "Topology":
         """A graph-less topology from the modality tables (as the ops receive them)."""
         normal = _joint_indices("custom", "normal", normal)
-        return cls(name="custom", num_joints=len(bone_parent), bone_parent=_joint_indices("custom", "bone_parent", bone_parent),
-                   axis_partner=_joint_indices("custom", "axis_partner", axis_partner), edges=(), center=0,
-                   normal=normal if normal else None)
+        return cls(name="custom", num_joints=len(bone_parent), edges=(), center=0, normal=normal if normal else None,
+                   bone_parent=_joint_indices("custom", "bone_parent", bone_parent),
+                   axis_partner=_joint_indices("custom", "axis_partner", axis_partner))
 
     @property
     def normal_list(self) -> list:

@@ -1,8 +1,8 @@
 """First-order-only backward formulas for the custom ops.
 
 The ops' backward kernels (modalities_backward, graph_conv_backward, batch_norm_relu_backward,
-dropout_add_relu_backward, contrastive_lse_backward) have no autograd formulas of their own, and the losses' query gradient
-formed in the forward is a constant. Left alone, a second backward (create_graph=True, e.g. a
+dropout_add_relu_backward, contrastive_lse_backward) have no autograd formulas of their own, and
+the losses' query gradient formed in the forward is a constant. Left alone, a second backward (create_graph=True, e.g. a
 Hessian-vector product or an input-gradient penalty) would treat them as constants and return a
 silently wrong (partly zero) second derivative. `first_order(op)` wraps a backward registered with
 torch.library.register_autograd: it runs the formula under no_grad and, when a graph is being
