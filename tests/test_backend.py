@@ -49,7 +49,8 @@ def test_precision_summary_survives_the_per_unit_tf32_api():
             "print('summary:', fp32_precision_summary())\n")
     proc = _run(code, {"SKELFAST_QUIET_IMPORT": "1"}, ROOT)
     assert proc.returncode == 0, proc.stderr
-    assert "legacy read raises" in proc.stdout, proc.stdout   # the situation this guards against
+    if "legacy read ok" in proc.stdout:   # torch 2.13 raises here; an older one may not know the mix
+        pytest.skip(f"torch {torch.__version__} reads the legacy TF32 flags after the per-unit API")
     assert "summary: unknown (" in proc.stdout
 
 
