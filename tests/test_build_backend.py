@@ -3,6 +3,7 @@ imports. The full install flows (pip install -e ., pip install <sdist>, python -
 --no-isolation) take minutes each and were run by hand; CI's own `pip install -e .` is one."""
 import importlib
 import os
+import site
 import sys
 
 import pytest
@@ -59,4 +60,6 @@ def test_base_site_packages_only_where_the_venv_sees_them(backend, monkeypatch, 
     monkeypatch.setattr(sys, "prefix", str(tmp_path))
     monkeypatch.setattr(sys, "base_prefix", "/some/base")
     assert backend._base_site_visible() is visible
-    assert any(d.startswith("/some/base") for d in backend._site_dirs()) is visible
+    dirs = backend._site_dirs()
+    assert any(d.startswith("/some/base") for d in dirs) is visible
+    assert site.getusersitepackages() not in dirs   # a venv never imports the user's site-packages

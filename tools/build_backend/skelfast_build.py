@@ -12,6 +12,7 @@ download, and the binary is compiled against exactly the torch that will load it
 """
 import importlib.metadata
 import os
+import site
 import sys
 import sysconfig
 
@@ -40,13 +41,16 @@ def _base_site_visible() -> bool:
 
 def _site_dirs():
     """site-packages the target interpreter imports from (pip runs these hooks in the target
-    interpreter, with an isolated sys.path): its own and, where it sees them, the base's."""
+    interpreter, with an isolated sys.path): its own, where it sees them the base's, and outside a
+    venv the user's (`pip install --user`; pip's isolation hides it from this process only)."""
     bases = [None] + ([sys.base_prefix] if _base_site_visible() else [])
     dirs = []
     for base in bases:
         vars_ = None if base is None else {"base": base, "platbase": base}
         paths = sysconfig.get_paths(vars=vars_)
         dirs += [paths["purelib"], paths["platlib"]]
+    if sys.prefix == sys.base_prefix:
+        dirs.append(site.getusersitepackages())
     return list(dict.fromkeys(dirs))
 
 
