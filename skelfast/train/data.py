@@ -59,8 +59,10 @@ DATASET_KEYS = ("root", "benchmark")
 SYNTHETIC_DATASET_KEYS = ("num_classes", "samples_per_class", "seed", "noise")
 
 
-def evaluation_data(cfg: Dict[str, Any], ck: Mapping[str, Any]) -> Optional[str]:
-    """Linear / k-NN / fine-tuning run on the data their checkpoint was trained on: with data.root
+def evaluation_data(cfg: Dict[str, Any], ck: Mapping[str, Any],
+                    doing: str = "evaluating on the checkpoint's data") -> Optional[str]:
+    """Linear / k-NN / fine-tuning (and distillation, on its teacher's) run on the data their
+    checkpoint was trained on: with data.root
     null and data.from_checkpoint true (the default), the checkpoint run's data.root, benchmark and
     synthetic dataset settings replace the config's, so an NTU checkpoint is not evaluated on the
     embedded synthetic set by default. An explicit data.root (--data) or from_checkpoint=false keeps
@@ -75,8 +77,7 @@ def evaluation_data(cfg: Dict[str, Any], ck: Mapping[str, Any]) -> Optional[str]
     if not taken:
         return None
     cfg["data"] = merge(d, _expand_dotted({k[len("data."):]: v for k, v in taken.items()}))
-    return ("evaluating on the checkpoint's data (data.from_checkpoint): "
-            + ", ".join(f"{k}={v}" for k, v in taken.items()))
+    return f"{doing} (data.from_checkpoint): " + ", ".join(f"{k}={v}" for k, v in taken.items())
 
 
 def resolve_data_root(cfg: Mapping[str, Any], log=None) -> str:

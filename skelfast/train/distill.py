@@ -15,7 +15,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import check_batch_queue
-from .data import step_generator, two_views
+from .data import evaluation_data, step_generator, two_views
 from .distributed import gather_cat
 from .loops import Task, Trainer, autocast
 from .models import DISTILL_MODELS, MODEL_DEFAULTS, TEACHER_OF, build_model
@@ -116,6 +116,8 @@ def run_distill(cfg: Dict[str, Any], teacher: Optional[str] = None, resume: Opti
         for k in ARCH_KEYS:
             cfg["model"][k] = tck["config"]["model"][k]
         cfg["model"]["true_timeline"] = teacher_true_timeline(cfg["model"]["true_timeline"], tck)
+        # ... and so is the data, unless --data or data.from_checkpoint=false says otherwise
+        data_note = evaluation_data(cfg, tck, "distilling on the teacher's data")
     check_batch_queue(cfg)          # before the run folder exists (build_model sizes the queues from cfg)
     sess = start_session(cfg, "distill", name, run_dir)
     model = build_model(cfg)
@@ -125,4 +127,6 @@ def run_distill(cfg: Dict[str, Any], teacher: Optional[str] = None, resume: Opti
     task = DistillTask(cfg)
     task.world, task.rank = sess.info.world, sess.info.rank
     trainer = Trainer(cfg, task, model, name, split, sess.run_dir, sess.device, sess.info, resume=ck)
+    if ck is None and data_note:
+        trainer.logger.log(data_note)
     return trainer.fit()

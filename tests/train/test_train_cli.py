@@ -55,6 +55,22 @@ def test_pretrain_outputs(chain):
     assert len(state) == len(trainable), "every trainable parameter got a gradient"
 
 
+def test_distill_trains_on_the_teachers_data(chain):
+    """distill takes data.root, benchmark and the synthetic settings from its teacher's run (as the
+    evaluations take their checkpoint's), and logs it: a config that names other data no longer
+    distils an NTU teacher on the synthetic set, or a synthetic one on another synthetic set."""
+    base, pre, _, out = chain
+    sets = [s for s in base if not s.startswith("data.synthetic.samples_per_class")]
+    rc = main(["distill", "--config", "student6to3", "--teacher", pre, "--name", "dis_data", "--epochs", "1",
+               *_sets(sets + ["data.synthetic.samples_per_class=6", "run.max_steps_per_epoch=1"])])
+    assert rc == 0
+    run = out / "runs" / "dis_data"
+    cfg = yaml.safe_load(open(run / "config.yaml"))
+    assert cfg["data"]["synthetic"]["samples_per_class"] == 10          # the teacher's, not the 6 asked for
+    assert "distilling on the teacher's data (data.from_checkpoint): data.synthetic.samples_per_class=10" in \
+        open(run / "train.log").read()
+
+
 def test_distill_outputs(chain):
     _, pre, dis, _ = chain
     ck = load_checkpoint(dis)
