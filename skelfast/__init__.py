@@ -12,4 +12,15 @@ from . import reference  # noqa: E402
 from . import ops  # noqa: E402
 
 __all__ = ["MODALITIES3", "MODALITIES6", "Topology", "NTU25_IKEM", "NTU25_CROSSCLR", "COCO17",
-           "get_topology", "ops", "reference", "__version__"]
+           "get_topology", "ops", "reference", "nn", "models", "data", "train", "__version__"]
+
+# Imported on first use (`skelfast.train.api.Embedder`, `skelfast.models.build` after a plain
+# `import skelfast`), so that importing the package does not load the trainer, matplotlib or the data tools.
+_LAZY_SUBMODULES = ("nn", "models", "data", "train")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

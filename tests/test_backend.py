@@ -152,6 +152,22 @@ def test_suite_stops_when_the_extension_did_not_load(tmp_path):
     assert allowed.returncode == 0 and "1 passed" in allowed.stdout, allowed.stdout + allowed.stderr
 
 
+def test_subpackages_load_on_first_use():
+    """README's `skelfast.train.api.Embedder...` and `skelfast.models.build(...)` work after a plain
+    `import skelfast`, which itself loads neither the trainer nor the data tools."""
+    code = ("import sys, skelfast\n"
+            "assert not any(m in sys.modules for m in ('skelfast.train', 'skelfast.data', 'skelfast.models'))\n"
+            "assert skelfast.train.api.Embedder.from_checkpoint and skelfast.models.build\n"
+            "assert skelfast.nn.BatchedSTGCN and skelfast.data.prepare and skelfast.train.config.load_config\n"
+            "try:\n"
+            "    skelfast.no_such_module\n"
+            "except AttributeError as e:\n"
+            "    print('refused:', e)\n")
+    proc = _run(code, {"SKELFAST_QUIET_IMPORT": "1"}, ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "refused: module 'skelfast' has no attribute 'no_such_module'" in proc.stdout
+
+
 def test_info_cli_runs():
     proc = _run("import runpy; runpy.run_module('skelfast.info', run_name='__main__')", {"SKELFAST_QUIET_IMPORT": "1"}, ROOT)
     assert proc.returncode == 0, proc.stderr

@@ -19,8 +19,17 @@ features (cached frozen features), api (Embedder), logging_utils, distributed, p
 __all__ = ["Embedder"]
 
 
+_MODULES = ("api", "config", "checkpoint", "data", "loops", "pretrain", "distill", "linear", "knn", "finetune",
+            "features", "logging_utils", "distributed", "pipeline", "models", "session")
+
+
 def __getattr__(name):
-    if name == "Embedder":        # lazy: importing skelfast.train must not pull in the training stack
+    # lazy: importing skelfast.train must not pull in the training stack; `skelfast.train.api.X`
+    # after a plain `import skelfast` works all the same
+    if name == "Embedder":
         from .api import Embedder
         return Embedder
-    raise AttributeError(name)
+    if name in _MODULES:
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
