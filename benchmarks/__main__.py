@@ -55,7 +55,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small shapes and short timing (smoke run)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--only", default=None, help="comma-separated benchmark names (e.g. bench_modalities)")
-    parser.add_argument("--out-dir", default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--out-dir", default=None,
+                        help="results folder (default benchmarks/results; with --quick benchmarks/results/_scratch)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark")
     parser.add_argument("--compare", default=None, metavar="OLD.csv", help="regression check against OLD.csv")
     parser.add_argument("--against", default=None, metavar="NEW.csv", help="with --compare: compare files only")
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
         return report.compare(args.compare, args.against, args.tolerance)
 
     device = torch.device(args.device)
-    out_dir = args.out_dir or H.RESULTS_DIR
+    out_dir = args.out_dir or H.default_out_dir(args.quick)
     names = discover() if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = sorted(set(names) - set(discover()))
     if unknown:

@@ -47,6 +47,9 @@ if os.environ.get("SKELFAST_BENCH_TF32") != "1":
     pin_ieee_fp32()
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# --quick smoke runs write here unless --out-dir says otherwise (git-ignored): their rows must not
+# replace the committed full-size results of the same cases
+SCRATCH_DIR = os.path.join(RESULTS_DIR, "_scratch")
 KEY_FIELDS = ["op", "provider", "mode", "shape", "dtype", "device_name", "torch_version", "skelfast_version", "git_sha"]
 # What identifies a case in a device's CSV: a re-run replaces the row of the same case whatever the
 # versions or commit (earlier results live in git history; `--compare OLD.csv` compares files).
@@ -507,11 +510,26 @@ def check_rel_l2_floored(name: str, got: Sequence[torch.Tensor], want: Sequence[
 def bench_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
     """Command line with the options every benchmark has: --quick (its smoke-test size, described
     by `quick_help`), --device and --out-dir."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _BenchParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out-dir", default=None, help="CSV folder (default benchmarks/results)")
+    parser.add_argument("--out-dir", default=None,
+                        help="CSV folder (default benchmarks/results; with --quick benchmarks/results/_scratch)")
     return parser
+
+
+def default_out_dir(quick: bool) -> str:
+    return SCRATCH_DIR if quick else RESULTS_DIR
+
+
+class _BenchParser(argparse.ArgumentParser):
+    """Fills in --out-dir from --quick after parsing (the default depends on another option)."""
+
+    def parse_args(self, args=None, namespace=None):
+        ns = super().parse_args(args, namespace)
+        if getattr(ns, "out_dir", None) is None:
+            ns.out_dir = default_out_dir(getattr(ns, "quick", False))
+        return ns
 
 
 def device_name(device: torch.device) -> str:

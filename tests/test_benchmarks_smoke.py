@@ -98,6 +98,20 @@ def test_report_keeps_newest_row_and_writes_plots(tmp_path):
         assert (tmp_path / "plots" / f"dev_{name}.png").stat().st_size > 1000
 
 
+def test_quick_runs_do_not_overwrite_the_committed_results():
+    """A --quick smoke run upserts its rows into the same cases as a full run: by default it writes
+    to the git-ignored scratch folder, never over benchmarks/results/<device>.csv."""
+    from benchmarks import _harness as H
+    parser = H.bench_parser("doc", "quick")
+    assert parser.parse_args(["--quick"]).out_dir == H.SCRATCH_DIR
+    assert parser.parse_args([]).out_dir == H.RESULTS_DIR
+    assert parser.parse_args(["--quick", "--out-dir", "/x"]).out_dir == "/x"
+    assert H.default_out_dir(True) == H.SCRATCH_DIR
+    if os.path.isdir(os.path.join(ROOT, ".git")):   # a checkout (not an unpacked sdist)
+        ignored = subprocess.run(["git", "check-ignore", "-q", os.path.join(H.SCRATCH_DIR, "cpu.csv")], cwd=ROOT)
+        assert ignored.returncode == 0, "the scratch folder must be git-ignored"
+
+
 def test_quick_suite_runs_end_to_end(tmp_path):
     """Every bench_*.py with --quick, one CSV for the device, a report, and a self-compare that passes."""
     env = {**os.environ, "SKELFAST_QUIET_IMPORT": "1"}
