@@ -144,6 +144,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             _check_resume_config(a)
         # flags after --set so that explicit flags win; the queue check only for commands with queues
         cfg = load_config(a.config, overrides, command=a.command)
+        if a.command == "pipeline":
+            from .pipeline import check_overrides_reach_stages
+            check_overrides_reach_stages(cfg, [o.split("=", 1)[0].strip() for o in changes])
         if a.command == "pretrain":
             from .pretrain import run_pretrain
             res = run_pretrain(cfg, resume=a.resume)

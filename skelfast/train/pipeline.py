@@ -15,12 +15,36 @@ import copy
 import json
 import os
 import time
-from typing import Any, Dict
+from typing import Any, Dict, List, Mapping
 
-from .config import _expand_dotted, merge, save_config, validate
+from .config import ConfigError, _expand_dotted, merge, save_config, validate
 from .logging_utils import RunLogger, format_table, make_run_dir, plot_table
 
-__all__ = ["run_pipeline", "stage_config"]
+__all__ = ["run_pipeline", "stage_config", "check_overrides_reach_stages"]
+
+
+def _dotted_keys(d: Mapping[str, Any], prefix: str = "") -> List[str]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out += _dotted_keys(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def check_overrides_reach_stages(cfg: Mapping[str, Any], keys: List[str]) -> None:
+    """Refuse top-level overrides (`--epochs`, `--set optim.lr=...`) that a stage's `pipeline.<stage>`
+    override would replace: they would be ignored without a word. Names the keys to set instead."""
+    hidden = []
+    for stage, over in (cfg.get("pipeline") or {}).items():
+        stage_keys = set(_dotted_keys(_expand_dotted(over or {})))
+        hidden += [f"pipeline.{stage}.{k}" for k in keys if k in stage_keys]
+    if hidden:
+        names = sorted(set(k.split(".", 2)[2] for k in hidden))
+        raise ConfigError(f"pipeline: {', '.join(names)} {'is' if len(names) == 1 else 'are'} set per stage by the "
+                          f"preset, which would override the top-level value; set the stage keys instead, "
+                          f"e.g. --set {hidden[0]}=... (stage keys: {', '.join(hidden)})")
 
 
 def stage_config(cfg: Dict[str, Any], stage: str, run_dir: str) -> Dict[str, Any]:

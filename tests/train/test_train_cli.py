@@ -172,6 +172,11 @@ def test_errors_before_training(chain, tiny, tmp_path, capsys):
     # a view the model does not have
     assert main(["linear", "--checkpoint", dis, "--view", "omega", *_sets(tiny())]) == 2
     assert "omega" in capsys.readouterr().err
+    # the pipeline's stages set optim.* themselves: a top-level --epochs would be ignored, so it is refused
+    assert main(["pipeline", "--epochs", "1", *_sets(tiny())]) == 2
+    assert "--set pipeline.pretrain.optim.epochs=" in capsys.readouterr().err
+    assert main(["--set", "optim.lr=0.1", *_sets(tiny())]) == 2
+    assert "optim.lr is set per stage" in capsys.readouterr().err
 
 
 def test_backend_reference_and_bf16_smoke(tiny):
