@@ -13,6 +13,7 @@ import copy
 import difflib
 import math
 import os
+import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import yaml
@@ -222,6 +223,8 @@ def validate(cfg: Mapping[str, Any], command: Optional[str] = None) -> None:
             raise ConfigError(f"data.{key} must be >= 1, got {d[key]}")
     if r["amp"] not in ("none", "bf16"):
         raise ConfigError(f"run.amp must be 'none' or 'bf16', got {r['amp']!r}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(r["device"])):
+        raise ConfigError(f"run.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {r['device']!r}")
     if r["save_every"] < 1:
         raise ConfigError(f"run.save_every must be >= 1, got {r['save_every']}")
     if r["max_steps_per_epoch"] is not None and r["max_steps_per_epoch"] < 0:

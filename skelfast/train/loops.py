@@ -199,7 +199,7 @@ class Trainer:
                 f"device {self.device}, run folder {self.run_dir}")
         elif self.epoch >= self.epochs:
             log(f"{self.task.command} {self.model_name}: the resumed run already finished its {self.epochs} epochs; "
-                f"nothing to train (start a new run, or raise optim.epochs in a new run from this checkpoint)")
+                f"nothing to train (a longer schedule is a new run: --resume keeps the finished run's config)")
         else:
             log(f"resuming {self.task.command} {self.model_name} at epoch {self.epoch + 1} step {self.step}")
         old = None

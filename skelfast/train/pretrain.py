@@ -17,7 +17,7 @@ from .config import check_batch_queue
 from .data import two_views, step_generator
 from .distributed import gather_cat
 from .loops import Task, Trainer, autocast
-from .models import PRETRAIN_MODELS, build_model
+from .models import DISTILL_MODELS, PRETRAIN_MODELS, build_model
 from .session import open_train_split, resume_payload, start_session
 
 __all__ = ["PretrainTask", "run_pretrain", "build_pretrain_trainer"]
@@ -62,7 +62,7 @@ def build_pretrain_trainer(cfg: Optional[Dict[str, Any]], resume: Optional[str] 
     name = cfg["model"]["name"]
     if name not in PRETRAIN_MODELS:
         raise CheckpointError(f"pretrain needs model.name in {PRETRAIN_MODELS}, got {name!r}"
-                              + (f" (use `distill` for {name!r})" if name else ""))
+                              + (f" (use `distill` for {name!r})" if name in DISTILL_MODELS else ""))
     check_batch_queue(cfg)          # before the run folder exists (build_model sizes the queues from cfg)
     sess = start_session(cfg, "pretrain", name, run_dir)
     model = build_model(cfg)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..cpu_allocator import release_free_memory, tune_cpu_allocator
+from ..data import load_manifest
 from .checkpoint import load_checkpoint
 from .data import Split, open_split, resolve_data_root
 from .distributed import DistInfo, init_distributed
@@ -70,6 +71,16 @@ def check_resume_value(flag: str, given: Any, saved: Any, path: str, same=None) 
                           f"keeps its settings (drop {flag}, or start a new run to change it)")
 
 
+def _check_batch_fits(cfg: Dict[str, Any], root: str) -> None:
+    """The Trainer's check, from the manifest's counts, before a run folder is made: a run that cannot
+    start must not leave a folder behind (nor take the name it was given)."""
+    d = cfg["data"]
+    count = ((load_manifest(root) or {}).get("splits", {}).get(d["train_split"]) or {}).get("count")
+    if count is not None and count < d["batch_size"]:
+        raise ValueError(f"data.batch_size={d['batch_size']} is larger than the {count} samples of split "
+                         f"{d['train_split']!r} (batches are dropped when incomplete, method.md §1.4)")
+
+
 def start_session(cfg: Dict[str, Any], command: str, model_name: str, run_dir: Optional[str] = None,
                   need_data: bool = True) -> Session:
     r = cfg["run"]
@@ -82,8 +93,12 @@ def start_session(cfg: Dict[str, Any], command: str, model_name: str, run_dir: O
         release_free_memory()   # the previous command's (pipeline stage's) kept memory
     if r["amp"] == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("run.amp=bf16 but this GPU does not support bfloat16")
+    if r.get("cuda_graphs") and device.type != "cuda":   # before the run folder exists (its name stays free)
+        raise ValueError("--cuda-graphs needs a CUDA device")
     seed_everything(r["seed"])
     root = resolve_data_root(cfg) if need_data else ""
+    if command in ("pretrain", "distill") and root:
+        _check_batch_fits(cfg, root)
     if run_dir is None:
         run_dir = make_run_dir(cfg, command, model_name) if info.is_main else ""
         if info.enabled and info.world > 1:

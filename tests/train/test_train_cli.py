@@ -179,6 +179,23 @@ def test_errors_before_training(chain, tiny, tmp_path, capsys):
     assert "optim.lr is set per stage" in capsys.readouterr().err
 
 
+def test_a_run_that_cannot_start_leaves_no_folder(tiny, tmp_path, capsys):
+    """Start-up errors come before the run folder is made, so the name stays free for the corrected
+    command (found by a README walkthrough: --cuda-graphs on a CPU box took the name)."""
+    runs = tmp_path / "runs"
+    if not torch.cuda.is_available():
+        assert main(["pretrain", "--cuda-graphs", "--name", "cg", *_sets(tiny())]) == 2
+        assert "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
+    # 40 synthetic samples, xsub: fewer training samples than a batch of 32 (queue 64: divisible)
+    assert main(["pretrain", "--name", "big", *_sets(tiny(**{"data.batch_size": 32, "model.queue_size": 64}))]) == 2
+    assert "is larger than the" in capsys.readouterr().err
+    assert not runs.exists() or sorted(os.listdir(runs)) == []
+    assert main(["pretrain", "--device", "gpu", *_sets(tiny())]) == 2
+    assert "run.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'" in capsys.readouterr().err
+    assert main(["pretrain", "--set", "model.name=ikem7", *_sets(tiny())]) == 2
+    assert "use `distill`" not in capsys.readouterr().err   # the hint only for the student models
+
+
 def test_backend_reference_and_bf16_smoke(tiny):
     """--backend reference and --amp bf16 run (CPU autocast) and give a finite loss."""
     sets = tiny(**{"optim.epochs": 1, "run.max_steps_per_epoch": 1, "run.name": "bf16"})
