@@ -34,7 +34,8 @@ def _load() -> None:
     global LOAD_ERROR, LIBRARY_PATH, HAS_CPU_KERNELS, HAS_CUDA_KERNELS
     candidates = _library_candidates()
     if not candidates:
-        LOAD_ERROR = "skelfast/_C.so not found (the extension was not built; run `pip install .`)"
+        LOAD_ERROR = ("skelfast/_C.so not found (the extension was not built: `pip install .`, `pip install -e .` "
+                      "for a source tree you edit, or `python setup.py build_ext --inplace` there)")
     else:
         if len(candidates) > 1:
             names = [os.path.basename(c) for c in candidates]

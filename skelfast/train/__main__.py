@@ -50,25 +50,27 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="relational 6->3 / 3->1 distillation (method.md §6)")
     _common(p, "student6to3")
     p.add_argument("--teacher", default=None, help="pretrain checkpoint (file or run folder) of the teacher")
-    p.add_argument("--resume", default=None)
+    p.add_argument("--resume", default=None, help="checkpoint or run folder to continue (with its saved config)")
     p = sub.add_parser("linear", help="linear evaluation on cached frozen features (method.md §7)")
     _common(p, "linear")
     p.add_argument("--checkpoint", default=None, help="pretrain / distill checkpoint (file or run folder)")
     p.add_argument("--view", default=None, help="joint|motion|bone|acceleration|rotation_axis|omega|3views|all, "
                    "or several separated by commas (one feature pass, one head per view)")
-    p.add_argument("--random-init", action="store_true", help="evaluate a randomly initialised encoder")
+    p.add_argument("--random-init", action="store_true",
+                   help="evaluate a randomly initialised encoder of the --checkpoint's architecture (the baseline)")
     p = sub.add_parser("knn", help="k-NN evaluation of frozen features")
     _common(p, "knn")
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--view", default=None)
-    p.add_argument("--k", type=int, default=None)
-    p.add_argument("--random-init", action="store_true")
+    p.add_argument("--checkpoint", default=None, help="pretrain / distill checkpoint (file or run folder)")
+    p.add_argument("--view", default=None, help="one of joint|motion|bone|acceleration|rotation_axis|omega|3views|all")
+    p.add_argument("--k", type=int, default=None, help="knn.k: neighbours that vote (at most the training samples)")
+    p.add_argument("--random-init", action="store_true",
+                   help="evaluate a randomly initialised encoder of the --checkpoint's architecture (the baseline)")
     p = sub.add_parser("finetune", help="fine-tuning / semi-supervised evaluation")
     _common(p, "finetune")
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--view", default=None)
+    p.add_argument("--checkpoint", default=None, help="pretrain / distill checkpoint (file or run folder)")
+    p.add_argument("--view", default=None, help="one of joint|motion|bone|acceleration|rotation_axis|omega|3views|all")
     p.add_argument("--label-fraction", type=float, default=None, help="0.01 | 0.1 | 1.0 (seeded per-class subset)")
-    p.add_argument("--resume", default=None)
+    p.add_argument("--resume", default=None, help="checkpoint or run folder to continue (with its saved config)")
     p = sub.add_parser("pipeline", help="pretrain -> distill -> linear on synthetic data (the default command)")
     _common(p, "quick")
     return ap
@@ -140,6 +142,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             # a resumed run continues with the config saved in its checkpoint
             raise ConfigError(f"--resume continues the checkpoint's saved config (bit-for-bit); it cannot be combined "
                               f"with --set or config flags (got {changes}); start a new run to change settings")
+        if a.command == "knn" and a.epochs is not None:
+            raise ConfigError("knn trains nothing: --epochs has no effect there")
         if getattr(a, "resume", None) and config_given:
             _check_resume_config(a)
         # flags after --set so that explicit flags win; the queue check only for commands with queues

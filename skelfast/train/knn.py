@@ -77,11 +77,14 @@ def run_knn(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Optiona
                          logger.log)
     te = cached_features(model, te_split, sess.device, sess.run_dir, tag, d["eval_batch_size"], amp, sess.data_root,
                          logger.log)
-    acc = knn_accuracy(tr, te, streams, tr_split.num_classes, kc["k"], kc["temperature"])
-    row = {"model": source + (" (random init)" if random_init else ""), "view": view, "k": kc["k"],
+    k = min(kc["k"], len(tr_split))
+    if k < kc["k"]:   # the table reports the k that voted
+        logger.log(f"knn.k={kc['k']} exceeds the {len(tr_split)} training samples; every one votes (k={k})")
+    acc = knn_accuracy(tr, te, streams, tr_split.num_classes, k, kc["temperature"])
+    row = {"model": source + (" (random init)" if random_init else ""), "view": view, "k": k,
            "top-1": acc["top1"], "top-5": acc["top5"]}
     logger.log("\n" + format_table([row], list(row)))
-    res = dict(acc, checkpoint=ck["path"], view=view, k=kc["k"], source=source, random_init=random_init)
+    res = dict(acc, checkpoint=ck["path"], view=view, k=k, source=source, random_init=random_init)
     with open(os.path.join(sess.run_dir, "results.json"), "w") as fh:
         json.dump(res, fh, indent=1)
     logger.close()

@@ -124,6 +124,11 @@ def test_linear_student_and_knn(chain):
     assert main(["knn", "--checkpoint", dis, "--name", "knn_s", "--k", "3", *_sets(base)]) == 0
     res = json.load(open(out / "runs" / "knn_s" / "results.json"))
     assert res["k"] == 3 and 0 <= res["top1"] <= res["top5"] <= 100
+    # a k above the training samples: every sample votes, and the result says the k that voted
+    assert main(["knn", "--checkpoint", dis, "--name", "knn_big", "--k", "100000", *_sets(base)]) == 0
+    big = json.load(open(out / "runs" / "knn_big" / "results.json"))
+    assert big["k"] < 100000 and "every one votes" in open(out / "runs" / "knn_big" / "train.log").read()
+    assert main(["knn", "--checkpoint", dis, "--epochs", "3", *_sets(base)]) == 2   # knn trains nothing
 
 
 def test_finetune_semi_supervised(chain):
