@@ -30,8 +30,10 @@ def _parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="raw .skeleton folder -> prepared arrays (or --verify one)")
-    p.add_argument("--dataset", choices=sorted(DATASETS), default="ntu60")
-    p.add_argument("--benchmark", choices=list(BENCHMARKS) + ["xsetup"], default="xsub")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="ntu60",
+                   help="which samples and missing-skeleton list (default ntu60)")
+    p.add_argument("--benchmark", choices=list(BENCHMARKS) + ["xsetup"], default="xsub",
+                   help="train/val split (default xsub)")
     p.add_argument("--raw", help="folder of .skeleton files (with --verify: also check that --out is up to "
                                  "date with it)")
     p.add_argument("--out", required=True, help="output folder (created)")

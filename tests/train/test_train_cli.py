@@ -155,7 +155,7 @@ def test_errors_before_training(chain, tiny, tmp_path, capsys):
     # ... or a raw .skeleton folder: the hint is to prepare it into another folder, not into itself
     (empty / "S001C001P001R001A001.skeleton").write_text("1\n0\n")
     assert main(["pretrain", "--data", str(empty), *_sets(tiny())]) == 2
-    assert f"holds raw .skeleton files; prepare them into another folder" in capsys.readouterr().err
+    assert "holds raw .skeleton files; prepare them into another folder" in capsys.readouterr().err
     # a batch size that does not divide the queue
     assert main(["pretrain", *_sets(tiny(**{"data.batch_size": 6}))]) == 2
     assert "does not divide" in capsys.readouterr().err
