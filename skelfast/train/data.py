@@ -62,9 +62,8 @@ SYNTHETIC_DATASET_KEYS = ("num_classes", "samples_per_class", "seed", "noise")
 def evaluation_data(cfg: Dict[str, Any], ck: Mapping[str, Any],
                     doing: str = "evaluating on the checkpoint's data") -> Optional[str]:
     """Linear / k-NN / fine-tuning (and distillation, on its teacher's) run on the data their
-    checkpoint was trained on: with data.root
-    null and data.from_checkpoint true (the default), the checkpoint run's data.root, benchmark and
-    synthetic dataset settings replace the config's, so an NTU checkpoint is not evaluated on the
+    checkpoint was trained on: with data.root null and data.from_checkpoint true (the default), the
+    checkpoint run's data.root, benchmark and synthetic dataset settings replace the config's, so an NTU checkpoint is not evaluated on the
     embedded synthetic set by default. An explicit data.root (--data) or from_checkpoint=false keeps
     the config's. Changes cfg in place; returns a log line naming what was taken, or None."""
     d, src = cfg["data"], ck["config"]["data"]

@@ -106,7 +106,7 @@ def run_distill(cfg: Dict[str, Any], teacher: Optional[str] = None, resume: Opti
     name = cfg["model"]["name"]
     if name not in DISTILL_MODELS:
         raise CheckpointError(f"distill needs model.name in {DISTILL_MODELS}, got {name!r} (--config student6to3 "
-                              f"or student3to1, or --set model.name=...)")
+                              "or student3to1, or --set model.name=...)")
     teacher = teacher or cfg["distill"]["teacher"]
     if ck is None:
         if not teacher:

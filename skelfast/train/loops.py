@@ -56,6 +56,13 @@ def resolve_device(pref: str, info: Optional[DistInfo] = None) -> torch.device:
     return dev
 
 
+def check_batch_fits(batch_size: int, samples: int, split: str) -> None:
+    """A split smaller than one batch trains on nothing: batches are dropped when incomplete."""
+    if samples < batch_size:
+        raise ValueError(f"data.batch_size={batch_size} is larger than the {samples} samples of split "
+                         f"{split!r} (batches are dropped when incomplete, method.md §1.4)")
+
+
 def autocast(device: torch.device, amp: str):
     """bf16 autocast (run.amp='bf16') or a no-op."""
     if amp == "bf16":
@@ -122,9 +129,7 @@ class Trainer:
         if self.B % info.world:
             raise ValueError(f"data.batch_size={self.B} is not divisible by the {info.world} DDP processes")
         self.b = self.B // info.world
-        if len(split) < self.B:
-            raise ValueError(f"data.batch_size={self.B} is larger than the {len(split)} samples of split "
-                             f"{split.name!r} (batches are dropped when incomplete, method.md §1.4)")
+        check_batch_fits(self.B, len(split), split.name)
         self.steps_per_epoch = len(split) // self.B
         if r["max_steps_per_epoch"]:
             self.steps_per_epoch = min(self.steps_per_epoch, int(r["max_steps_per_epoch"]))

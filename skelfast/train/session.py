@@ -19,7 +19,7 @@ from .checkpoint import load_checkpoint
 from .data import Split, open_split, resolve_data_root
 from .distributed import DistInfo, init_distributed
 from .logging_utils import make_run_dir
-from .loops import resolve_device
+from .loops import check_batch_fits, resolve_device
 
 __all__ = ["Session", "start_session", "seed_everything", "resume_payload", "check_resume_value",
            "same_checkpoint"]
@@ -71,16 +71,6 @@ def check_resume_value(flag: str, given: Any, saved: Any, path: str, same=None) 
                           f"keeps its settings (drop {flag}, or start a new run to change it)")
 
 
-def _check_batch_fits(cfg: Dict[str, Any], root: str) -> None:
-    """The Trainer's check, from the manifest's counts, before a run folder is made: a run that cannot
-    start must not leave a folder behind (nor take the name it was given)."""
-    d = cfg["data"]
-    count = ((load_manifest(root) or {}).get("splits", {}).get(d["train_split"]) or {}).get("count")
-    if count is not None and count < d["batch_size"]:
-        raise ValueError(f"data.batch_size={d['batch_size']} is larger than the {count} samples of split "
-                         f"{d['train_split']!r} (batches are dropped when incomplete, method.md §1.4)")
-
-
 def start_session(cfg: Dict[str, Any], command: str, model_name: str, run_dir: Optional[str] = None,
                   need_data: bool = True) -> Session:
     r = cfg["run"]
@@ -98,7 +88,12 @@ def start_session(cfg: Dict[str, Any], command: str, model_name: str, run_dir: O
     seed_everything(r["seed"])
     root = resolve_data_root(cfg) if need_data else ""
     if command in ("pretrain", "distill") and root:
-        _check_batch_fits(cfg, root)
+        # the Trainer's check, from the manifest's counts, before the run folder exists: a run that
+        # cannot start must not leave a folder behind (nor take the name it was given)
+        d = cfg["data"]
+        count = ((load_manifest(root) or {}).get("splits", {}).get(d["train_split"]) or {}).get("count")
+        if count is not None:
+            check_batch_fits(d["batch_size"], count, d["train_split"])
     if run_dir is None:
         run_dir = make_run_dir(cfg, command, model_name) if info.is_main else ""
         if info.enabled and info.world > 1:
