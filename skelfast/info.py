@@ -36,7 +36,10 @@ def collect() -> dict:
         "cuda_kernels": _extension.has_cuda_kernels(),
         "build": _extension.build_info(),
         "backend_selected": selected,
-        "backends_available": _backend.available_backends(),
+        # kernel sets that can run here ('cpu' = the compiled C++ kernels that 'auto' runs on CPU),
+        # and the SKELFAST_BACKEND / set_backend values, which are not the same vocabulary
+        "kernels_available": _backend.available_backends(),
+        "backend_choices": list(_backend.BACKENDS),
         "devices": devices,
     }
 

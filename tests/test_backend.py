@@ -171,7 +171,7 @@ def test_subpackages_load_on_first_use():
 def test_info_cli_runs():
     proc = _run("import runpy; runpy.run_module('skelfast.info', run_name='__main__')", {"SKELFAST_QUIET_IMPORT": "1"}, ROOT)
     assert proc.returncode == 0, proc.stderr
-    for key in ("skelfast", "torch", "cpu_kernels", "backends_available", "devices"):
+    for key in ("skelfast", "torch", "cpu_kernels", "kernels_available", "backend_choices", "devices"):
         assert key in proc.stdout
 
 

@@ -520,6 +520,8 @@ def _generate_and_prepare(raw, out, num_classes, samples_per_class, seed, benchm
     if not ok:
         if os.path.isdir(raw):
             shutil.rmtree(raw)
+        if log:
+            log(f"generating the synthetic dataset ({num_classes} classes x {samples_per_class} samples) in {raw}")
         generate(raw, num_classes, samples_per_class, seed, noise, workers=workers, progress=progress)
     prepare(raw, out, dataset="synthetic", benchmark=benchmark, workers=workers, progress=progress,
             log=log or (lambda *a, **k: None))

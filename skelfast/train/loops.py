@@ -206,7 +206,7 @@ class Trainer:
             log(f"{self.task.command} {self.model_name}: the resumed run already finished its {self.epochs} epochs; "
                 f"nothing to train (a longer schedule is a new run: --resume keeps the finished run's config)")
         else:
-            log(f"resuming {self.task.command} {self.model_name} at epoch {self.epoch + 1} step {self.step}")
+            log(f"resuming {self.task.command} {self.model_name} in epoch {self.epoch + 1} after step {self.step}")
         old = None
         try:
             old = signal.signal(signal.SIGINT, self._on_sigint)
@@ -268,7 +268,7 @@ class Trainer:
                 self.save(numbered=(e % r["save_every"] == 0) or e == self.epochs)
             if interrupted:
                 path = self.save()
-                log(f"interrupted: saved {path} (epoch {self.epoch}, step {self.step}); "
+                log(f"interrupted: saved {path} (epoch {self.epoch + 1} after step {self.step}); "
                     f"continue with --resume {self.run_dir}")
         finally:
             if old is not None:

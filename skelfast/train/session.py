@@ -86,7 +86,8 @@ def start_session(cfg: Dict[str, Any], command: str, model_name: str, run_dir: O
     if r.get("cuda_graphs") and device.type != "cuda":   # before the run folder exists (its name stays free)
         raise ValueError("--cuda-graphs needs a CUDA device")
     seed_everything(r["seed"])
-    root = resolve_data_root(cfg) if need_data else ""
+    # the first run generates the synthetic set: say so (rank 0), it takes a while
+    root = resolve_data_root(cfg, log=print if info.is_main else None) if need_data else ""
     if command in ("pretrain", "distill") and root:
         # the Trainer's check, from the manifest's counts, before the run folder exists: a run that
         # cannot start must not leave a folder behind (nor take the name it was given)

@@ -303,14 +303,21 @@ def test_resuming_a_finished_run_says_so(pre, tmp_path):
 
 
 # ------------------------------------------------------------------ 8. evaluation data from the checkpoint
-def test_evaluation_data_comes_from_the_checkpoint():
+def test_evaluation_data_comes_from_the_checkpoint(tmp_path):
     """linear / knn / finetune with data.root null evaluate on the checkpoint run's dataset."""
-    from skelfast.train.data import evaluation_data
-    ntu = {"config": {"data": {"root": "/data/ntu60", "benchmark": "xview",
+    from skelfast.train.data import DataError, evaluation_data
+    root = str(tmp_path / "ntu60")
+    os.makedirs(root)
+    ntu = {"config": {"data": {"root": root, "benchmark": "xview",
                                "synthetic": {"num_classes": 10, "samples_per_class": 30, "seed": 0, "noise": 1.0}}}}
     cfg = load_config("linear", [])
     note = evaluation_data(cfg, ntu)
-    assert cfg["data"]["root"] == "/data/ntu60" and "data.root=/data/ntu60" in note
+    assert cfg["data"]["root"] == root and f"data.root={root}" in note
+    # the checkpoint's folder is not on this machine: the error says where the path came from
+    gone = {"path": "runs/x/last.pt", "config": {"data": dict(ntu["config"]["data"], root="/no/such/ntu60")}}
+    with pytest.raises(DataError, match="runs/x/last.pt was trained on data.root='/no/such/ntu60', which does "
+                                        "not exist here .*--data DIR, or --set data.from_checkpoint=false"):
+        evaluation_data(load_config("linear", []), gone)
     # an explicit root (--data), or from_checkpoint=false, keeps the config's data
     cfg = load_config("linear", ["data.root=/other"])
     assert evaluation_data(cfg, ntu) is None and cfg["data"]["root"] == "/other"
