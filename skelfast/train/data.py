@@ -79,8 +79,8 @@ def evaluation_data(cfg: Dict[str, Any], ck: Mapping[str, Any],
     root = taken.get("data.root")
     if root and not os.path.isdir(os.path.expanduser(root)):
         raise DataError(f"the checkpoint {ck.get('path', '')} was trained on data.root={root!r}, which does not "
-                        f"exist here ({doing.split(' on ')[0]} on it by default, data.from_checkpoint): give the "
-                        f"prepared folder with --data DIR, or --set data.from_checkpoint=false for the config's data")
+                        f"exist here (data.from_checkpoint takes it by default): give the prepared folder with "
+                        f"--data DIR, or --set data.from_checkpoint=false for the config's data")
     return f"{doing} (data.from_checkpoint): " + ", ".join(f"{k}={v}" for k, v in taken.items())
 
 
