@@ -19,6 +19,7 @@ Layer: training. Contract (documented in README-level terms in the `pretrain` he
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -72,8 +73,11 @@ def wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device, sync_bn: bo
     """DistributedDataParallel around `model` (returned unchanged when not distributed).
 
     find_unused_parameters=True: the IKEM heads get no gradient in phase 1 (method.md §5.2), and the
-    phase switches mid-run. broadcast_buffers=False keeps BN statistics rank-local and never
-    overwrites the (identical) queues.
+    phase switches mid-run (so DDP's one-time note that a phase-2 step found no unused parameter is
+    expected). Buffers are not synchronised before each forward: BN statistics stay rank-local and
+    the (identical) queues are never overwritten. At construction every rank holds the same buffers
+    (same seed, or the same checkpoint), so torch >= 2.13's forward_sync_buffers=False, which still
+    copies rank 0's buffers once then, changes nothing; older torch has only broadcast_buffers=False.
     """
     if not info.enabled or info.world == 1:
         return model
@@ -82,9 +86,32 @@ def wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device, sync_bn: bo
             raise ValueError("distributed.sync_bn=true needs CUDA devices (SyncBatchNorm has no CPU kernel); "
                              "use the default per-rank BN on CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.register_hook(_grad_in_param_strides(p))
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True,
-                                               broadcast_buffers=False)  # rank-local BN statistics
+    ddp_params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    no_buffer_sync = {"forward_sync_buffers" if "forward_sync_buffers" in ddp_params else "broadcast_buffers": False}
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True, **no_buffer_sync)
+
+
+def _grad_in_param_strides(p: torch.Tensor):
+    """A gradient hook that gives a gradient the strides of its parameter where the two differ only
+    in size-1 dimensions (the same memory order, so no copy).
+
+    oneDNN's weight gradient of a 1x1 convolution over channels-last activations comes back with
+    channels-last strides, e.g. (64, 1, 64, 64) for a (1536, 64, 1, 1) weight strided (64, 1, 1, 1).
+    Autograd's layout contract ignores size-1 dimensions and keeps it as .grad, but DDP compares
+    every stride with its bucket view and warns each run that the mismatch "may impair performance".
+    """
+    def hook(g: torch.Tensor) -> torch.Tensor:
+        want = p.stride()
+        if g.layout is not torch.strided or g.shape != p.shape or g.stride() == want:
+            return g
+        if all(gs == ws for n, gs, ws in zip(g.shape, g.stride(), want) if n > 1):
+            return g.as_strided(g.shape, want)
+        return g
+    return hook
 
 
 def barrier(info: DistInfo) -> None:
