@@ -7,17 +7,21 @@ CUDA build against CPU-only torch stops at once with a clear message.
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 import torch
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 os.chdir(ROOT)   # the source globs below are relative (setuptools wants relative source paths)
-VERSION = "0.1.0"
+# The one place the version is written is skelfast/__init__.py (read as text: importing skelfast
+# here would import the extension this script is about to build).
+with open(os.path.join("skelfast", "__init__.py"), encoding="utf-8") as _fh:
+    VERSION = re.search(r'^__version__ = "([^"]+)"$', _fh.read(), re.M).group(1)
 # Stable ABI: the binary only uses the torch C shim, so it keeps working with newer torch releases.
 TORCH_TARGET = "0x020a000000000000"  # 2.10
 STABLE_FLAGS = ["-DTORCH_STABLE_ONLY", f"-DTORCH_TARGET_VERSION={TORCH_TARGET}", "-DPy_LIMITED_API=0x030A0000"]
@@ -148,9 +152,7 @@ class BuildExt(cpp_extension.BuildExtension.with_options(no_python_abi_suffix=Tr
 
 
 setup(
-    name="skelfast",
-    version=VERSION,
-    packages=find_packages(include=["skelfast", "skelfast.*"]),
+    version=VERSION,   # packages, package data and metadata: pyproject.toml
     ext_modules=[EXTENSION],
     cmdclass={"build_ext": BuildExt},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},

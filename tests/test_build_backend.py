@@ -63,3 +63,14 @@ def test_base_site_packages_only_where_the_venv_sees_them(backend, monkeypatch, 
     dirs = backend._site_dirs()
     assert any(d.startswith("/some/base") for d in dirs) is visible
     assert site.getusersitepackages() not in dirs   # a venv never imports the user's site-packages
+
+
+def test_installed_metadata_version_is_the_package_version():
+    """The version is written once, in skelfast/__init__.py; setup.py reads it for the metadata."""
+    import importlib.metadata
+    import skelfast
+    try:
+        installed = importlib.metadata.version("skelfast")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("skelfast is not pip-installed here (run from a source tree)")
+    assert installed == skelfast.__version__

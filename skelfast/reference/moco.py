@@ -62,7 +62,7 @@ def enqueue_(queue: torch.Tensor, keys: torch.Tensor, ptr: int) -> int:
 class QueueBank(nn.Module):
     """G stacked queues sharing one host-side pointer: buffer `queue` (G, D, K), int `ptr`.
 
-    All queues of one model are always enqueued together (method.md §5.4 step 7, §6.1 'After the
+    All queues of one model are always enqueued together (method.md §5.6 step 7, §6.1 'After the
     step'), so one pointer suffices. The pointer is saved in the state dict as extra state.
     """
 

@@ -13,7 +13,7 @@ keyword overrides by `skelfast.reference.build`). Defaults follow the §11 recom
 | #5  | teacher_train_mode        | True     | official: frozen teacher runs in train mode (dropout, batch-stat BN, drifting running stats); False = eval |
 | #6  | (none)                    | -        | time scale 50/F always in float (never integer division); not configurable |
 | #7  | (none)                    | -        | cross products always over the channel axis; not configurable |
-| #8  | context                   | True     | False drops the context block (implemented properly; the official 6-modality code raises) |
+| #8  | context                   | True     | False drops the context block (implemented properly; the official 6-modality code raises); distillation has no context block, so it ignores the flag (§6.1) |
 | #9  | (none)                    | -        | Feeder_single motion_scale calls camera_view: data pipeline, dead code, not part of the reference |
 | #10 | shared_crossclr_heads     | False    | True: CrosSCLR-original heads, motion/bone heads = own Linear+ReLU then the joint head (3-modality baseline only) |
 | #11 | (none)                    | -        | reporting best vs last top-1: training loop concern, report both |
