@@ -53,14 +53,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, help="checkpoint or run folder to continue (with its saved config)")
     p = sub.add_parser("linear", help="linear evaluation on cached frozen features (method.md §7)")
     _common(p, "linear")
-    p.add_argument("--checkpoint", default=None, help="pretrain / distill checkpoint (file or run folder)")
+    p.add_argument("--checkpoint", default=None, help="pretrain / distill / finetune checkpoint (file or run folder; "
+                   "a finetune run's fine-tuned backbones, the streams of its view)")
     p.add_argument("--view", default=None, help="joint|motion|bone|acceleration|rotation_axis|omega|3views|all, "
                    "or several separated by commas (one feature pass, one head per view)")
     p.add_argument("--random-init", action="store_true",
                    help="evaluate a randomly initialised encoder of the --checkpoint's architecture (the baseline)")
     p = sub.add_parser("knn", help="k-NN evaluation of frozen features")
     _common(p, "knn")
-    p.add_argument("--checkpoint", default=None, help="pretrain / distill checkpoint (file or run folder)")
+    p.add_argument("--checkpoint", default=None, help="pretrain / distill / finetune checkpoint (file or run folder; "
+                   "a finetune run's fine-tuned backbones, the streams of its view)")
     p.add_argument("--view", default=None, help="one of joint|motion|bone|acceleration|rotation_axis|omega|3views|all")
     p.add_argument("--k", type=int, default=None, help="knn.k: neighbours that vote (at most the training samples)")
     p.add_argument("--random-init", action="store_true",

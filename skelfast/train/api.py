@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint
-from .features import eval_model_from_checkpoint, stream_features
+from .features import EVALUABLE_COMMANDS, eval_model_from_checkpoint, stream_features
 
 __all__ = ["Embedder"]
 
@@ -43,8 +43,9 @@ class Embedder(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "cpu", backend: str = "skelfast") -> "Embedder":
-        """A `pretrain` or `distill` checkpoint file (or run folder) -> Embedder on `device`."""
-        ck = load_checkpoint(path, expect_commands=("pretrain", "distill"))
+        """A `pretrain`, `distill` or `finetune` checkpoint file (or run folder) -> Embedder on `device`
+        (a fine-tuning run's streams are those of its view, with the fine-tuned backbones)."""
+        ck = load_checkpoint(path, expect_commands=EVALUABLE_COMMANDS)
         # num_class is irrelevant (the heads are not used); 1 keeps the unused heads tiny
         model, source = eval_model_from_checkpoint(ck, num_class=1, backend=backend)
         return cls(model, source).to(device)

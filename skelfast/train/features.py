@@ -20,10 +20,14 @@ import torch.nn as nn
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import Split
 from .loops import autocast
-from .models import LINEAR_OF, build_linear, load_encoders
+from .models import LINEAR_OF, build_linear, checkpoint_source, load_encoders
 
-__all__ = ["eval_model_from_checkpoint", "stream_features", "extract_features",
+__all__ = ["EVALUABLE_COMMANDS", "eval_model_from_checkpoint", "stream_features", "extract_features",
            "cached_features", "feature_key", "view_indices", "calibrate_bn"]
+
+# Checkpoints whose encoders linear evaluation, k-NN and the Embedder read: a fine-tuning run's are
+# its fine-tuned backbones (the streams of its view).
+EVALUABLE_COMMANDS = ("pretrain", "distill", "finetune")
 
 
 def resolve_evaluation(section: Dict[str, Any], command: str, checkpoint: Optional[str], view: Optional[str],
@@ -35,8 +39,9 @@ def resolve_evaluation(section: Dict[str, Any], command: str, checkpoint: Option
     view = view or section["view"]
     random_init = section["random_init"] if random_init is None else random_init
     if not checkpoint:
-        raise ValueError(f"{command} needs --checkpoint CKPT (a pretrain or distill checkpoint or run folder)")
-    ck = load_checkpoint(checkpoint, expect_commands=("pretrain", "distill"))
+        raise ValueError(f"{command} needs --checkpoint CKPT (a pretrain, distill or finetune checkpoint or run "
+                         f"folder)")
+    ck = load_checkpoint(checkpoint, expect_commands=EVALUABLE_COMMANDS)
     section["checkpoint"], section["view"], section["random_init"] = ck["path"], view, random_init
     return ck, view, random_init
 
@@ -45,22 +50,27 @@ def eval_model_from_checkpoint(ck: Optional[Mapping[str, Any]], num_class: int, 
                                random_init: bool = False, model_cfg: Optional[Mapping[str, Any]] = None,
                                source_name: Optional[str] = None, train_backbone: bool = False,
                                view: Optional[str] = None) -> Tuple[nn.Module, str]:
-    """(LinearEval model, source model name) for a pretraining / distillation checkpoint.
+    """(LinearEval model, source model name) for a pretraining, distillation or fine-tuning checkpoint.
 
+    A fine-tuning checkpoint gives its fine-tuned backbones (the streams of its view; its trained
+    heads are not loaded: they are num_class-specific and every caller sets its own).
     random_init=True keeps the freshly initialised encoders (the random-init baseline) but uses the
     checkpoint's (or model_cfg's) architecture. view: only that view's streams (build_linear).
     """
+    held = None
     if ck is not None:
-        source_name = ck["model_name"]
+        source_name, held = checkpoint_source(ck)
         if source_name not in LINEAR_OF:
             raise CheckpointError(f"{ck.get('path', 'checkpoint')}: model {source_name!r} has no encoders to "
-                                  f"evaluate; expected a pretrain or distill checkpoint ({sorted(LINEAR_OF)})")
+                                  f"evaluate; expected a pretrain, distill or finetune checkpoint "
+                                  f"({sorted(LINEAR_OF)})")
         model_cfg = ck["config"]["model"]
     if source_name is None or model_cfg is None:
         raise ValueError("need a checkpoint, or source_name and model_cfg for a random-init model")
-    model = build_linear(source_name, model_cfg, num_class, backend, train_backbone=train_backbone, view=view)
+    model = build_linear(source_name, model_cfg, num_class, backend, train_backbone=train_backbone, view=view,
+                         held=held)
     if ck is not None and not random_init:
-        load_encoders(model, source_name, ck["model"])
+        load_encoders(model, source_name, ck["model"], held)
     return model, source_name
 
 

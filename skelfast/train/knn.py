@@ -81,7 +81,7 @@ def run_knn(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Optiona
     if k < kc["k"]:   # the table reports the k that voted
         logger.log(f"knn.k={kc['k']} exceeds the {len(tr_split)} training samples; every one votes (k={k})")
     acc = knn_accuracy(tr, te, streams, tr_split.num_classes, k, kc["temperature"])
-    row = {"model": source + (" (random init)" if random_init else ""), "view": view, "k": k,
+    row = {"model": ck["model_name"] + (" (random init)" if random_init else ""), "view": view, "k": k,
            "top-1": acc["top1"], "top-5": acc["top5"]}
     logger.log("\n" + format_table([row], list(row)))
     res = dict(acc, checkpoint=ck["path"], view=view, k=k, source=source, random_init=random_init)

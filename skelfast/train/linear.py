@@ -167,7 +167,8 @@ def run_linear(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Opti
         for c in res["curve"]:
             logger.scalar(f"linear/top1_{v}", c["top1"], c["epoch"])
             logger.scalar(f"linear/top5_{v}", c["top5"], c["epoch"])
-        rows.append({"model": f"{out['source']}{' (random init)' if random_init else ''}", "view": v,
+        # ck's model name: a fine-tuned checkpoint reads 'finetune:<source>', not its source's name
+        rows.append({"model": f"{ck['model_name']}{' (random init)' if random_init else ''}", "view": v,
                      "last top-1": res["last_top1"], "best top-1": res["best_top1"], "last top-5": res["last_top5"],
                      "top-5 @ best": res["best_top5"]})
         per_view[v] = {k: val for k, val in res.items() if k not in ("W", "b")}

@@ -39,6 +39,8 @@ def make_run_dir(cfg: Mapping[str, Any], command: str, model_name: Optional[str]
                                   f"to write into it anyway")
         os.makedirs(path, exist_ok=True)
         return path
+    if model_name:
+        model_name = model_name.replace(":", "-")     # 'finetune:ikem6' (a finetune checkpoint evaluated)
     base = os.path.join(parent, "_".join(filter(None, (command, model_name, time.strftime("%Y%m%d-%H%M%S")))))
     os.makedirs(parent, exist_ok=True)
     for i in range(1, 10_000):

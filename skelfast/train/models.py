@@ -19,8 +19,8 @@ from ..reference.build import MODEL_DEFAULTS
 from ..reference.models import view_streams
 from .checkpoint import CheckpointError
 
-__all__ = ["PRETRAIN_MODELS", "DISTILL_MODELS", "LINEAR_OF", "TEACHER_OF", "build_model", "build_linear",
-           "source_streams", "encoder_weights", "load_encoders"]
+__all__ = ["PRETRAIN_MODELS", "DISTILL_MODELS", "LINEAR_OF", "TEACHER_OF", "FINETUNE_PREFIX", "build_model",
+           "build_linear", "source_streams", "checkpoint_source", "encoder_weights", "load_encoders"]
 
 PRETRAIN_MODELS = ("crossclr3", "ikem6")
 DISTILL_MODELS = ("student6to3", "student3to1")
@@ -31,6 +31,9 @@ TEACHER_OF = {"student6to3": "ikem6", "student3to1": "crossclr3"}
 # Where a model's evaluable encoders live in its state dict.
 ENCODER_PREFIX = {"ikem6": "encoders_q.", "crossclr3": "encoders_q.", "student6to3": "students.",
                   "student3to1": "students."}
+# A fine-tuning run's model name: this prefix and its source (the LinearEval of the source's view,
+# its state dict `encoders.{i}.*` with the trained heads `encoders.{i}.fc.*`).
+FINETUNE_PREFIX = "finetune:"
 
 
 def _parity(cfg: Mapping[str, Any]) -> Dict[str, Any]:
@@ -62,14 +65,37 @@ def source_streams(source_name: str) -> Tuple[str, ...]:
     return tuple(MODEL_DEFAULTS[LINEAR_OF[source_name]][1]["streams"])
 
 
+def _fused(source_name: str) -> bool:
+    return MODEL_DEFAULTS[LINEAR_OF[source_name]][1].get("fused", False)
+
+
+def checkpoint_source(ck: Mapping[str, Any]) -> Tuple[str, Optional[Tuple[str, ...]]]:
+    """(source model name, the streams whose encoders the checkpoint holds) of a pretrain, distill or
+    finetune checkpoint; streams None = all of the source's. A fine-tuning run holds its view's."""
+    name = ck["model_name"]
+    if not name.startswith(FINETUNE_PREFIX):
+        return name, None
+    source = name[len(FINETUNE_PREFIX):]
+    if source not in LINEAR_OF:
+        raise CheckpointError(f"{ck.get('path', 'checkpoint')}: fine-tuned model {source!r} is unknown; expected "
+                              f"one of {sorted(LINEAR_OF)}")
+    streams = source_streams(source)
+    if _fused(source):
+        return source, streams              # one encoder reading all its streams
+    return source, tuple(streams[i] for i in view_streams(streams, False, ck["config"]["finetune"]["view"]))
+
+
 def build_linear(source_name: str, model_cfg: Mapping[str, Any], num_class: int, backend: str = "skelfast",
-                 train_backbone: bool = False, view: Optional[str] = None) -> nn.Module:
+                 train_backbone: bool = False, view: Optional[str] = None,
+                 held: Optional[Tuple[str, ...]] = None) -> nn.Module:
     """The LinearEval model evaluating `source_name`'s encoders (method.md §7).
 
     train_backbone=True (fine-tuning) makes every parameter trainable and keeps the backbones in
     train mode; otherwise only the fc heads train and the backbones stay in eval mode (§7).
     view: build only the streams of this view (fine-tuning one view trains exactly its encoders,
     and the skelfast backend's batched encoders cannot train a subset of their streams).
+    held: the streams there are encoders for (checkpoint_source; None = all of the source's): the
+    model has these, or the view's among them.
     """
     if source_name not in LINEAR_OF:
         raise CheckpointError(f"cannot evaluate model {source_name!r}; expected one of {sorted(LINEAR_OF)}")
@@ -79,10 +105,19 @@ def build_linear(source_name: str, model_cfg: Mapping[str, Any], num_class: int,
         kw["true_timeline"] = model_cfg["true_timeline"]
     if train_backbone:
         kw["backbone_eval"] = False
+    streams = source_streams(source_name) if held is None else tuple(held)
     if view is not None:
-        defaults = MODEL_DEFAULTS[LINEAR_OF[source_name]][1]
-        streams = source_streams(source_name)
-        kw["streams"] = tuple(streams[i] for i in view_streams(streams, defaults.get("fused", False), view))
+        try:
+            picked = view_streams(streams, _fused(source_name), view)
+        except ValueError as e:
+            if held is None:
+                raise
+            raise CheckpointError(f"{e} (a fine-tuned checkpoint holds only the encoders of its fine-tuning "
+                                  f"view)") from e
+        if not _fused(source_name):          # the fused student's one encoder reads all its streams
+            streams = tuple(streams[i] for i in picked)
+    if streams != source_streams(source_name):
+        kw["streams"] = streams
     model = build(LINEAR_OF[source_name], backend=backend, **kw)
     if train_backbone:
         for p in model.parameters():
@@ -90,9 +125,11 @@ def build_linear(source_name: str, model_cfg: Mapping[str, Any], num_class: int,
     return model
 
 
-def encoder_weights(source_name: str, state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """`encoders.i.*` backbone weights (heads dropped) from a pretraining / distillation state dict."""
-    prefix = ENCODER_PREFIX[source_name]
+def encoder_weights(source_name: str, state_dict: Mapping[str, torch.Tensor],
+                    finetuned: bool = False) -> Dict[str, torch.Tensor]:
+    """`encoders.i.*` backbone weights (heads dropped) from a pretraining / distillation state dict,
+    or (finetuned) from a fine-tuning run's LinearEval state dict."""
+    prefix = "encoders." if finetuned else ENCODER_PREFIX[source_name]
     out = {}
     for k, v in state_dict.items():
         if k.startswith(prefix):
@@ -106,12 +143,14 @@ def encoder_weights(source_name: str, state_dict: Mapping[str, torch.Tensor]) ->
     return out
 
 
-def load_encoders(linear_model: nn.Module, source_name: str, state_dict: Mapping[str, torch.Tensor]) -> None:
+def load_encoders(linear_model: nn.Module, source_name: str, state_dict: Mapping[str, torch.Tensor],
+                  held: Optional[Tuple[str, ...]] = None) -> None:
     """Load the backbones of `source_name` into a LinearEval; every non-fc key must be present. A
-    LinearEval of some of the source's streams (build_linear(view=...)) gets those streams' encoders."""
-    w = encoder_weights(source_name, state_dict)
+    LinearEval of some of the source's streams (build_linear(view=...)) gets those streams' encoders.
+    held: a fine-tuning run's streams (checkpoint_source): state_dict is that run's LinearEval's."""
+    w = encoder_weights(source_name, state_dict, finetuned=held is not None)
     if not linear_model.fused:
-        src = source_streams(source_name)
+        src = source_streams(source_name) if held is None else tuple(held)
         if not set(linear_model.streams) <= set(src):
             raise CheckpointError(f"the evaluation model's streams {linear_model.streams} are not all encoders of "
                                   f"{source_name!r} ({src})")

@@ -145,6 +145,67 @@ def test_finetune_semi_supervised(chain):
     assert {k.split(".")[1] for k in ck["model"] if k.startswith("encoders.")} == {"0"}
 
 
+def test_finetuned_checkpoint_is_evaluable(chain, capsys):
+    """linear, knn and the Embedder read a finetune checkpoint: its fine-tuned backbones, the streams
+    of its view (here 3views: joint, motion, bone of the 6-modality teacher)."""
+    from skelfast.train.api import Embedder
+    from skelfast.train.features import stream_features
+    from skelfast.train.models import build_linear
+    base, pre, _, out = chain
+    ft = str(out / "runs" / "ft3")
+    assert main(["finetune", "--checkpoint", pre, "--view", "3views", "--name", "ft3", "--epochs", "1",
+                 *_sets(base)]) == 0
+    assert main(["linear", "--checkpoint", ft, "--view", "motion,all", "--name", "lin_ft", "--epochs", "2",
+                 *_sets(base)]) == 0
+    res = json.load(open(out / "runs" / "lin_ft" / "results.json"))
+    assert set(res["views"]) == {"motion", "all"}
+    assert main(["knn", "--checkpoint", ft, "--name", "knn_ft", "--k", "3", *_sets(base)]) == 0
+    assert 0 <= json.load(open(out / "runs" / "knn_ft" / "results.json"))["top1"] <= 100
+    capsys.readouterr()
+    assert main(["linear", "--checkpoint", ft, "--view", "omega", *_sets(base)]) == 2   # not fine-tuned
+    assert "unknown view 'omega'" in capsys.readouterr().err
+    # the Embedder: the fine-tuned weights (not the source's), streams of the view
+    emb = Embedder.from_checkpoint(ft)
+    assert emb.streams == ("joint", "motion", "bone")
+    ck = load_checkpoint(ft)
+    model = build_linear("ikem6", ck["config"]["model"], ck["model"]["encoders.0.fc.weight"].shape[0],
+                         view="3views")
+    model.load_state_dict(ck["model"])                         # strict: the fine-tuning run's own model
+    x = torch.randn(3, 3, 50, 25, 2, generator=torch.Generator().manual_seed(0))
+    frames = torch.tensor([50, 70, 90])
+    got = emb(x, frames)["streams"]
+    want = stream_features(model.eval(), x, frames)
+    for i, name in enumerate(emb.streams):
+        torch.testing.assert_close(got[name], want[i])
+    source = Embedder.from_checkpoint(pre)(x, frames)["streams"]
+    assert not torch.allclose(source["joint"], got["joint"])   # fine-tuning moved the backbone
+
+
+def test_fused_student_chain(chain):
+    """crossclr3 -> the 3->1 fused student (method.md §6.2) -> linear, finetune, and linear / the
+    Embedder on the fine-tuned student: one encoder reading the 9 channels of joint, motion and bone
+    (fine-tuning it used to build a 3-channel encoder and fail to load the checkpoint)."""
+    from skelfast.train.api import Embedder
+    base, _, _, out = chain
+    runs = out / "runs"
+    assert main(["pretrain", "--config", "crossclr3", "--name", "cc3", "--epochs", "2",
+                 *_sets(base + ["pretrain.cross_epoch=1"])]) == 0
+    assert main(["distill", "--config", "student3to1", "--teacher", str(runs / "cc3"), "--name", "s31",
+                 "--epochs", "1", *_sets(base)]) == 0
+    assert main(["linear", "--checkpoint", str(runs / "s31"), "--name", "lin_s31", "--epochs", "2",
+                 *_sets(base)]) == 0
+    assert main(["finetune", "--checkpoint", str(runs / "s31"), "--name", "ft_s31", "--epochs", "1",
+                 *_sets(base)]) == 0
+    ck = load_checkpoint(str(runs / "ft_s31"))
+    assert ck["model"]["encoders.0.data_bn.weight"].numel() == 9 * 25     # the 9-channel fused encoder
+    assert main(["linear", "--checkpoint", str(runs / "ft_s31"), "--name", "lin_ft_s31", "--epochs", "2",
+                 *_sets(base)]) == 0
+    emb = Embedder.from_checkpoint(str(runs / "ft_s31"))
+    assert emb.streams == ("fused",)
+    feats = emb(torch.randn(2, 3, 50, 25, 2), torch.tensor([50, 60]))["streams"]["fused"]
+    assert feats.shape == (2, emb.dim) and torch.isfinite(feats).all()
+
+
 def test_errors_before_training(chain, tiny, tmp_path, capsys):
     base, pre, dis, _ = chain
     # a data folder that was never prepared
