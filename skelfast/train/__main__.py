@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 COMMAND_PRESET = {"pretrain": "ikem6", "distill": "student6to3", "linear": "linear", "knn": "knn",
                   "finetune": "finetune", "pipeline": "quick"}
@@ -46,11 +46,12 @@ def _parser() -> argparse.ArgumentParser:
                               "--set distributed.sync_bn=true (GPU). Rank 0 logs and writes checkpoints.")
     _common(p, "ikem6")
     p.add_argument("--resume", default=None, help="checkpoint or run folder to continue (with its saved config; "
-                                                  "bit-for-bit on CPU)")
+                                                  "bit-for-bit on CPU); with --epochs N, to N epochs in all")
     p = sub.add_parser("distill", help="relational 6->3 / 3->1 distillation (method.md §6)")
     _common(p, "student6to3")
     p.add_argument("--teacher", default=None, help="pretrain checkpoint (file or run folder) of the teacher")
-    p.add_argument("--resume", default=None, help="checkpoint or run folder to continue (with its saved config)")
+    p.add_argument("--resume", default=None, help="checkpoint or run folder to continue (with its saved config); "
+                                                  "with --epochs N, to N epochs in all")
     p = sub.add_parser("linear", help="linear evaluation on cached frozen features (method.md §7)")
     _common(p, "linear")
     p.add_argument("--checkpoint", default=None, help="pretrain / distill / finetune checkpoint (file or run folder; "
@@ -72,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="pretrain / distill checkpoint (file or run folder)")
     p.add_argument("--view", default=None, help="one of joint|motion|bone|acceleration|rotation_axis|omega|3views|all")
     p.add_argument("--label-fraction", type=float, default=None, help="0.01 | 0.1 | 1.0 (seeded per-class subset)")
-    p.add_argument("--resume", default=None, help="checkpoint or run folder to continue (with its saved config)")
+    p.add_argument("--resume", default=None, help="checkpoint or run folder to continue (with its saved config); "
+                                                  "with --epochs N, to N epochs in all")
     p = sub.add_parser("pipeline", help="pretrain -> distill -> linear on synthetic data (the default command)")
     _common(p, "quick")
     return ap
@@ -124,6 +126,22 @@ def _check_resume_config(a) -> None:
                           f"saved config: drop --config, or start a new run to change settings")
 
 
+def _resume_epochs(changes: List[str]) -> Tuple[Optional[int], List[str]]:
+    """The optim.epochs=N of a --resume (from --epochs or --set optim.epochs=N), and the other changes."""
+    from .config import ConfigError
+    epochs, rest = None, []
+    for c in changes:
+        key, _, value = c.partition("=")
+        if key.strip() != "optim.epochs":
+            rest.append(c)
+            continue
+        try:
+            epochs = int(value)
+        except ValueError:
+            raise ConfigError(f"optim.epochs must be an integer, got {value!r}") from None
+    return epochs, rest
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
@@ -140,10 +158,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         overrides = a.sets + _sets_from_flags(a)
         changes = [o for o in overrides if not o.startswith("run.progress=")]   # display only
-        if getattr(a, "resume", None) and changes:
-            # a resumed run continues with the config saved in its checkpoint
-            raise ConfigError(f"--resume continues the checkpoint's saved config (bit-for-bit); it cannot be combined "
-                              f"with --set or config flags (got {changes}); start a new run to change settings")
+        epochs = None
+        if getattr(a, "resume", None):
+            # a resumed run continues with the config saved in its checkpoint; only its length may change
+            epochs, other = _resume_epochs(changes)
+            if other:
+                raise ConfigError(f"--resume continues the checkpoint's saved config (bit-for-bit); it cannot be "
+                                  f"combined with --set or config flags other than --epochs N (got {other}); "
+                                  f"start a new run to change settings")
         if a.command == "knn" and a.epochs is not None:
             raise ConfigError("knn trains nothing: --epochs has no effect there")
         if getattr(a, "resume", None) and config_given:
@@ -155,10 +177,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             check_overrides_reach_stages(cfg, [o.split("=", 1)[0].strip() for o in changes])
         if a.command == "pretrain":
             from .pretrain import run_pretrain
-            res = run_pretrain(cfg, resume=a.resume)
+            res = run_pretrain(cfg, resume=a.resume, epochs=epochs)
         elif a.command == "distill":
             from .distill import run_distill
-            res = run_distill(cfg, teacher=a.teacher, resume=a.resume)
+            res = run_distill(cfg, teacher=a.teacher, resume=a.resume, epochs=epochs)
         elif a.command == "linear":
             from .linear import run_linear
             res = run_linear(cfg, a.checkpoint, a.view, a.random_init or None)
@@ -168,7 +190,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif a.command == "finetune":
             from .finetune import run_finetune
             res = run_finetune(cfg, a.checkpoint, a.view, resume=a.resume,
-                               label_fraction=a.label_fraction if a.resume else None)
+                               label_fraction=a.label_fraction if a.resume else None, epochs=epochs)
         else:
             from .pipeline import run_pipeline
             res = run_pipeline(cfg)

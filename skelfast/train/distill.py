@@ -96,9 +96,10 @@ class DistillTask(Task):
 
 
 def run_distill(cfg: Dict[str, Any], teacher: Optional[str] = None, resume: Optional[str] = None,
-                run_dir: Optional[str] = None) -> Dict[str, Any]:
-    """Distil a pretraining checkpoint `teacher` into cfg['model']['name'] (student6to3 | student3to1)."""
-    ck = resume_payload(resume, "distill")
+                run_dir: Optional[str] = None, epochs: Optional[int] = None) -> Dict[str, Any]:
+    """Distil a pretraining checkpoint `teacher` into cfg['model']['name'] (student6to3 | student3to1),
+    or continue `resume` (with `epochs` epochs in all if given)."""
+    ck = resume_payload(resume, "distill", epochs)
     if ck is not None:
         cfg, run_dir = ck["config"], run_dir or os.path.dirname(os.path.abspath(ck["path"]))
         # the resumed students learn from the saved teacher; another one would switch it mid-training

@@ -112,10 +112,11 @@ class FinetuneTask(Task):
 
 def run_finetune(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Optional[str] = None,
                  resume: Optional[str] = None, run_dir: Optional[str] = None,
-                 label_fraction: Optional[float] = None) -> Dict[str, Any]:
+                 label_fraction: Optional[float] = None, epochs: Optional[int] = None) -> Dict[str, Any]:
     """Fine-tune `checkpoint` (or cfg finetune.checkpoint) on `view` with `label_fraction` of the labels
-    (None = the config's); on `resume` the saved run's values hold and different ones are an error."""
-    ck_resume = resume_payload(resume, "finetune")
+    (None = the config's); on `resume` the saved run's values hold and different ones are an error,
+    except `epochs` (epochs in all: a longer schedule)."""
+    ck_resume = resume_payload(resume, "finetune", epochs)
     if ck_resume is not None:
         cfg = ck_resume["config"]
         run_dir = run_dir or os.path.dirname(os.path.abspath(ck_resume["path"]))

@@ -204,7 +204,7 @@ class Trainer:
                 f"device {self.device}, run folder {self.run_dir}")
         elif self.epoch >= self.epochs:
             log(f"{self.task.command} {self.model_name}: the resumed run already finished its {self.epochs} epochs; "
-                f"nothing to train (a longer schedule is a new run: --resume keeps the finished run's config)")
+                f"nothing to train (to train it longer: --resume with --epochs N)")
         else:
             log(f"resuming {self.task.command} {self.model_name} in epoch {self.epoch + 1} after step {self.step}")
         old = None

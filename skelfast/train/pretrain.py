@@ -54,9 +54,10 @@ class PretrainTask(Task):
 
 
 def build_pretrain_trainer(cfg: Optional[Dict[str, Any]], resume: Optional[str] = None,
-                           run_dir: Optional[str] = None, task_cls=None) -> Trainer:
-    """Everything `pretrain` does before the first step (all input checks included) -> a Trainer."""
-    ck = resume_payload(resume, "pretrain")
+                           run_dir: Optional[str] = None, task_cls=None, epochs: Optional[int] = None) -> Trainer:
+    """Everything `pretrain` does before the first step (all input checks included) -> a Trainer.
+    epochs: with `resume`, train to that many epochs in all (session.extend_schedule)."""
+    ck = resume_payload(resume, "pretrain", epochs)
     if ck is not None:
         cfg, run_dir = ck["config"], run_dir or os.path.dirname(os.path.abspath(ck["path"]))
     name = cfg["model"]["name"]
@@ -73,7 +74,7 @@ def build_pretrain_trainer(cfg: Optional[Dict[str, Any]], resume: Optional[str] 
 
 
 def run_pretrain(cfg: Optional[Dict[str, Any]], resume: Optional[str] = None,
-                 run_dir: Optional[str] = None) -> Dict[str, Any]:
+                 run_dir: Optional[str] = None, epochs: Optional[int] = None) -> Dict[str, Any]:
     """Pretrain cfg['model']['name'] (crossclr3 | ikem6), or continue `resume` (a checkpoint or run
-    folder; its saved config is used); returns Trainer.fit()'s result."""
-    return build_pretrain_trainer(cfg, resume, run_dir).fit()
+    folder; its saved config is used, with `epochs` epochs in all if given); returns Trainer.fit()'s result."""
+    return build_pretrain_trainer(cfg, resume, run_dir, epochs=epochs).fit()

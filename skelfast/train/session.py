@@ -21,8 +21,8 @@ from .distributed import DistInfo, init_distributed
 from .logging_utils import make_run_dir
 from .loops import check_batch_fits, resolve_device
 
-__all__ = ["Session", "start_session", "seed_everything", "resume_payload", "check_resume_value",
-           "same_checkpoint"]
+__all__ = ["Session", "start_session", "seed_everything", "resume_payload", "extend_schedule",
+           "check_resume_value", "same_checkpoint"]
 
 
 @dataclass
@@ -41,11 +41,30 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def resume_payload(path: Optional[str], command: str) -> Optional[Dict[str, Any]]:
-    """The checkpoint to resume (a file or a run folder), checked to be from `command`."""
+def resume_payload(path: Optional[str], command: str, epochs: Optional[int] = None) -> Optional[Dict[str, Any]]:
+    """The checkpoint to resume (a file or a run folder), checked to be from `command`; with `epochs`,
+    its schedule set to that many epochs in all (extend_schedule)."""
     if not path:
         return None
-    return load_checkpoint(path, expect_commands=(command,))
+    ck = load_checkpoint(path, expect_commands=(command,))
+    if epochs is not None:
+        extend_schedule(ck, epochs)
+    return ck
+
+
+def extend_schedule(ck: Dict[str, Any], epochs: int) -> None:
+    """`--resume RUN --epochs N`: the resumed run trains to N epochs in all (e.g. a finished run, longer).
+
+    The learning-rate milestones, the pretraining phase switch, the data order and the augmentation
+    draws depend on the epoch number only, never on the total, so the result equals a run started
+    with N epochs (a fine-tuning run also evaluated the old last epoch). N below the epochs already
+    begun would rewind the run: refused."""
+    from .config import ConfigError
+    begun = ck["epoch"] + (1 if ck["step"] else 0)
+    if epochs < max(begun, 1):
+        raise ConfigError(f"--resume {ck['path']}: --epochs {epochs} is fewer than the {begun} epoch(s) the run has "
+                          f"already begun; a resumed run can only be extended")
+    ck["config"]["optim"]["epochs"] = int(epochs)
 
 
 def same_checkpoint(a: str, b: Optional[str]) -> bool:

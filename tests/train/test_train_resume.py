@@ -74,6 +74,31 @@ def test_ctrl_c_then_resume_is_bit_exact(tiny, monkeypatch):
         assert [json.loads(line) for line in f] == b["history"]
 
 
+def test_resume_with_more_epochs_equals_the_longer_run(tiny, capsys):
+    """--resume RUN --epochs N extends a finished run: a 1-epoch run (phase 1 only) resumed to 3
+    epochs (phase 2 and the lr milestone after the resume point) is bit-for-bit the 3-epoch run."""
+    from skelfast.train.__main__ import main
+    full = run_pretrain(_cfg(tiny, "full3"))
+    short_cfg = _cfg(tiny, "short")
+    short_cfg["optim"]["epochs"] = 1
+    short = run_pretrain(short_cfg)
+    assert load_checkpoint(short["run_dir"])["epoch"] == 1
+    assert main(["pretrain", "--resume", short["run_dir"], "--epochs", "3"]) == 0
+    a, b = load_checkpoint(full["checkpoint"]), load_checkpoint(short["run_dir"])
+    assert (b["epoch"], b["global_step"]) == (3, 6) and b["config"]["optim"]["epochs"] == 3
+    _assert_same_state(a["model"], b["model"])
+    for k, st in a["optimizer"]["state"].items():
+        assert torch.equal(st["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])
+    assert [h["value"] for h in a["history"] if h["tag"] == "train/loss"] == \
+        [h["value"] for h in b["history"] if h["tag"] == "train/loss"]
+    capsys.readouterr()
+    # fewer epochs than the run has begun would rewind it; other changes stay refused
+    assert main(["pretrain", "--resume", short["run_dir"], "--epochs", "2"]) == 2
+    assert "fewer than the 3 epoch(s) the run has already begun" in capsys.readouterr().err
+    assert main(["pretrain", "--resume", short["run_dir"], "--epochs", "4", "--set", "optim.lr=0.5"]) == 2
+    assert "other than --epochs N" in capsys.readouterr().err
+
+
 def test_atomic_save_survives_a_crash(tmp_path, monkeypatch):
     path = str(tmp_path / "last.pt")
     save_checkpoint(path, {"command": "pretrain", "model_name": "ikem6", "config": {}, "model": {"w": torch.ones(3)}})
