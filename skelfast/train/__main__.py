@@ -152,7 +152,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     config_given = a.config is not None
     a.config = a.config or COMMAND_PRESET[a.command]
     from .checkpoint import CheckpointError
-    from .config import ConfigError, load_config
+    from .config import ConfigError, check_preset_command, load_config
     from .data import DataError
 
     try:
@@ -166,6 +166,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 raise ConfigError(f"--resume continues the checkpoint's saved config (bit-for-bit); it cannot be "
                                   f"combined with --set or config flags other than --epochs N (got {other}); "
                                   f"start a new run to change settings")
+        check_preset_command(a.config, a.command)
         if a.command == "knn" and a.epochs is not None:
             raise ConfigError("knn trains nothing: --epochs has no effect there")
         if getattr(a, "resume", None) and config_given:

@@ -17,6 +17,7 @@ maps and page-faults every large activation afresh.
 """
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Dict, Optional, Sequence
 
@@ -28,6 +29,15 @@ from .checkpoint import load_checkpoint
 from .features import EVALUABLE_COMMANDS, eval_model_from_checkpoint, stream_features
 
 __all__ = ["Embedder"]
+
+
+def _user_stacklevel() -> int:
+    """warnings.warn's stacklevel of the first caller outside torch and skelfast (the user's line):
+    forward runs under Module.__call__ and torch.no_grad's wrapper, whose depth torch may change."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("torch", "skelfast"):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class Embedder(nn.Module):
@@ -76,7 +86,8 @@ class Embedder(nn.Module):
         if frames is None and getattr(self.model, "true_timeline", False):
             warnings.warn("Embedder: no frames for a model trained with true_timeline (time scale 50/F): motion, "
                           "acceleration and angular velocity use scale 1, unlike in training and linear "
-                          "evaluation; pass the raw frame counts F of resized (50-frame) inputs", stacklevel=2)
+                          "evaluation; pass the raw frame counts F of resized (50-frame) inputs",
+                          stacklevel=_user_stacklevel())
         frames = None if frames is None else torch.as_tensor(frames).to(dev)
         f = stream_features(self.model, x, frames)   # (S, N, H)
         streams = {name: f[i] for i, name in enumerate(self.streams)}

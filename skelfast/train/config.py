@@ -33,6 +33,23 @@ def presets() -> List[str]:
     return sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml") and f != "defaults.yaml")
 
 
+# The command each shipped preset configures (a preset for another command would run with its
+# settings silently, e.g. `pretrain --config linear` at lr 3.0 without weight decay).
+PRESET_COMMAND = {"ikem6": "pretrain", "crossclr3": "pretrain", "student6to3": "distill", "student3to1": "distill",
+                  "linear": "linear", "knn": "knn", "finetune": "finetune", "quick": "pipeline"}
+
+
+def check_preset_command(name_or_path: str, command: str) -> None:
+    """Refuse a shipped preset made for another command (YAML files of one's own are not checked)."""
+    if os.path.exists(name_or_path):
+        return
+    made_for = PRESET_COMMAND.get(name_or_path[:-5] if name_or_path.endswith(".yaml") else name_or_path)
+    if made_for is not None and made_for != command:
+        fits = sorted(n for n, c in PRESET_COMMAND.items() if c == command)
+        raise ConfigError(f"--config {name_or_path} is the preset of `{made_for}`, not of `{command}`; "
+                          f"{command}'s preset{'s' if len(fits) > 1 else ''}: {', '.join(fits)}")
+
+
 def preset_path(name_or_path: str) -> str:
     """A preset name ('ikem6') or a YAML path -> the file path; raises ConfigError if absent."""
     if os.path.exists(name_or_path):

@@ -69,12 +69,14 @@ def gather_cat(t: torch.Tensor, info: DistInfo, dim: int = 0) -> torch.Tensor:
     return torch.cat(parts, dim=dim)
 
 
-def wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device, sync_bn: bool = False) -> nn.Module:
+def wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device, sync_bn: bool = False,
+             find_unused_parameters: bool = False) -> nn.Module:
     """DistributedDataParallel around `model` (returned unchanged when not distributed).
 
-    find_unused_parameters=True: the IKEM heads get no gradient in phase 1 (method.md §5.2), and the
-    phase switches mid-run (so DDP's one-time note that a phase-2 step found no unused parameter is
-    expected). Buffers are not synchronised before each forward: BN statistics stay rank-local and
+    find_unused_parameters (Task.unused_parameters): pretraining's IKEM heads get no gradient in
+    phase 1 (method.md §5.2), and the phase switches mid-run (so DDP's one-time note that a phase-2
+    step found no unused parameter is expected there); the other tasks train every parameter in
+    every step, and DDP then skips its per-step search of the autograd graph. Buffers are not synchronised before each forward: BN statistics stay rank-local and
     the (identical) queues are never overwritten. At construction every rank holds the same buffers
     (same seed, or the same checkpoint), so torch >= 2.13's forward_sync_buffers=False, which still
     copies rank 0's buffers once then, changes nothing; older torch has only broadcast_buffers=False.
@@ -92,7 +94,8 @@ def wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device, sync_bn: bo
     ids = [device.index] if device.type == "cuda" else None
     ddp_params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
     no_buffer_sync = {"forward_sync_buffers" if "forward_sync_buffers" in ddp_params else "broadcast_buffers": False}
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True, **no_buffer_sync)
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters,
+                                               **no_buffer_sync)
 
 
 def _grad_in_param_strides(p: torch.Tensor):

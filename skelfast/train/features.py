@@ -36,7 +36,9 @@ def resolve_evaluation(section: Dict[str, Any], command: str, checkpoint: Option
     random_init; loads the checkpoint and writes the resolved values back into the section, so the
     saved config says what ran. Returns (checkpoint dict, view, random_init)."""
     checkpoint = checkpoint or section["checkpoint"]
-    view = view or section["view"]
+    view = section["view"] if view is None else view
+    if not str(view).strip():
+        raise ValueError(f"{command}: --view is empty; give a view (joint, ..., 3views, all)")
     random_init = section["random_init"] if random_init is None else random_init
     if not checkpoint:
         raise ValueError(f"{command} needs --checkpoint CKPT (a pretrain, distill or finetune checkpoint or run "
@@ -55,7 +57,9 @@ def eval_model_from_checkpoint(ck: Optional[Mapping[str, Any]], num_class: int, 
     A fine-tuning checkpoint gives its fine-tuned backbones (the streams of its view; its trained
     heads are not loaded: they are num_class-specific and every caller sets its own).
     random_init=True keeps the freshly initialised encoders (the random-init baseline) but uses the
-    checkpoint's (or model_cfg's) architecture. view: only that view's streams (build_linear).
+    checkpoint's architecture. model_cfg: the model section to build from instead of the checkpoint's
+    (fine-tuning: the source's architecture with the fine-tuning run's dropout); without a checkpoint,
+    source_name and model_cfg give the architecture. view: only that view's streams (build_linear).
     """
     held = None
     if ck is not None:
@@ -64,7 +68,7 @@ def eval_model_from_checkpoint(ck: Optional[Mapping[str, Any]], num_class: int, 
             raise CheckpointError(f"{ck.get('path', 'checkpoint')}: model {source_name!r} has no encoders to "
                                   f"evaluate; expected a pretrain, distill or finetune checkpoint "
                                   f"({sorted(LINEAR_OF)})")
-        model_cfg = ck["config"]["model"]
+        model_cfg = ck["config"]["model"] if model_cfg is None else model_cfg
     if source_name is None or model_cfg is None:
         raise ValueError("need a checkpoint, or source_name and model_cfg for a random-init model")
     model = build_linear(source_name, model_cfg, num_class, backend, train_backbone=train_backbone, view=view,

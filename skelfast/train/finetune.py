@@ -33,6 +33,9 @@ from .session import check_resume_value, resume_payload, same_checkpoint, start_
 
 __all__ = ["label_subset", "FinetuneTask", "run_finetune", "evaluate_logits"]
 
+# model.* keys a fine-tuning run takes from its source checkpoint (the encoders' shapes, the time scale).
+SOURCE_MODEL_KEYS = ("hidden_channels", "hidden_dim", "feature_dim", "true_timeline")
+
 
 def label_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Sorted indices of a seeded per-class subset: round(fraction * n_c) (>= 1) samples of class c."""
@@ -129,18 +132,25 @@ def run_finetune(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Op
         cfg["finetune"]["label_fraction"] = label_fraction
     fc = cfg["finetune"]
     checkpoint = checkpoint or fc["checkpoint"]
-    view = view or fc["view"]
+    view = fc["view"] if view is None else view
+    if not str(view).strip():
+        raise ValueError("finetune: --view is empty; give a view (joint, ..., 3views, all)")
     if not checkpoint:
         raise ValueError("finetune needs --checkpoint CKPT (a pretrain or distill checkpoint or run folder)")
     src = load_checkpoint(checkpoint, expect_commands=("pretrain", "distill"))
     fc["checkpoint"], fc["view"] = src["path"], view
+    # The encoders are the source's: its architecture and time scale go into this run's config,
+    # which is what linear / knn / the Embedder build the fine-tuned model from later. Dropout stays
+    # this run's (a fine-tuning setting, like the learning rate).
+    taken = {k: src["config"]["model"][k] for k in SOURCE_MODEL_KEYS if cfg["model"][k] != src["config"]["model"][k]}
+    cfg["model"].update(taken)
     data_note = evaluation_data(cfg, src)
     sess = start_session(cfg, "finetune", src["model_name"], run_dir)
     d = cfg["data"]
     train_full, test = open_split(sess.data_root, d["train_split"]), open_split(sess.data_root, d["test_split"])
     # only the view's encoders: what fine-tuning trains (skelfast's batched encoders run all theirs)
     model, source = eval_model_from_checkpoint(src, train_full.num_classes, cfg["model"]["backend"],
-                                               train_backbone=True, view=view)
+                                               model_cfg=cfg["model"], train_backbone=True, view=view)
     keep = label_subset(train_full.labels, fc["label_fraction"], fc["subset_seed"])
     train = subset_split(train_full, keep)
     if len(train) < d["batch_size"]:
@@ -156,6 +166,8 @@ def run_finetune(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Op
                       resume=ck_resume, meta={"labels_used": int(len(keep))})
     if data_note:
         trainer.logger.log(data_note)
+    if taken and ck_resume is None:
+        trainer.logger.log("the checkpoint's encoders: " + ", ".join(f"model.{k}={v}" for k, v in taken.items()))
     res = trainer.fit()
     if sess.info.is_main and task.curve and not res["interrupted"]:
         last = task.curve[-1]

@@ -147,8 +147,8 @@ def run_linear(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Opti
     linear.pt holds the heads of the first view."""
     lc = cfg["linear"]
     ck, view, random_init = resolve_evaluation(lc, "linear", checkpoint, view, random_init)
-    views = [v.strip() for v in str(view).split(",") if v.strip()]
-    if not views or len(set(views)) != len(views):
+    views = [v.strip() for v in str(view).split(",")]
+    if not all(views) or len(set(views)) != len(views):
         raise ValueError(f"--view {view!r}: expected one view or distinct views separated by commas")
     data_note = evaluation_data(cfg, ck)
     sess = start_session(cfg, "linear", ck["model_name"], run_dir)

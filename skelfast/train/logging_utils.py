@@ -34,9 +34,15 @@ def make_run_dir(cfg: Mapping[str, Any], command: str, model_name: Optional[str]
         path = os.path.join(parent, r["name"])
         found = [f for f in RUN_ARTIFACTS if os.path.exists(os.path.join(path, f))]
         if found and not r.get("reuse_dir", False):
+            if command in ("pretrain", "distill", "finetune"):
+                cont = "resume it with --resume, "
+            elif command == "pipeline":
+                cont = f"continue its stages with `python -m skelfast.train <stage> --resume {path}/<stage>`, "
+            else:
+                cont = ""
             raise FileExistsError(f"run folder {path} already holds a run ({', '.join(found)}); choose another "
-                                  f"run.name, delete the folder, resume it with --resume, or set run.reuse_dir=true "
-                                  f"to write into it anyway")
+                                  f"run.name, delete the folder, {cont}or set run.reuse_dir=true to write into it "
+                                  f"anyway")
         os.makedirs(path, exist_ok=True)
         return path
     if model_name:

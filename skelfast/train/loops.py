@@ -90,6 +90,9 @@ class Task:
 
     command = "task"
     total_label = "loss"
+    # Whether some trainable parameter gets no gradient in some step (DDP must then search the
+    # graph every step: find_unused_parameters). Pretraining's IKEM heads idle in phase 1.
+    unused_parameters = False
 
     def trainable(self, model: nn.Module) -> List[nn.Parameter]:
         return [p for p in model.parameters() if p.requires_grad]
@@ -164,7 +167,7 @@ class Trainer:
         if info.is_main:
             save_config(cfg, run_dir)
         compile_encoders(model, device, r["compile"], r["cuda_graphs"])
-        self.ddp_model = wrap_ddp(model, info, device, cfg["distributed"]["sync_bn"])
+        self.ddp_model = wrap_ddp(model, info, device, cfg["distributed"]["sync_bn"], task.unused_parameters)
         self._stop = False
 
     # ---------------------------------------------------------------- checkpoints
@@ -199,8 +202,10 @@ class Trainer:
         r, o = self.cfg["run"], self.cfg["optim"]
         log = self.logger.log
         if self.epoch == 0 and self.step == 0:
-            log(f"{self.task.command} {self.model_name}: {len(self.split)} samples, global batch {self.B}"
-                f" ({self.info.world} process(es)), {self.steps_per_epoch} steps/epoch, {self.epochs} epochs, "
+            name = self.model_name.removeprefix(f"{self.task.command}:")    # 'finetune:ikem6' -> 'ikem6'
+            log(f"{self.task.command} {name}: {len(self.split)} samples, global batch {self.B}"
+                f" ({self.info.world} process(es)), {self.steps_per_epoch} steps/epoch, {self.epochs} "
+                f"epoch{'s' if self.epochs != 1 else ''}, "
                 f"device {self.device}, run folder {self.run_dir}")
         elif self.epoch >= self.epochs:
             log(f"{self.task.command} {self.model_name}: the resumed run already finished its {self.epochs} epochs; "

@@ -25,6 +25,7 @@ __all__ = ["PretrainTask", "run_pretrain", "build_pretrain_trainer"]
 
 class PretrainTask(Task):
     command = "pretrain"
+    unused_parameters = True          # the IKEM heads get no gradient in phase 1 (method.md §5.2)
 
     def __init__(self, cfg: Dict[str, Any]):
         self.cfg = cfg

@@ -49,8 +49,9 @@ def test_embedder_without_frames_uses_time_scale_one(pretrained):
     emb = Embedder.from_checkpoint(pretrained[0])
     x = torch.randn(2, 3, 20, 25, 2, generator=torch.Generator().manual_seed(1))
     assert emb.model.true_timeline     # ikem6: trained at 50/F, so a missing F is worth a warning
-    with pytest.warns(UserWarning, match="no frames for a model trained with true_timeline"):
+    with pytest.warns(UserWarning, match="no frames for a model trained with true_timeline") as rec:
         got = emb(x)["streams"]["motion"]
+    assert rec[0].filename == __file__           # points at the caller's line, not at torch's wrappers
     torch.testing.assert_close(got, emb(x, [50, 50])["streams"]["motion"])
     assert not torch.allclose(got, emb(x, torch.tensor([20, 20]))["streams"]["motion"])
 

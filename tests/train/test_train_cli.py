@@ -181,6 +181,28 @@ def test_finetuned_checkpoint_is_evaluable(chain, capsys):
     assert not torch.allclose(source["joint"], got["joint"])   # fine-tuning moved the backbone
 
 
+def test_finetune_takes_the_source_architecture(chain):
+    """A fine-tuning run records its source's architecture and time scale (the finetune preset's own
+    model sizes used to be saved, so linear / knn / the Embedder built a model that did not fit the
+    fine-tuned weights), and trains with its own dropout."""
+    from skelfast.train.api import Embedder
+    base, pre, _, out = chain
+    sets = base + ["model.hidden_channels=16", "model.hidden_dim=256", "model.true_timeline=false",
+                   "model.dropout=0.25"]
+    assert main(["finetune", "--checkpoint", pre, "--view", "joint", "--name", "ft_arch", "--epochs", "1",
+                 *_sets(sets)]) == 0
+    ft = out / "runs" / "ft_arch"
+    saved = load_checkpoint(str(ft))["config"]["model"]
+    source = load_checkpoint(pre)["config"]["model"]
+    assert [saved[k] for k in ("hidden_channels", "hidden_dim", "feature_dim", "true_timeline")] == \
+        [source[k] for k in ("hidden_channels", "hidden_dim", "feature_dim", "true_timeline")] == [4, 16, 16, None]
+    assert saved["dropout"] == 0.25
+    assert "the checkpoint's encoders: model.hidden_channels=4" in (ft / "train.log").read_text()
+    assert main(["linear", "--checkpoint", str(ft), "--name", "lin_ft_arch", "--epochs", "2",
+                 *_sets(base)]) == 0
+    assert Embedder.from_checkpoint(str(ft)).model.true_timeline      # ikem6's time scale (50/F), as trained
+
+
 def test_fused_student_chain(chain):
     """crossclr3 -> the 3->1 fused student (method.md §6.2) -> linear, finetune, and linear / the
     Embedder on the fine-tuned student: one encoder reading the 9 channels of joint, motion and bone

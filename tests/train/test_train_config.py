@@ -25,6 +25,26 @@ def test_presets_validate_and_official_values():
     assert (lin["lr"], lin["epochs"], lin["step"], lin["weight_decay"]) == (3.0, 100, [80], 0.0)
 
 
+def test_preset_of_another_command_is_refused(tmp_path, capsys):
+    """Every shipped preset names its command; one made for another command is refused before
+    anything runs (`pretrain --config linear` trained at lr 3.0 without weight decay, silently)."""
+    from skelfast.train.__main__ import main
+    from skelfast.train.config import PRESET_COMMAND, check_preset_command
+    assert set(PRESET_COMMAND) == set(presets())
+    for name, command in PRESET_COMMAND.items():
+        check_preset_command(name, command)
+        check_preset_command(name + ".yaml", command)
+    assert main(["pretrain", "--config", "linear", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "preset of `linear`, not of `pretrain`" in err and "crossclr3, ikem6" in err
+    assert main(["finetune", "--config", "knn", "--checkpoint", "x", "--out", str(tmp_path)]) == 2
+    assert "preset of `knn`" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
+    own = tmp_path / "linear"                    # a YAML file of one's own is not a preset name
+    own.write_text("optim:\n  lr: 0.2\n")
+    check_preset_command(str(own), "pretrain")
+
+
 def test_set_parses_types_and_merges():
     cfg = load_config("ikem6", ["optim.lr=0.05", "optim.step=[100, 200]", "parity.lock_keys=[joint]",
                                 "model.true_timeline=false", "run.name=abc"])

@@ -101,12 +101,17 @@ def test_torchrun_cli(tiny, tmp_path):
     import subprocess
     import sys
     sets = _sets(tiny, "trun", 8) + ["model.hidden_channels=16"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "-m", "skelfast.train", "pretrain"] + sum([["--set", s] for s in sets], [])
     env = dict(os.environ, OMP_NUM_THREADS="1", SKELFAST_QUIET_IMPORT="1",
                PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def torchrun(*args):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "-m", "skelfast.train", *args] + sum([["--set", s] for s in sets], [])
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    proc = torchrun("pretrain")
     run = [s.split("=", 1)[1] for s in sets if s.startswith("run.out_dir=")][0]
     assert sorted(os.listdir(run)) == ["trun"]
     from skelfast.train.checkpoint import load_checkpoint
@@ -115,6 +120,15 @@ def test_torchrun_cli(tiny, tmp_path):
     assert proc.stdout.count("pretrain ikem6:") == 1          # rank 0 logs, once
     assert "Grad strides do not match bucket view strides" not in proc.stderr, proc.stderr[-3000:]
     assert "`broadcast_buffers` is deprecated" not in proc.stderr, proc.stderr[-3000:]
+    # distillation and fine-tuning train every parameter in every step: DDP runs without its
+    # per-step search for unused ones (which would warn), and would fail the second step otherwise
+    sets = [s for s in sets if not s.startswith("run.name=")]
+    teacher = os.path.join(run, "trun")
+    for args in (["distill", "--teacher", teacher, "--name", "tdis"], ["finetune", "--checkpoint", teacher,
+                                                                       "--view", "3views", "--name", "tft"]):
+        proc = torchrun(*args)
+        assert "find_unused_parameters=True was specified" not in proc.stderr, proc.stderr[-3000:]
+        assert load_checkpoint(os.path.join(run, args[-1]))["global_step"] == 2
 
 
 @pytest.mark.parametrize("views", [2, 1], ids=["two_views", "augment_one"])

@@ -153,9 +153,12 @@ def _interrupted_finetune(pre, name, monkeypatch):
 
 def test_resume_refuses_changed_flags(pre, monkeypatch, capsys):
     run = _interrupted_finetune(pre, "ft_part", monkeypatch)
+    other = os.path.join(pre[2], "other_finetune.yaml")      # a finetune config with another setting
+    with open(other, "w") as fh:
+        yaml.safe_dump({"optim": {"lr": 0.5}}, fh)
     for extra, what in ((["--view", "motion"], "--view"), (["--label-fraction", "0.5"], "--label-fraction"),
                         (["--checkpoint", os.path.join(pre[0], "epoch_0001.pt")], "--checkpoint"),
-                        (["--config", "linear"], "--config")):
+                        (["--config", other], "--config")):
         assert main(["finetune", "--resume", run, *extra]) == 2, extra
         err = capsys.readouterr().err
         assert what in err and "resume" in err, err
