@@ -20,9 +20,10 @@ import torch.nn as nn
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import Split
 from .loops import autocast
-from .models import LINEAR_OF, build_linear, checkpoint_source, load_encoders
+from .models import LINEAR_OF, build_linear, checkpoint_source, is_fused, load_encoders, source_streams
+from ..reference.models import view_streams
 
-__all__ = ["EVALUABLE_COMMANDS", "eval_model_from_checkpoint", "stream_features", "extract_features",
+__all__ = ["EVALUABLE_COMMANDS", "check_views", "eval_model_from_checkpoint", "stream_features", "extract_features",
            "cached_features", "feature_key", "view_indices", "calibrate_bn"]
 
 # Checkpoints whose encoders linear evaluation, k-NN and the Embedder read: a fine-tuning run's are
@@ -93,6 +94,17 @@ def stream_features(model: nn.Module, x: torch.Tensor, frames: torch.Tensor) -> 
     if model.per_stream:
         return torch.stack([enc.backbone(xi).float() for enc, xi in zip(model.encoders, xs)])
     return model.encoders.backbone(xs).float()
+
+
+def check_views(ck: Mapping[str, Any], views: Sequence[str]) -> None:
+    """Raise ValueError for a view the checkpoint's encoders cannot give (method.md §7 'Views'), before
+    anything is built or a run folder is made (a late error would leave the folder behind)."""
+    source, held = checkpoint_source(ck)
+    if source not in LINEAR_OF:
+        return                                   # eval_model_from_checkpoint names the problem
+    streams = source_streams(source) if held is None else held
+    for v in views:
+        view_streams(streams, is_fused(source), v)
 
 
 @torch.no_grad()

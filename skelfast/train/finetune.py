@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint
 from .data import Split, augment_one, evaluation_data, open_split, step_generator
-from .features import eval_model_from_checkpoint
+from .features import check_views, eval_model_from_checkpoint
 from .linear import topk_accuracy
 from .logging_utils import format_table, plot_table
 from .loops import Task, Trainer, autocast
@@ -138,6 +138,7 @@ def run_finetune(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Op
     if not checkpoint:
         raise ValueError("finetune needs --checkpoint CKPT (a pretrain or distill checkpoint or run folder)")
     src = load_checkpoint(checkpoint, expect_commands=("pretrain", "distill"))
+    check_views(src, [view])
     fc["checkpoint"], fc["view"] = src["path"], view
     # The encoders are the source's: its architecture and time scale go into this run's config,
     # which is what linear / knn / the Embedder build the fine-tuned model from later. Dropout stays

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from .config import save_config
 from .data import evaluation_data, open_split
-from .features import (cached_features, calibrate_bn, eval_model_from_checkpoint, resolve_evaluation,
-                       view_indices)
+from .features import (cached_features, calibrate_bn, check_views, eval_model_from_checkpoint,
+                       resolve_evaluation, view_indices)
 from .linear import topk_accuracy
 from .logging_utils import RunLogger, format_table
 from .session import start_session
@@ -57,6 +57,7 @@ def run_knn(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Optiona
             random_init: Optional[bool] = None, run_dir: Optional[str] = None) -> Dict[str, Any]:
     kc = cfg["knn"]
     ck, view, random_init = resolve_evaluation(kc, "knn", checkpoint, view, random_init)
+    check_views(ck, [view])
     data_note = evaluation_data(cfg, ck)
     sess = start_session(cfg, "knn", ck["model_name"], run_dir)
     if not sess.info.is_main:

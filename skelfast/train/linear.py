@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from .checkpoint import save_checkpoint
 from .config import save_config
 from .data import evaluation_data, open_split
-from .features import (cached_features, calibrate_bn, eval_model_from_checkpoint, resolve_evaluation,
-                       view_indices)
+from .features import (cached_features, calibrate_bn, check_views, eval_model_from_checkpoint,
+                       resolve_evaluation, view_indices)
 from .logging_utils import RunLogger, format_table, plot_table
 from .loops import lr_at
 from .session import start_session
@@ -150,6 +150,7 @@ def run_linear(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Opti
     views = [v.strip() for v in str(view).split(",")]
     if not all(views) or len(set(views)) != len(views):
         raise ValueError(f"--view {view!r}: expected one view or distinct views separated by commas")
+    check_views(ck, views)
     data_note = evaluation_data(cfg, ck)
     sess = start_session(cfg, "linear", ck["model_name"], run_dir)
     logger = RunLogger(sess.run_dir, enabled=sess.info.is_main, tensorboard=cfg["run"]["tensorboard"])

@@ -20,7 +20,7 @@ from ..reference.models import view_streams
 from .checkpoint import CheckpointError
 
 __all__ = ["PRETRAIN_MODELS", "DISTILL_MODELS", "LINEAR_OF", "TEACHER_OF", "FINETUNE_PREFIX", "build_model",
-           "build_linear", "source_streams", "checkpoint_source", "encoder_weights", "load_encoders"]
+           "build_linear", "source_streams", "is_fused", "checkpoint_source", "encoder_weights", "load_encoders"]
 
 PRETRAIN_MODELS = ("crossclr3", "ikem6")
 DISTILL_MODELS = ("student6to3", "student3to1")
@@ -65,7 +65,8 @@ def source_streams(source_name: str) -> Tuple[str, ...]:
     return tuple(MODEL_DEFAULTS[LINEAR_OF[source_name]][1]["streams"])
 
 
-def _fused(source_name: str) -> bool:
+def is_fused(source_name: str) -> bool:
+    """Whether `source_name`'s evaluable encoder is one fused student reading all its streams (§6.2)."""
     return MODEL_DEFAULTS[LINEAR_OF[source_name]][1].get("fused", False)
 
 
@@ -80,7 +81,7 @@ def checkpoint_source(ck: Mapping[str, Any]) -> Tuple[str, Optional[Tuple[str, .
         raise CheckpointError(f"{ck.get('path', 'checkpoint')}: fine-tuned model {source!r} is unknown; expected "
                               f"one of {sorted(LINEAR_OF)}")
     streams = source_streams(source)
-    if _fused(source):
+    if is_fused(source):
         return source, streams              # one encoder reading all its streams
     return source, tuple(streams[i] for i in view_streams(streams, False, ck["config"]["finetune"]["view"]))
 
@@ -108,13 +109,13 @@ def build_linear(source_name: str, model_cfg: Mapping[str, Any], num_class: int,
     streams = source_streams(source_name) if held is None else tuple(held)
     if view is not None:
         try:
-            picked = view_streams(streams, _fused(source_name), view)
+            picked = view_streams(streams, is_fused(source_name), view)
         except ValueError as e:
             if held is None:
                 raise
             raise CheckpointError(f"{e} (a fine-tuned checkpoint holds only the encoders of its fine-tuning "
                                   f"view)") from e
-        if not _fused(source_name):          # the fused student's one encoder reads all its streams
+        if not is_fused(source_name):          # the fused student's one encoder reads all its streams
             streams = tuple(streams[i] for i in picked)
     if streams != source_streams(source_name):
         kw["streams"] = streams
