@@ -65,8 +65,8 @@ def check_modalities_args(
     ids = modality_ids(names)
     if len(set(ids)) != len(ids):   # the reference refuses it too: one signature, one behaviour
         raise ValueError(f"names lists a modality twice: {tuple(names)}")
-    if not scale_base > 0:
-        raise ValueError(f"scale_base must be > 0, got {scale_base}")
+    if not 0 < scale_base < float("inf"):
+        raise ValueError(f"scale_base must be finite and > 0, got {scale_base}")
     scale = None
     if frames is not None:
         frames = torch.as_tensor(frames)

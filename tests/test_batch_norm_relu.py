@@ -172,6 +172,22 @@ def test_falls_back_to_pytorch_ops():
     assert batch_norm_relu(empty, rm, rv, w, b, False).shape == empty.shape
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_batch_gives_non_finite_statistics_as_pytorch(bad):
+    """A NaN or inf in a channel's batch: its running variance becomes NaN, as with F.batch_norm
+    (the kernel's clamp of rounding below zero turned NaN into 0, a finite running variance)."""
+    x, _, w, b, rm, rv = make((4, 3, 5, 2), torch.float32)
+    x[0, 1, 2, 0] = bad
+    rm_ref, rv_ref = rm.clone(), rv.clone()
+    out = batch_norm_relu(x, rm, rv, w, b, True)
+    want = F.relu(F.batch_norm(x, rm_ref, rv_ref, w, b, True))
+    assert torch.isnan(rv[1]) and torch.isnan(rv_ref[1])
+    assert not torch.isfinite(rm[1]) and not torch.isfinite(rm_ref[1])   # inf there, NaN here for an inf
+    torch.testing.assert_close(rv[[0, 2]], rv_ref[[0, 2]])
+    torch.testing.assert_close(out[:, [0, 2]], want[:, [0, 2]])
+    assert torch.equal(torch.isnan(out[:, 1]), torch.isnan(want[:, 1]))
+
+
 def test_errors():
     x, r, w, b, rm, rv = make((4, 3, 5, 2), torch.float64)
     with pytest.raises(ValueError, match="p must be in"):
@@ -182,6 +198,15 @@ def test_errors():
         batch_norm_relu(x[:1, :, :1, :1], None, None, w, b, True)
     with pytest.raises(ValueError, match=r"\(B, C, \.\.\.\)"):
         batch_norm_relu(x.flatten(), None, None, w, b, True)
+    # a (C,) vector of another size is refused before the running statistics are touched (the
+    # update used to run its first half, then fail)
+    for i, name in enumerate(("running_mean", "running_var", "weight", "bias")):
+        args = [rm.clone(), rv.clone(), w, b]
+        args[i] = torch.ones(2, dtype=x.dtype)
+        kept = [a.clone() for a in args[:2]]
+        with pytest.raises(ValueError, match=f"{name} must have shape"):
+            batch_norm_relu(x, *args, True)
+        assert torch.equal(args[0], kept[0]) and torch.equal(args[1], kept[1])
     with raises_kernel_error("weight must be a contiguous"):
         op(x, w[:2], b, None, None, None, 1e-5, 0.0, 0)
     with raises_kernel_error("mean and var must be given together"):

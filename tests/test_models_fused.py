@@ -123,6 +123,9 @@ def test_momentum_update_of_a_subset_matches_reference(memory_format):
     for g in range(6):   # the listed key encoders moved, the others kept their weights
         key = f"encoders_k.{g}.data_bn.weight"
         assert torch.equal(sf[key], before[key]) == (g not in (0, 2, 5)), key
+    for bad in ([-1], [6]):         # -1 silently updated model 5
+        with pytest.raises(ValueError, match="model indices in"):
+            fused.encoders_k.momentum_update_(fused.encoders_q, 0.9, bad)
 
 
 def test_partial_encoder_state_is_reported_missing():

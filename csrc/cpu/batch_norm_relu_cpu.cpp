@@ -185,7 +185,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_relu_cpu(Tensor x, Tensor 
       for (int64_t c = 0; c < g.C; ++c) {
         const double m1 = s[c] / g.M;
         mean[c] = static_cast<double>(ref[c]) + m1;
-        var[c] = std::max(0.0, s[g.C + c] / g.M - m1 * m1);
+        // clamp rounding below zero, but keep NaN (std::max(0, NaN) is 0): a non-finite batch
+        // gives a NaN running variance, as F.batch_norm does
+        const double v = s[g.C + c] / g.M - m1 * m1;
+        var[c] = v < 0.0 ? 0.0 : v;
       }
     });
   } else {

@@ -99,6 +99,8 @@ class StackedEncoders(BatchedSTGCN):
         """
         G = self.num_models
         which = list(range(G)) if which is None else sorted(set(which))
+        if any(not 0 <= g < G for g in which):   # a negative index would silently pick model G+g
+            raise ValueError(f"momentum_update_: which must hold model indices in [0, {G}), got {which}")
         keys, queries = [], []
         for pk, pq in zip(self.parameters(), source.parameters()):
             if which == list(range(G)):

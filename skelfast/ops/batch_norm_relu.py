@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _extension
+from ._devices import check_one_device
 from . import _backend
 from ._first_order import first_order
 from .epilogue import _grad_layout, dropout_add_relu_composite, kernel_applies, kernel_inputs
@@ -78,6 +79,11 @@ def batch_norm_relu(x: torch.Tensor, running_mean: Optional[torch.Tensor], runni
         raise ValueError(f"batch_norm_relu: x must be (B, C, ...), got shape {tuple(x.shape)}")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"batch_norm_relu: residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
+    C = x.shape[1]
+    for name, v in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+        # before anything runs: a late failure left the running statistics half-updated
+        if v is not None and tuple(v.shape) != (C,):
+            raise ValueError(f"batch_norm_relu: {name} must have shape (C,) = ({C},), got {tuple(v.shape)}")
     if not _kernel_applies(x, running_mean, running_var, weight, bias, residual, training, p):
         return batch_norm_relu_composite(x, running_mean, running_var, weight, bias, training, momentum, eps,
                                          residual, p)
@@ -99,11 +105,15 @@ def batch_norm_relu(x: torch.Tensor, running_mean: Optional[torch.Tensor], runni
 def _register() -> None:
     @torch.library.register_fake("skelfast::batch_norm_relu")
     def _fake(x, weight, bias, mean, var, residual, eps, p, seed):
+        check_one_device("batch_norm_relu", x=x, weight=weight, bias=bias, running_mean=mean, running_var=var,
+                         residual=residual)
         C = x.shape[1]   # statistics in the parameters' dtype (fp32 for bf16/fp16 x on CUDA)
         return torch.empty_like(x), weight.new_empty((C,)), weight.new_empty((C,)), weight.new_empty((C,))
 
     @torch.library.register_fake("skelfast::batch_norm_relu_backward")
     def _backward_fake(grad_out, out, x, weight, mean, invstd, batch_stats, p, seed, residual_grad):
+        check_one_device("batch_norm_relu_backward", grad_out=grad_out, out=out, x=x, weight=weight, mean=mean,
+                         invstd=invstd)
         C = out.shape[1]
         gres = torch.empty_like(out) if residual_grad else out.new_empty((0,))
         return torch.empty_like(out), weight.new_empty((C,)), weight.new_empty((C,)), gres

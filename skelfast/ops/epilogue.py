@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _extension
+from ._devices import check_one_device
 from . import _backend
 from ._first_order import first_order
 from ._layout import memory_format
@@ -108,10 +109,12 @@ def kernel_inputs(x: torch.Tensor, residual: Optional[torch.Tensor], p: float, t
 def _register() -> None:
     @torch.library.register_fake("skelfast::dropout_add_relu")
     def _fake(x, residual, p, seed):
+        check_one_device("dropout_add_relu", x=x, residual=residual)
         return torch.empty_like(x)
 
     @torch.library.register_fake("skelfast::dropout_add_relu_backward")
     def _backward_fake(grad_out, out, p, seed, residual_grad):
+        check_one_device("dropout_add_relu_backward", grad_out=grad_out, out=out)
         return torch.empty_like(out), (torch.empty_like(out) if residual_grad else out.new_empty((0,)))
 
     def _setup_context(ctx, inputs, output):

@@ -19,6 +19,7 @@ import torch
 
 from .. import _extension
 from ..reference.stgcn import graph_conv_reference
+from ._devices import check_one_device
 from . import _backend
 from ._first_order import first_order
 from ._layout import memory_format
@@ -125,12 +126,15 @@ def _empty_like_layout(x: torch.Tensor, shape) -> torch.Tensor:
 def _register() -> None:
     @torch.library.register_fake("skelfast::graph_conv")
     def _graph_conv_fake(x, weight, bias, A, importance, groups):
+        check_one_device("graph_conv", x=x, weight=weight, bias=bias, A=A, importance=importance)
         _fake_checks(x, weight, bias, A, importance, groups)
         cout = weight.shape[0] // (groups * A.shape[0])
         return _empty_like_layout(x, (x.shape[0], groups * cout, x.shape[2], x.shape[3]))
 
     @torch.library.register_fake("skelfast::graph_conv_backward")
     def _graph_conv_backward_fake(grad_out, x, weight, bias, A, importance, groups):
+        check_one_device("graph_conv_backward", grad_out=grad_out, x=x, weight=weight, bias=bias, A=A,
+                         importance=importance)
         _fake_checks(x, weight, bias, A, importance, groups)
         K, V = A.shape[0], A.shape[1]
         if importance is not None:

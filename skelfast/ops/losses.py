@@ -46,6 +46,7 @@ import torch
 from .. import _extension
 from ..reference import losses as ref
 from ..reference.modalities import nrm
+from ._devices import check_one_device
 from . import _backend
 from ._first_order import first_order
 
@@ -150,6 +151,8 @@ def _fake_checks(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau,
 def _register() -> None:
     @torch.library.register_fake("skelfast::contrastive_lse")
     def _fake(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau, topk, jacobian=False):
+        check_one_device("contrastive_lse", qa=qa, lpos=lpos, queue_a=queue_a, col_scale=col_scale, qb=qb,
+                         queue_b=queue_b)
         _fake_checks(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau, topk)
         torch._check(not jacobian or len(pair_a) == 0, lambda: "jacobian=True needs an empty pair list")
         A, N, Da = qa.shape
@@ -159,6 +162,8 @@ def _register() -> None:
 
     @torch.library.register_fake("skelfast::contrastive_lse_backward")
     def _fake_bwd(grad_lse1, grad_lse2, qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau, lse1, lse2):
+        check_one_device("contrastive_lse_backward", grad_lse1=grad_lse1, grad_lse2=grad_lse2, qa=qa, lpos=lpos,
+                         queue_a=queue_a, col_scale=col_scale, qb=qb, queue_b=queue_b, lse1=lse1, lse2=lse2)
         _fake_checks(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau)
         return qa.new_empty(qa.shape), lpos.new_empty(lpos.shape)
 

@@ -14,6 +14,7 @@ import torch
 from .. import _extension, reference
 from ..modality_spec import DEFAULT_SCALE_BASE, MODALITIES6, check_modalities_args
 from ..topology import Topology
+from ._devices import check_one_device
 from . import _backend
 from ._first_order import first_order
 
@@ -68,12 +69,14 @@ def _register() -> None:
 
     @torch.library.register_fake("skelfast::modalities")
     def _modalities_fake(x, scale, select, bone_parent, axis_partner, normal):
+        check_one_device("modalities", x=x, scale=scale)
         _fake_shape_checks(x, scale, select, bone_parent, axis_partner, normal)
         N, _, T, V, M = x.shape
         return x.new_empty((N, len(select), 3, T, V, M))
 
     @torch.library.register_fake("skelfast::modalities_backward")
     def _modalities_backward_fake(grad_out, x, scale, select, bone_parent, axis_partner, normal):
+        check_one_device("modalities_backward", grad_out=grad_out, x=x, scale=scale)
         _fake_shape_checks(x, scale, select, bone_parent, axis_partner, normal)
         torch._check(grad_out.dim() == 6 and grad_out.shape[1] == len(select), lambda: "grad_out must be (N,G,3,T,V,M)")
         return x.new_empty(x.shape)

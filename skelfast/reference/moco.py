@@ -25,6 +25,8 @@ def momentum_update_(key_params: Sequence[torch.Tensor], query_params: Sequence[
         m: momentum (0.999 in every config).
     """
     key_params, query_params = list(key_params), list(query_params)
+    if not 0.0 <= m <= 1.0:       # also refuses NaN (which would turn every key weight into NaN)
+        raise ValueError(f"momentum_update_: m must be in [0, 1], got {m}")
     if len(key_params) != len(query_params):
         raise ValueError(f"momentum_update_: {len(key_params)} key tensors vs {len(query_params)} query tensors")
     if not key_params:
@@ -53,8 +55,13 @@ def enqueue_(queue: torch.Tensor, keys: torch.Tensor, ptr: int) -> int:
         (ptr + N) % K as a Python int.
     """
     K, N = queue.shape[-1], keys.shape[-2]
-    assert K % N == 0, f"queue size K={K} must be a multiple of the batch size N={N} (method.md §5.1)"
-    assert 0 <= ptr and ptr + N <= K, f"queue pointer {ptr} + batch {N} runs past the queue size K={K}"
+    # explicit errors, not asserts: python -O must not turn a bad call into a silent partial write
+    if N < 1:
+        raise ValueError(f"enqueue_: keys hold no rows (N=0); nothing to enqueue")
+    if K % N:
+        raise ValueError(f"enqueue_: queue size K={K} must be a multiple of the batch size N={N} (method.md §5.1)")
+    if not 0 <= ptr <= K - N:
+        raise ValueError(f"enqueue_: queue pointer {ptr} + batch {N} runs past the queue size K={K}")
     queue[..., ptr:ptr + N] = keys.transpose(-1, -2).to(queue.dtype)
     return (ptr + N) % K
 

@@ -22,6 +22,11 @@ def test_momentum_update_formula_and_single_multi_tensor_call(monkeypatch):
         torch.testing.assert_close(k, e)
     with pytest.raises(ValueError):
         momentum_update_(keys, queries[:1], 0.9)
+    before = [k.clone() for k in keys]
+    for m in (-0.5, 1.5, float("nan")):          # nan turned every key weight into NaN
+        with pytest.raises(ValueError, match="m must be in"):
+            momentum_update_(keys, queries, m)
+    assert all(torch.equal(k, b) for k, b in zip(keys, before))
 
 
 def test_enqueue_writes_columns_and_wraps():
@@ -31,10 +36,14 @@ def test_enqueue_writes_columns_and_wraps():
     assert ptr == 0 and isinstance(ptr, int)  # (4 + 4) % 8
     torch.testing.assert_close(queue[:, :, 4:], keys.transpose(1, 2))
     assert torch.count_nonzero(queue[:, :, :4]) == 0
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="multiple of the batch size"):
         enqueue_(torch.zeros(3, 10), torch.zeros(4, 3), 0)  # K % N != 0 (§5.1)
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="runs past the queue size"):
         enqueue_(torch.zeros(3, 8), torch.zeros(4, 3), 6)  # would run past the end
+    with pytest.raises(ValueError, match="runs past the queue size"):
+        enqueue_(torch.zeros(3, 8), torch.zeros(4, 3), -4)  # a negative pointer
+    with pytest.raises(ValueError, match="N=0"):
+        enqueue_(torch.zeros(3, 8), torch.zeros(0, 3), 0)   # was a ZeroDivisionError
 
 
 def test_queue_bank_init_pointer_and_state_dict():
