@@ -496,3 +496,20 @@ def test_losses_under_cpu_bf16_autocast_accumulate_in_fp32():
     for a, b in zip(got, want):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fake_kernel_refuses_what_eager_refuses():
+    """The contrastive_lse fake kernel (torch.compile's shape propagation) refuses the arguments the
+    C++ kernel refuses: a pair index past the A + B sources, topk > K, a col_scale not of length K."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    q, lpos, Q = torch.randn(2, 3, 8), torch.randn(2, 3), torch.randn(2, 8, 16)
+    cases = [(([0], [9], 1, None), "pair indices"), (([], [], 17, None), "topk must be in"),
+             (([], [], 1, torch.ones(5)), "col_scale must be")]
+    for (pa, pb, topk, cs), msg in cases:
+        with pytest.raises(RuntimeError):                                  # eager
+            torch.ops.skelfast.contrastive_lse(q, lpos, Q, cs, None, None, pa, pb, 0.07, topk)
+        with FakeTensorMode() as mode:
+            args = [mode.from_tensor(t) for t in (q, lpos, Q)]
+            fcs = None if cs is None else mode.from_tensor(cs)
+            with pytest.raises(RuntimeError, match=msg):
+                torch.ops.skelfast.contrastive_lse(*args, fcs, None, None, pa, pb, 0.07, topk)

@@ -26,8 +26,9 @@ IMPLS = [ops.modalities, reference.modalities]
     (lambda: torch.randn(2, 3, 5, 25, 2), {"names": ()}, ValueError, "at least one modality"),
     (lambda: torch.randn(2, 3, 5, 25, 2), {"topology": "kinect"}, ValueError, "unknown topology 'kinect'"),
     (lambda: [[1.0]], {}, TypeError, "torch.Tensor"),
+    (lambda: torch.randn(2, 3, 5, 25, 2), {"scale_base": float("inf")}, ValueError, "finite and > 0"),
 ], ids=["rank", "channels", "joints", "no-frames", "int-dtype", "frames-len", "frames-zero", "frames-neg",
-        "frames-bool", "bad-name", "no-names", "bad-topology", "not-tensor"])
+        "frames-bool", "bad-name", "no-names", "bad-topology", "not-tensor", "scale-base-inf"])
 def test_bad_input(fn, make, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         fn(make(), **kwargs)

@@ -63,7 +63,10 @@ def graph_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
             A that requires grad runs the PyTorch composite instead (its gradient is then exact).
         importance: (G, K, V, V) edge importance E (or (K, V, V) when G == 1), or None (= ones).
             The kernels read E only where A != 0 (A's sparsity), so a NaN/inf in E where A == 0
-            stays out of the output there, while the composite's A * E turns it into NaN.
+            stays out of the output there, while the composite's A * E turns it into NaN. The
+            same holds for x and grad_out: a NaN/inf at joint v reaches only the joints w with
+            A[:, v, w] != 0 (always v itself in ST-GCN graphs, whose subsets include the self
+            link), where the composite's 0 * NaN spreads it to every joint of the frame.
         groups: G.
     Returns:
         (B, G*Cout, T, V) in x's dtype. Differentiable w.r.t. x, weight, bias and importance.

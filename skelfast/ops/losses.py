@@ -25,7 +25,9 @@ Numerics: fp32 accumulation (fp64 for fp64 queries); queues may be fp32, fp64, b
 (upcast chunk by chunk). The C++ kernel uses the static shift 1/tau of performance.md §1.4 and
 re-runs any row whose maximum logit falls outside a safe window with the exact row maximum, so
 inputs that are not unit-normalised give correct (not silently wrong) losses. NaN in a query or a
-queue gives a NaN loss, as in the reference. One precision limit remains for such inputs: the
+queue gives a NaN loss, as in the reference; a +inf logit (an infinite input) gives NaN where the
+reference gives +inf (both non-finite: the trainer stops on either), and the top-k indices of a
+row holding NaN need not match torch.topk's. One precision limit remains for such inputs: the
 pair losses' backward reuses the fp32 log-sum-exps as exponent shifts, so their fp32 query
 gradients carry a relative error of about |lse| * 2^-24 (measured 1e-4 at |q| = 10, tau = 0.01,
 2e-2 at |q| = 100; 4e-7 for unit inputs at tau = 0.07). Use fp64 inputs there.
@@ -145,7 +147,14 @@ def _fake_checks(qa, lpos, queue_a, col_scale, qb, queue_b, pair_a, pair_b, tau,
     torch._check(queue_a.dim() == 3 and queue_a.shape[1] == qa.shape[2], lambda: "queue_a must be (A or 1, Da, K)")
     torch._check(len(pair_a) == len(pair_b), lambda: "pair_a and pair_b must have the same length")
     torch._check(tau > 0, lambda: "tau must be > 0")
-    torch._check(topk >= 0, lambda: "topk must be >= 0")
+    K = queue_a.shape[2]
+    torch._check(0 <= topk <= K, lambda: f"topk must be in [0, K={K}]")
+    torch._check(col_scale is None or (col_scale.dim() == 1 and col_scale.shape[0] == K),
+                 lambda: f"col_scale must be (K={K},)")
+    torch._check((qb is None) == (queue_b is None), lambda: "qb and queue_b must be given together")
+    M = qa.shape[0] + (qb.shape[0] if qb is not None else 0)
+    torch._check(all(0 <= i < M for i in list(pair_a) + list(pair_b)),
+                 lambda: f"pair indices must be in [0, {M}) (the A + B sources)")
 
 
 def _register() -> None:
