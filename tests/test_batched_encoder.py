@@ -521,3 +521,18 @@ def test_differing_batch_counters_warn_or_raise():
     batched.data_bn.momentum = None
     with pytest.raises(ValueError, match="momentum=None"):
         batched.load_per_model_state_dicts(sds)
+
+
+def test_input_errors_name_the_mismatch():
+    """x of the wrong joints, channels, an empty batch or another dtype: one error naming the
+    expected layout (they surfaced as BatchNorm's 'running_mean should contain 144 elements',
+    a reshape of 0 elements, or 'mixed dtype')."""
+    m = BatchedSTGCN(2, hidden_channels=4, hidden_dim=16, head=None)
+    x = torch.randn(2, 3, 3, 10, 25, 2)
+    for bad in (x[..., :24, :], x[:, :, :2], x[:, :0]):
+        with pytest.raises(ValueError, match=r"x must be \(G=2, N, C=3, T, V=25, M\)"):
+            m(bad)
+    with pytest.raises(TypeError, match="x is torch.float64 but the encoders are torch.float32"):
+        m(x.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m(x)[0].dtype == torch.bfloat16        # autocast: fp32 input, bf16 compute

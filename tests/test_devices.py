@@ -54,3 +54,12 @@ def test_all_meta_still_runs_the_fake_kernel():
 def test_message_names_the_arguments():
     with pytest.raises(RuntimeError, match=r"skelfast::op: .* got x on cpu, residual on meta"):
         check_one_device("op", x=torch.zeros(1), residual=torch.zeros(1, device="meta"), absent=None)
+
+
+def test_public_ops_infer_shapes_on_meta_tensors():
+    """All-meta inputs run the fake kernels through the public wrappers (they raised from autocast,
+    which knows no meta device)."""
+    m = lambda *s: torch.randn(*s, device="meta")  # noqa: E731
+    assert ops.info_nce(m(6, 4, 8), m(6, 4, 8), m(6, 8, 16), 0.07).shape == (6,)
+    out = ops.graph_conv(m(2, 6, 5, 7), m(18, 6, 1, 1), None, torch.rand(3, 7, 7, device="meta"))
+    assert out.shape == (2, 6, 5, 7) and out.device.type == "meta"

@@ -190,3 +190,14 @@ def test_scalar_and_one_dimensional():
         out = op(x, None, 0.0, 0)
         out.backward(torch.ones_like(out))
         torch.testing.assert_close(x.grad, (x > 0).double())
+
+
+def test_more_than_eight_dims_runs_the_pytorch_ops_forward_and_backward():
+    """The kernels index at most 8 dims: a 9-d input takes the PyTorch path (its forward ran the
+    kernel and its backward then refused the shape)."""
+    x = torch.randn(*([1] * 8), 5, requires_grad=True)
+    r = torch.randn(x.shape)
+    out = dropout_add_relu(x, r, 0.0)
+    out.sum().backward()
+    torch.testing.assert_close(out, torch.relu(x + r))
+    torch.testing.assert_close(x.grad, (x + r > 0).to(x.dtype))

@@ -341,8 +341,16 @@ class BatchedSTGCN(nn.Module):
     def _stack_input(self, x: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             x = torch.stack(list(x), 0)
-        if x.dim() != 6 or x.shape[0] != self.num_models:
-            raise ValueError(f"x must be (G={self.num_models}, N, C, T, V, M), got {tuple(x.shape)}")
+        want = f"(G={self.num_models}, N, C={self.in_channels}, T, V={self.A.shape[-1]}, M)"
+        if (x.dim() != 6 or x.shape[0] != self.num_models or x.shape[2] != self.in_channels
+                or x.shape[4] != self.A.shape[-1]):
+            raise ValueError(f"x must be {want}, got {tuple(x.shape)}")
+        if x.shape[1] == 0 or x.shape[3] == 0 or x.shape[5] == 0:
+            raise ValueError(f"x must be {want} with N, T, M >= 1, got {tuple(x.shape)}")
+        if (x.dtype != self.A.dtype and x.device.type in ("cpu", "cuda")
+                and not torch.is_autocast_enabled(x.device.type)):
+            raise TypeError(f"x is {x.dtype} but the encoders are {self.A.dtype}; convert one of them "
+                            f"(e.g. model.to(x.dtype) or x.to({self.A.dtype}))")
         return x
 
     def backbone(self, x: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:

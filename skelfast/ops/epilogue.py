@@ -58,6 +58,8 @@ def kernel_applies(x: torch.Tensor, p: float) -> bool:
     module docstring) rather than the PyTorch ops; p is the effective dropout probability."""
     if not _HAS_KERNEL or torch.compiler.is_compiling() or _backend.resolve(x.device) == "torch":
         return False
+    if x.dim() > 8:       # the kernels index at most 8 dims (their backward refused more, after the forward ran)
+        return False
     if x.device.type == "cpu":
         return x.dtype in _CPU_DTYPES
     return (x.device.type == "cuda" and _TRITON_ON_CUDA and x.dtype in _CUDA_DTYPES

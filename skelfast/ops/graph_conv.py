@@ -45,7 +45,7 @@ def graph_conv_composite(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
 
 
 def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
-    if torch.is_autocast_enabled(device_type):
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):   # meta has no autocast
         return torch.get_autocast_dtype(device_type)
     return None
 

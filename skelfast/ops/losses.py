@@ -253,8 +253,10 @@ def _fp32_accumulation(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         first = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), None)
-        if first is None:
-            return fn(*args, **kwargs)  # no tensor argument: fn's own checks name the problem
+        if first is None or first.device.type not in ("cpu", "cuda"):
+            # no tensor argument (fn's own checks name the problem), or a device autocast does not
+            # know (meta tensors: shape inference), which has no autocast to switch off
+            return fn(*args, **kwargs)
         with torch.autocast(first.device.type, enabled=False):
             return fn(*args, **kwargs)
     return wrapper
