@@ -265,6 +265,10 @@ def test_argument_errors():
         ops.ikem_loss(u[..., :16], k, Q)
     with pytest.raises(ValueError, match="teacher_queue"):
         ops.relational_distill_loss(q, u[:1], Q, Q[0])
+    with pytest.raises(ValueError, match=r"G >= 1"):      # was torch.stack's 'non-empty TensorList'
+        ops.relational_distill_loss(q[:0], u[:1, :, :0], Q[:0], Q[0, :0])
+    with pytest.raises(TypeError, match=r"pair_weight must be a \(3, 3\) tensor"):   # was an AttributeError
+        ops.context_loss(q, k, Q, pair_weight=[[0.0] * 3] * 3)
     with pytest.raises(TypeError, match="float"):
         ops.info_nce(q, k, Q.to(torch.int32))
     lpos = (q * k).sum(-1)

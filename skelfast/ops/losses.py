@@ -420,6 +420,8 @@ def context_loss(q: torch.Tensor, k: torch.Tensor, queues: torch.Tensor, tau: fl
     G = q.shape[0] if q.dim() == 3 else 0
     if G < 2:
         raise ValueError("context_loss needs q of shape (G, N, D) with at least 2 modalities")
+    if pair_weight is not None and not isinstance(pair_weight, torch.Tensor):
+        raise TypeError(f"pair_weight must be a ({G}, {G}) tensor or None, got {type(pair_weight).__name__}")
     if pair_weight is not None and tuple(pair_weight.shape) != (G, G):
         raise ValueError(f"pair_weight must have shape ({G}, {G}), got {tuple(pair_weight.shape)}")
     P = context_pair_losses(q, k, queues, tau, topk, context)
@@ -507,6 +509,8 @@ def relational_distill_loss(teacher_q: torch.Tensor, student_s: torch.Tensor, te
     if teacher_q.dim() != 3:
         raise ValueError(f"relational_distill_loss: teacher_q must be (G, N, D), got {tuple(teacher_q.shape)}")
     G, N, D = teacher_q.shape
+    if G < 1:
+        raise ValueError("relational_distill_loss: teacher_q must hold at least one teacher modality (G >= 1)")
     if student_s.dim() != 3 or student_s.shape[1] != N or student_s.shape[2] != G * D:
         raise ValueError(f"relational_distill_loss: student_s must be (S, {N}, {G * D}), got {tuple(student_s.shape)}")
     if teacher_queues.dim() != 3 or tuple(teacher_queues.shape[:2]) != (G, D):
