@@ -37,9 +37,7 @@ def resolve_evaluation(section: Dict[str, Any], command: str, checkpoint: Option
     random_init; loads the checkpoint and writes the resolved values back into the section, so the
     saved config says what ran. Returns (checkpoint dict, view, random_init)."""
     checkpoint = checkpoint or section["checkpoint"]
-    view = section["view"] if view is None else view
-    if not str(view).strip():
-        raise ValueError(f"{command}: --view is empty; give a view (joint, ..., 3views, all)")
+    view = section["view"] if view is None else view       # an empty --view is refused by check_views
     random_init = section["random_init"] if random_init is None else random_init
     if not checkpoint:
         raise ValueError(f"{command} needs --checkpoint CKPT (a pretrain, distill or finetune checkpoint or run "
@@ -104,6 +102,8 @@ def check_views(ck: Mapping[str, Any], views: Sequence[str]) -> None:
         return                                   # eval_model_from_checkpoint names the problem
     streams = source_streams(source) if held is None else held
     for v in views:
+        if not str(v).strip():
+            raise ValueError("--view is empty; give a view (joint, ..., 3views, all)")
         view_streams(streams, is_fused(source), v)
 
 

@@ -132,9 +132,7 @@ def run_finetune(cfg: Dict[str, Any], checkpoint: Optional[str] = None, view: Op
         cfg["finetune"]["label_fraction"] = label_fraction
     fc = cfg["finetune"]
     checkpoint = checkpoint or fc["checkpoint"]
-    view = fc["view"] if view is None else view
-    if not str(view).strip():
-        raise ValueError("finetune: --view is empty; give a view (joint, ..., 3views, all)")
+    view = fc["view"] if view is None else view       # an empty --view is refused by check_views
     if not checkpoint:
         raise ValueError("finetune needs --checkpoint CKPT (a pretrain or distill checkpoint or run folder)")
     src = load_checkpoint(checkpoint, expect_commands=("pretrain", "distill"))
