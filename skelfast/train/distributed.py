@@ -76,8 +76,10 @@ def wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device, sync_bn: bo
     find_unused_parameters (Task.unused_parameters): pretraining's IKEM heads get no gradient in
     phase 1 (method.md §5.2), and the phase switches mid-run (so DDP's one-time note that a phase-2
     step found no unused parameter is expected there); the other tasks train every parameter in
-    every step, and DDP then skips its per-step search of the autograd graph. Buffers are not synchronised before each forward: BN statistics stay rank-local and
-    the (identical) queues are never overwritten. At construction every rank holds the same buffers
+    every step, and DDP then skips its per-step search of the autograd graph.
+
+    Buffers are not synchronised before each forward: BN statistics stay rank-local and the
+    (identical) queues are never overwritten. At construction every rank holds the same buffers
     (same seed, or the same checkpoint), so torch >= 2.13's forward_sync_buffers=False, which still
     copies rank 0's buffers once then, changes nothing; older torch has only broadcast_buffers=False.
     """
