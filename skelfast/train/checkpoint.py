@@ -96,10 +96,12 @@ def load_checkpoint(path: str, expect_models: Optional[Iterable[str]] = None,
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a skelfast training checkpoint (no format {FORMAT!r}); official "
                               f"CrosSCLR/IKEM weights load through skelfast.models.load_official_checkpoint")
+    # The command first: a checkpoint of the wrong kind (a finetune run as a teacher) is named as such,
+    # not by its model.
+    if expect_commands is not None and ck["command"] not in tuple(expect_commands):
+        raise CheckpointError(f"{path}: is a `{ck['command']}` checkpoint, expected one of {sorted(expect_commands)}")
     if expect_models is not None and ck["model_name"] not in tuple(expect_models):
         raise CheckpointError(f"{path}: holds model {ck['model_name']!r} (from `{ck['command']}`), but this needs "
                               f"one of {sorted(expect_models)}")
-    if expect_commands is not None and ck["command"] not in tuple(expect_commands):
-        raise CheckpointError(f"{path}: is a `{ck['command']}` checkpoint, expected one of {sorted(expect_commands)}")
     ck["path"] = path
     return ck

@@ -146,14 +146,13 @@ def _nullable_ok(name: str, value: Any) -> bool:
 
 
 def _as_float(value: Any) -> Any:
-    """YAML 1.1 reads '1e-3' (no dot) as a string: a finite numeric string becomes a float."""
+    """YAML 1.1 reads '1e-3' (no dot) and 'nan' as strings: a numeric string becomes a float."""
     if isinstance(value, str):
         try:
             f = float(value)
         except ValueError:
             return value
-        if math.isfinite(f):
-            return f
+        return f        # nan / inf too: _check then names the key as not finite
     return value
 
 
@@ -193,6 +192,9 @@ def _check(schema: Mapping[str, Any], cfg: Mapping[str, Any], prefix: str = "") 
         elif not _type_ok(d, v):
             raise ConfigError(f"config key {name!r} must be of type {type(d).__name__} (like its default "
                               f"{d!r}), got {type(v).__name__} {v!r}")
+        elif isinstance(d, float) and not math.isfinite(v):
+            # no float setting has a meaning at nan / inf (an lr of nan trained NaN weights silently)
+            raise ConfigError(f"config key {name!r} must be a finite number, got {v!r}")
 
 
 PRETRAIN_MODELS = ("crossclr3", "ikem6")
@@ -208,6 +210,52 @@ def check_batch_queue(cfg: Mapping[str, Any]) -> None:
     if K % N != 0:
         raise ConfigError(f"data.batch_size={N} does not divide model.queue_size={K}: MoCo enqueues whole "
                           f"batches (method.md §5.1 asserts K mod N = 0)")
+
+
+# (key, lowest, whether lowest is allowed, highest or None, whether highest is allowed, what the key is):
+# checked here, before any run folder exists, rather than failing inside the model, an op or a
+# library after it was made, or training on silently (a negative shear, a topk of 0).
+RANGES = (
+    ("model.hidden_channels", 1, True, None, True, "channels of the first ST-GCN block"),
+    ("model.hidden_dim", 1, True, None, True, "width of the projection head's hidden layer"),
+    ("model.feature_dim", 1, True, None, True, "dimension of the contrastive features"),
+    ("model.queue_size", 1, True, None, True, "K, queue entries per modality"),
+    ("model.topk", 1, True, None, True, "mined positives per query, method.md §5.4a"),
+    ("model.momentum", 0, True, 1, True, "the key encoders' momentum"),
+    ("model.tau", 0, False, None, True, "the temperature"),
+    ("model.dropout", 0, True, 1, False, "the dropout probability"),
+    ("data.synthetic.num_classes", 2, True, None, True, "classes of the synthetic dataset"),
+    ("data.synthetic.samples_per_class", 1, True, None, True, "samples per class of the synthetic dataset"),
+    ("data.synthetic.seed", 0, True, None, True, "the synthetic dataset's seed"),
+    ("data.synthetic.noise", 0, True, None, True, "the synthetic dataset's noise scale"),
+    ("data.shear_amplitude", 0, True, None, True, "the shear augmentation's amplitude"),
+    ("optim.momentum", 0, True, 1, False, "SGD momentum"),
+    ("optim.weight_decay", 0, True, None, True, "SGD weight decay"),
+    ("pretrain.cross_epoch", 0, True, None, True, "the last phase-1 epoch; 0 = phase 2 throughout"),
+    ("finetune.subset_seed", 0, True, None, True, "the label subset's seed"),
+    ("run.num_threads", 1, True, None, True, "torch intra-op threads; null = torch's default"),
+)
+
+
+def _check_ranges(cfg: Mapping[str, Any]) -> None:
+    for key, low, low_ok, high, high_ok, what in RANGES:
+        v = get(cfg, key)
+        if v is None:                    # a nullable key left at null
+            continue
+        below = v < low if low_ok else v <= low
+        above = high is not None and (v > high if high_ok else v >= high)
+        if below or above:
+            bound = f"{'>=' if low_ok else '>'} {low}"
+            if high is not None:
+                bound += f" and {'<=' if high_ok else '<'} {high}"
+            raise ConfigError(f"{key} ({what}) must be {bound}, got {v!r}")
+    steps = cfg["optim"]["step"]
+    if steps and (min(steps) < 1 or any(b <= a for a, b in zip(steps, steps[1:]))):
+        raise ConfigError(f"optim.step must list increasing epoch numbers >= 1 (the lr decays after each), "
+                          f"got {list(steps)}")
+    if cfg["model"]["topk"] > cfg["model"]["queue_size"]:
+        raise ConfigError(f"model.topk={cfg['model']['topk']} mines more positives than the queue holds "
+                          f"(model.queue_size={cfg['model']['queue_size']})")
 
 
 def validate(cfg: Mapping[str, Any], command: Optional[str] = None) -> None:
@@ -235,6 +283,7 @@ def validate(cfg: Mapping[str, Any], command: Optional[str] = None) -> None:
         raise ConfigError(f"optim.epochs must be >= 1, got {o['epochs']}")
     if any(not isinstance(s, int) or isinstance(s, bool) for s in o["step"]):
         raise ConfigError(f"optim.step must be a list of epoch numbers, got {o['step']!r}")
+    _check_ranges(cfg)
     for key in ("batch_size", "eval_batch_size"):
         if d[key] < 1:
             raise ConfigError(f"data.{key} must be >= 1, got {d[key]}")

@@ -234,15 +234,54 @@ def test_batch_queue_check_only_with_queues(pre):
     ("ikem6", "optim.gamma=-0.1", "optim.gamma"),
     ("ikem6", "model.true_timeline=fasle", "model.true_timeline"),
     ("knn", "knn.k=0", "knn.k"),
+    # Each of these used to be accepted: it trained on silently (NaN lr, topk 0, negative shear,
+    # decreasing milestones) or failed inside the model / an op / torch after the run folder was made.
+    ("ikem6", "optim.lr=.nan", "'optim.lr' must be a finite number"),
+    ("ikem6", "optim.lr=nan", "'optim.lr' must be a finite number"),       # YAML 1.1 reads this as a string
+    ("ikem6", "model.tau=.inf", "'model.tau' must be a finite number"),
+    ("finetune", "finetune.label_fraction=nan", "'finetune.label_fraction' must be a finite number"),
+    ("ikem6", "model.hidden_channels=0", "model.hidden_channels"),
+    ("ikem6", "model.hidden_dim=-1", "model.hidden_dim"),
+    ("ikem6", "model.feature_dim=0", "model.feature_dim"),
+    ("ikem6", "model.queue_size=0", "model.queue_size"),
+    ("ikem6", "model.topk=0", "model.topk"),
+    ("ikem6", "model.topk=40000", "mines more positives than the queue holds"),
+    ("ikem6", "model.tau=0", "model.tau (the temperature) must be > 0"),
+    ("ikem6", "model.momentum=1.5", "model.momentum"),
+    ("ikem6", "model.dropout=1", "model.dropout (the dropout probability) must be >= 0 and < 1"),
+    ("ikem6", "data.synthetic.num_classes=1", "data.synthetic.num_classes"),
+    ("ikem6", "data.synthetic.seed=-1", "data.synthetic.seed"),
+    ("ikem6", "data.synthetic.noise=-1", "data.synthetic.noise"),
+    ("ikem6", "data.shear_amplitude=-0.5", "data.shear_amplitude"),
+    ("ikem6", "optim.momentum=-1", "optim.momentum"),
+    ("ikem6", "optim.weight_decay=-1e-4", "optim.weight_decay"),
+    ("ikem6", "optim.step=[-1]", "optim.step"),
+    ("ikem6", "optim.step=[5,3]", "optim.step"),
+    ("ikem6", "pretrain.cross_epoch=-1", "pretrain.cross_epoch"),
+    ("finetune", "finetune.subset_seed=-1", "finetune.subset_seed"),
+    ("ikem6", "run.num_threads=0", "run.num_threads"),
 ])
 def test_bad_values_rejected(preset, item, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(preset, [item])
 
 
+def test_bad_value_refused_before_the_run_folder(tmp_path, capsys):
+    """A bad value is refused by the CLI with exit 2 and no run folder (it used to fail in the first
+    step, leaving a folder with a config and a log behind)."""
+    from skelfast.train.__main__ import main
+    assert main(["pretrain", "--config", "ikem6", "--set", f"run.out_dir={tmp_path}", "--set", "model.tau=0"]) == 2
+    assert "model.tau" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_good_values_accepted(tmp_path):
     cfg = load_config("ikem6", ["optim.lr=1e-3", "run.max_steps_per_epoch=0", "model.true_timeline=null"])
     assert cfg["optim"]["lr"] == 1e-3 and isinstance(cfg["optim"]["lr"], float)
+    # the edges of the ranges: phase 2 throughout, a frozen key encoder (m = 1), no dropout, no decay
+    cfg = load_config("ikem6", ["pretrain.cross_epoch=0", "model.momentum=1", "model.dropout=0", "optim.step=[]",
+                                "data.shear_amplitude=0", "optim.weight_decay=0", "run.num_threads=null"])
+    assert cfg["pretrain"]["cross_epoch"] == 0 and cfg["optim"]["step"] == []
     p = tmp_path / "c.yaml"
     p.write_text("optim:\n  lr: 1e-3\n  weight_decay: 5e-4\n")
     cfg = load_config(str(p))

@@ -123,6 +123,9 @@ def test_load_checks_kind(tmp_path):
         load_checkpoint(path, expect_models=("ikem6",))
     with pytest.raises(CheckpointError, match="distill"):
         load_checkpoint(path, expect_commands=("pretrain",))
+    # both wrong (a distillation run given as a teacher): named by its command, not its model
+    with pytest.raises(CheckpointError, match="is a `distill` checkpoint"):
+        load_checkpoint(path, expect_models=("ikem6",), expect_commands=("pretrain",))
     torch.save({"encoder_q.fc.weight": torch.zeros(1)}, tmp_path / "official.pt")
     with pytest.raises(CheckpointError, match="not a skelfast training checkpoint"):
         load_checkpoint(str(tmp_path / "official.pt"))
