@@ -4,7 +4,7 @@ method.md §3: joint, motion, bone, acceleration, rotation axis, angular velocit
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -24,6 +24,8 @@ def modality_ids(names: Union[str, Sequence[str]]) -> Tuple[int, ...]:
     """Map modality names to their index in MODALITIES6; raises ValueError naming the unknown one."""
     if isinstance(names, str):
         names = (names,)
+    if not isinstance(names, Iterable):
+        raise TypeError(f"names must be a modality name or a sequence of them, got {type(names).__name__} {names!r}")
     names = tuple(names)
     if not names:
         raise ValueError("names must list at least one modality")

@@ -192,6 +192,11 @@ def test_errors():
     x, r, w, b, rm, rv = make((4, 3, 5, 2), torch.float64)
     with pytest.raises(ValueError, match="p must be in"):
         batch_norm_relu(x, rm, rv, w, b, True, p=1.5)
+    for name, bad in (("p", "0.5"), ("momentum", "0.1"), ("eps", None)):
+        with pytest.raises(TypeError, match=f"{name} must be a real number"):
+            batch_norm_relu(x, rm, rv, w, b, True, **{name: bad})
+    with pytest.raises(ValueError, match="eps must be in"):
+        batch_norm_relu(x, rm, rv, w, b, True, eps=-1e-5)
     with pytest.raises(ValueError, match="residual shape"):
         batch_norm_relu(x, rm, rv, w, b, True, residual=r[:2])
     with pytest.raises(ValueError, match="more than 1 value per channel"):

@@ -150,6 +150,10 @@ def test_errors():
     x, r = inputs((2, 3, 4, 5), torch.float32)
     with pytest.raises(ValueError, match="p must be in"):
         dropout_add_relu(x, r, 1.5)
+    with pytest.raises(ValueError, match="p must be in"):
+        dropout_add_relu(x, r, float("nan"))
+    with pytest.raises(TypeError, match="p must be a real number, got str"):
+        dropout_add_relu(x, r, "0.5")
     with pytest.raises(ValueError, match="residual shape"):
         dropout_add_relu(x, r[:1], 0.5)
     with raises_kernel_error("p must be in"):

@@ -24,11 +24,12 @@ IMPLS = [ops.modalities, reference.modalities]
     (lambda: torch.randn(2, 3, 5, 25, 2), {"frames": torch.tensor([True, True])}, TypeError, "frame counts"),
     (lambda: torch.randn(2, 3, 5, 25, 2), {"names": ("joint", "velocity")}, ValueError, "unknown modality name 'velocity'"),
     (lambda: torch.randn(2, 3, 5, 25, 2), {"names": ()}, ValueError, "at least one modality"),
+    (lambda: torch.randn(2, 3, 5, 25, 2), {"names": None}, TypeError, "names must be a modality name"),
     (lambda: torch.randn(2, 3, 5, 25, 2), {"topology": "kinect"}, ValueError, "unknown topology 'kinect'"),
     (lambda: [[1.0]], {}, TypeError, "torch.Tensor"),
     (lambda: torch.randn(2, 3, 5, 25, 2), {"scale_base": float("inf")}, ValueError, "finite and > 0"),
 ], ids=["rank", "channels", "joints", "no-frames", "int-dtype", "frames-len", "frames-zero", "frames-neg",
-        "frames-bool", "bad-name", "no-names", "bad-topology", "not-tensor", "scale-base-inf"])
+        "frames-bool", "bad-name", "no-names", "names-none", "bad-topology", "not-tensor", "scale-base-inf"])
 def test_bad_input(fn, make, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         fn(make(), **kwargs)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _extension
+from ._args import check_real
 from ._devices import check_one_device
 from . import _backend
 from ._first_order import first_order
@@ -73,8 +74,9 @@ def batch_norm_relu(x: torch.Tensor, running_mean: Optional[torch.Tensor], runni
     Returns:
         x's shape, in x's memory format (contiguous or channels-last).
     """
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"batch_norm_relu: p must be in [0, 1], got {p}")
+    check_real("batch_norm_relu", "p", p, 0, 1)
+    check_real("batch_norm_relu", "momentum", momentum)
+    check_real("batch_norm_relu", "eps", eps, 0)
     if x.dim() < 2:
         raise ValueError(f"batch_norm_relu: x must be (B, C, ...), got shape {tuple(x.shape)}")
     if residual is not None and residual.shape != x.shape:

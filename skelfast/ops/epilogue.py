@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _extension
+from ._args import check_real
 from ._devices import check_one_device
 from . import _backend
 from ._first_order import first_order
@@ -84,8 +85,7 @@ def dropout_add_relu(x: torch.Tensor, residual: Optional[torch.Tensor] = None, p
     Returns:
         x's shape, in x's memory format (contiguous or channels-last).
     """
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout_add_relu: p must be in [0, 1], got {p}")
+    check_real("dropout_add_relu", "p", p, 0, 1)
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"dropout_add_relu: residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
     if not _kernel_applies(x, residual, p if training else 0.0):

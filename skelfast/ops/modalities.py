@@ -7,7 +7,7 @@ which is attached to the CUDA dispatch key by skelfast.ops._backend.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 
@@ -42,7 +42,7 @@ def modalities(
         (N, len(names), 3, T, V, M) in x.dtype, computed in float32 (float64 for float64 x).
         Differentiable w.r.t. x.
     """
-    if not isinstance(names, str):
+    if isinstance(names, Iterable) and not isinstance(names, str):
         names = tuple(names)   # an iterator would be used up by the checks before the reference sees it
     ids, topo, scale = check_modalities_args(x, frames, names, topology, scale_base)
     impl = _backend.resolve(x.device)
