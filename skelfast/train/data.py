@@ -110,13 +110,18 @@ def resolve_data_root(cfg: Mapping[str, Any], log=None) -> str:
                                      benchmark=d["benchmark"], noise=s["noise"], log=log)
 
 
+def check_split(manifest: Mapping[str, Any], root: str, split: str) -> None:
+    """Raise DataError naming the split if the prepared folder's manifest has no such split."""
+    if split not in manifest.get("splits", {}):
+        raise DataError(f"{root!r} has no split {split!r}; it has {sorted(manifest.get('splits', {}))}")
+
+
 def open_split(root: str, split: str) -> Split:
     """Open `{root}/{split}_data.npy` + labels (frame counts included) as a Split."""
     man = load_manifest(root)
     if man is None:
         raise DataError(f"{root!r} was never prepared (no manifest.json)")
-    if split not in man.get("splits", {}):
-        raise DataError(f"{root!r} has no split {split!r}; it has {sorted(man.get('splits', {}))}")
+    check_split(man, root, split)
     # true_timeline=True: the raw frame counts F travel with every batch; each model decides whether
     # to use the time scale 50/F (method.md §3.1, §11 #14).
     ds = PretrainFeeder.from_prepared(root, split, augment=False, true_timeline=True)

@@ -16,13 +16,17 @@ import torch
 from ..cpu_allocator import release_free_memory, tune_cpu_allocator
 from ..data import load_manifest
 from .checkpoint import load_checkpoint
-from .data import Split, open_split, resolve_data_root
+from .data import Split, check_split, open_split, resolve_data_root
 from .distributed import DistInfo, init_distributed
 from .logging_utils import make_run_dir
 from .loops import check_batch_fits, resolve_device
 
 __all__ = ["Session", "start_session", "seed_everything", "resume_payload", "extend_schedule",
            "check_resume_value", "same_checkpoint"]
+
+
+# the commands that evaluate on data.test_split (the others read data.train_split only)
+TEST_SPLIT_COMMANDS = ("linear", "knn", "finetune")
 
 
 @dataclass
@@ -107,12 +111,15 @@ def start_session(cfg: Dict[str, Any], command: str, model_name: str, run_dir: O
     seed_everything(r["seed"])
     # the first run generates the synthetic set: say so (rank 0), it takes a while
     root = resolve_data_root(cfg, log=print if info.is_main else None) if need_data else ""
-    if command in ("pretrain", "distill") and root:
-        # the Trainer's check, from the manifest's counts, before the run folder exists: a run that
-        # cannot start must not leave a folder behind (nor take the name it was given)
+    man = load_manifest(root) if root else None
+    if man is not None:
+        # the split names, and the Trainer's batch check from the manifest's counts, before the run
+        # folder exists: a run that cannot start must not leave a folder behind (nor take its name)
         d = cfg["data"]
-        count = ((load_manifest(root) or {}).get("splits", {}).get(d["train_split"]) or {}).get("count")
-        if count is not None:
+        for split in (d["train_split"],) + ((d["test_split"],) if command in TEST_SPLIT_COMMANDS else ()):
+            check_split(man, root, split)
+        count = man["splits"][d["train_split"]].get("count")
+        if command in ("pretrain", "distill") and count is not None:
             check_batch_fits(d["batch_size"], count, d["train_split"])
     if run_dir is None:
         run_dir = make_run_dir(cfg, command, model_name) if info.is_main else ""

@@ -325,6 +325,23 @@ def test_named_run_folder_holding_a_run_is_refused(pre):
     assert len(open(metrics).read()) > len(before)
 
 
+@pytest.mark.parametrize("command, key", [("pretrain", "data.train_split"), ("linear", "data.test_split"),
+                                          ("knn", "data.test_split")])
+def test_unknown_split_refused_before_the_run_folder(pre, command, key, capsys):
+    """A split name the prepared folder lacks is named before the run folder is made (pretrain left
+    an empty folder behind; pretrain never opens the test split, so it does not check it)."""
+    name = f"split_{command}"
+    extra = {"run.name": name, key: "nosuch"}
+    if command != "pretrain":
+        extra[f"{command}.checkpoint"] = pre[0]
+    argv = [command, *_sets(_tiny(pre, **extra))]
+    if command != "pretrain":
+        argv[1:1] = ["--config", command]
+    assert main(argv) == 2
+    assert "has no split 'nosuch'" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(pre[2], "runs", name))
+
+
 def test_unnamed_runs_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
     from skelfast.train import logging_utils
     monkeypatch.setattr(logging_utils.time, "strftime", lambda fmt: "20260101-000000")
