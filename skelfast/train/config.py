@@ -309,8 +309,25 @@ def validate(cfg: Mapping[str, Any], command: Optional[str] = None) -> None:
         raise ConfigError(f"model.backend must be 'skelfast' or 'reference', got {cfg['model']['backend']!r}")
     if not 0 < cfg["finetune"]["label_fraction"] <= 1:
         raise ConfigError(f"finetune.label_fraction must be in (0, 1], got {cfg['finetune']['label_fraction']}")
+    if not str(r["out_dir"]).strip():
+        raise ConfigError("run.out_dir must name a folder (the parent of the run folders), got an empty string")
+    _check_lock_keys(cfg)
     if command in QUEUE_COMMANDS:
         check_batch_queue(cfg)
+
+
+def _check_lock_keys(cfg: Mapping[str, Any]) -> None:
+    """parity.lock_keys against the pretraining model's modalities, as the model will check them
+    when it is built, after the run folder exists."""
+    lock, name = cfg["parity"]["lock_keys"], cfg["model"]["name"]
+    if lock is None or name not in PRETRAIN_MODELS:
+        return
+    from ..reference.build import MODEL_DEFAULTS
+    from ..reference.parity import Parity, resolve_lock
+    try:
+        resolve_lock(Parity(lock_keys=tuple(lock)), MODEL_DEFAULTS[name][1]["modalities"])
+    except ValueError as e:
+        raise ConfigError(f"parity.lock_keys: {e}") from None
 
 
 def load_config(preset: Optional[str] = None, sets: Iterable[str] = (), base: Optional[Mapping[str, Any]] = None,

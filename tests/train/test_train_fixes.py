@@ -260,6 +260,9 @@ def test_batch_queue_check_only_with_queues(pre):
     ("ikem6", "pretrain.cross_epoch=-1", "pretrain.cross_epoch"),
     ("finetune", "finetune.subset_seed=-1", "finetune.subset_seed"),
     ("ikem6", "run.num_threads=0", "run.num_threads"),
+    ("ikem6", "parity.lock_keys=[foo]", "parity.lock_keys: lock_keys has unknown modality name(s) ['foo']"),
+    ("crossclr3", "parity.lock_keys=[omega]", "modality(ies) ['omega'] that this model does not have"),
+    ("ikem6", "run.out_dir=''", "run.out_dir must name a folder"),
 ])
 def test_bad_values_rejected(preset, item, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
