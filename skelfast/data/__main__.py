@@ -30,26 +30,31 @@ def _parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="raw .skeleton folder -> prepared arrays (or --verify one)")
-    p.add_argument("--dataset", choices=sorted(DATASETS), default="ntu60",
-                   help="which samples and missing-skeleton list (default ntu60)")
-    p.add_argument("--benchmark", choices=list(BENCHMARKS) + ["xsetup"], default="xsub",
-                   help="train/val split (default xsub)")
+    # default None: --verify checks them against the folder only when they are given
+    p.add_argument("--dataset", choices=sorted(DATASETS), default=None,
+                   help="which samples and missing-skeleton list (default ntu60; with --verify: check the "
+                        "folder holds this dataset)")
+    p.add_argument("--benchmark", choices=list(BENCHMARKS) + ["xsetup"], default=None,
+                   help="train/val split (default xsub; with --verify: check the folder's)")
     p.add_argument("--raw", help="folder of .skeleton files (with --verify: also check that --out is up to "
                                  "date with it)")
-    p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (0: none)")
+    p.add_argument("--out", required=True, help="output folder (created; with --verify: the folder to check)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help=f"processes (0: none; default {os.cpu_count() or 1}, the CPU count)")
     p.add_argument("--chunk-size", type=int, default=256, help="samples per resumable chunk")
     p.add_argument("--force", action="store_true", help="redo even if the folder is already prepared")
     p.add_argument("--verify", action="store_true", help="only verify an existing prepared --out folder")
     p.add_argument("--no-checksums", action="store_true", help="with --verify: skip sha256 checks")
     p.add_argument("--no-progress", action="store_true")
     s = sub.add_parser("synth", help="write a synthetic NTU-format .skeleton dataset")
-    s.add_argument("--out", required=True)
-    s.add_argument("--num-classes", type=int, default=10)
-    s.add_argument("--samples-per-class", type=int, default=30)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--noise", type=float, default=1.0)
-    s.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    s.add_argument("--out", required=True, help="output folder (created; empty, or holding this same dataset)")
+    s.add_argument("--num-classes", type=int, default=10, help="action classes, 2-999 (default 10)")
+    s.add_argument("--samples-per-class", type=int, default=30, help="samples of each class (default 30)")
+    s.add_argument("--seed", type=int, default=0, help="generator seed, >= 0 (default 0)")
+    s.add_argument("--noise", type=float, default=1.0,
+                   help="scale of the pose variation and sensor noise, >= 0 (default 1.0)")
+    s.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help=f"processes (0: none; default {os.cpu_count() or 1}, the CPU count)")
     s.add_argument("--no-progress", action="store_true")
     return ap
 
@@ -60,20 +65,28 @@ def main(argv=None) -> int:
     from .skeleton_reader import SkeletonFormatError
 
     try:
+        if getattr(args, "workers", 0) < 0:
+            raise PrepareError(f"--workers must be >= 0 (0: no worker processes), got {args.workers}")
         if args.command == "prepare":
             if args.verify:
-                verify(args.out, checksums=not args.no_checksums, raw_dir=args.raw)
+                man = verify(args.out, checksums=not args.no_checksums, raw_dir=args.raw)
+                check_verified_kind(man, args.out, args.dataset, args.benchmark)
             else:
                 if not args.raw:
                     raise PrepareError("prepare needs --raw DIR (or --verify)")
-                prepare(args.raw, args.out, dataset=args.dataset, benchmark=args.benchmark, workers=args.workers,
-                        chunk_size=args.chunk_size, progress=not args.no_progress, force=args.force)
+                prepare(args.raw, args.out, dataset=args.dataset or "ntu60", benchmark=args.benchmark or "xsub",
+                        workers=args.workers, chunk_size=args.chunk_size, progress=not args.no_progress,
+                        force=args.force)
         else:
             from .synthetic import generate
 
             paths = generate(args.out, args.num_classes, args.samples_per_class, args.seed, args.noise,
                              workers=args.workers, progress=not args.no_progress)
             print(f"{args.out}: wrote {len(paths)} synthetic .skeleton files ({args.num_classes} classes)")
+    except KeyboardInterrupt:
+        again = "re-run the same command to resume" if args.command == "prepare" else "re-run to finish"
+        print(f"interrupted; finished chunks are kept: {again}", file=sys.stderr)
+        return 130
     except BrokenProcessPool as exc:   # a worker died mid-prepare, typically killed for memory
         print(f"error: {exc} (out of memory? retry with fewer --workers; finished chunks are kept)",
               file=sys.stderr)
@@ -83,6 +96,17 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def check_verified_kind(manifest: dict, out: str, dataset, benchmark) -> None:
+    """With --verify, a given --dataset / --benchmark must be what the folder holds (they were ignored)."""
+    from .ntu import normalise_benchmark
+    from .preparation import PrepareError
+
+    if dataset is not None and manifest["dataset"] != dataset:
+        raise PrepareError(f"{out} holds {manifest['dataset']} data, not --dataset {dataset}")
+    if benchmark is not None and manifest["benchmark"] != normalise_benchmark(benchmark):
+        raise PrepareError(f"{out} holds the {manifest['benchmark']} split, not --benchmark {benchmark}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import json
 import os
 import pickle
 import platform
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -49,6 +50,13 @@ __all__ = ["PrepareError", "SamplePlan", "plan_samples", "prepare", "verify", "l
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 STATE = ".prepare_state.json"
+# Re-preparing a complete folder builds the new data here and moves it in only once it is complete,
+# so a re-prepare that fails (a truncated raw file, a typo'd --raw) leaves the old dataset intact.
+STAGING = ".prepare_staging"
+# what verify and the training data loader read from a manifest
+_MANIFEST_KEYS = ("format_version", "dataset", "benchmark", "num_classes", "splits")
+_SPLIT_KEYS = ("count", "shape", "files")
+_FILE_KEYS = ("data", "label_pkl", "label_json")
 SPLITS = ("train", "val")
 NUM_JOINTS, MAX_BODY = 25, 2
 MAX_RAW_FRAMES = 300   # method.md §1.2: the gendata array has 300 frames; longer files are an error there
@@ -111,6 +119,7 @@ def plan_samples(raw_dir: str, dataset: str, benchmark: str, ignore: Optional[Se
     plan = SamplePlan(raw_dir, dataset, benchmark, {s: [] for s in SPLITS}, {s: [] for s in SPLITS})
     max_action = 0
     stats = []   # (name, bytes, mtime_ns) of every kept file: the input part of the fingerprint
+    kept: Dict[tuple, str] = {}     # parsed sample -> its file: 'copy of X.skeleton' beside X is X twice
     for f in files:
         if _stem(f) in ignore_set:
             plan.ignored += 1
@@ -122,6 +131,10 @@ def plan_samples(raw_dir: str, dataset: str, benchmark: str, ignore: Optional[Se
         if not in_dataset(sample, dataset):
             plan.not_in_dataset += 1
             continue
+        other = kept.setdefault(tuple(sample), f)
+        if other != f:
+            raise PrepareError(f"--raw {raw_dir!r}: {other} and {f} name the same sample {_stem(other)} "
+                               f"(setup, camera, performer, replication, action); keep one")
         split = "train" if is_training(sample, dataset, benchmark) else "val"
         plan.names[split].append(f)
         plan.labels[split].append(label_of(sample))
@@ -180,12 +193,48 @@ def _versions() -> dict:
 
 
 def load_manifest(out_dir: str) -> Optional[dict]:
-    """The manifest of a prepared folder, or None if the folder is incomplete / not prepared."""
+    """The manifest of a prepared folder, or None if the folder is incomplete / not prepared.
+    Raises PrepareError naming the file if it is unreadable or lacks what readers use."""
     path = os.path.join(os.fspath(out_dir), MANIFEST)
     if not os.path.exists(path):
         return None
-    with open(path, "r") as fh:
-        return json.load(fh)
+    damaged = f"; re-run prepare with --force to rebuild the folder"
+    try:
+        with open(path, "r") as fh:
+            man = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise PrepareError(f"{path}: unreadable ({type(exc).__name__}: {exc}){damaged}") from None
+    if not isinstance(man, dict):
+        raise PrepareError(f"{path}: not a prepared-folder manifest (a JSON {type(man).__name__}){damaged}")
+    missing = [k for k in _MANIFEST_KEYS if k not in man]
+    splits = man.get("splits")
+    if not missing and isinstance(splits, dict):
+        for s, info in splits.items():
+            files = info.get("files") if isinstance(info, dict) else None
+            missing += [f"splits.{s}.{k}" for k in _SPLIT_KEYS if not isinstance(info, dict) or k not in info]
+            missing += [f"splits.{s}.files.{k}" for k in _FILE_KEYS
+                        if not isinstance(files, dict) or not isinstance(files.get(k), dict)
+                        or not all(x in files[k] for x in ("path", "bytes", "sha256"))]
+    elif not missing:
+        missing = ["splits (a mapping)"]
+    if missing:
+        raise PrepareError(f"{path}: damaged, lacks {', '.join(missing)}{damaged}")
+    return man
+
+
+def _load_state(path: str, fingerprint: str, chunk_size: int) -> Optional[dict]:
+    """The state of an interrupted run with these inputs and chunks, or None (none, another run's,
+    or a damaged file: then the run starts from scratch)."""
+    try:
+        with open(path) as fh:
+            prev = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(prev, dict) and prev.get("fingerprint") == fingerprint
+            and prev.get("chunk_size") == chunk_size and isinstance(prev.get("done"), dict)
+            and all(isinstance(prev["done"].get(s), dict) for s in SPLITS)):
+        return None
+    return prev
 
 
 def prepare(raw_dir: str, out_dir: str, dataset: str = "ntu60", benchmark: str = "xsub", workers: int = 0,
@@ -199,37 +248,52 @@ def prepare(raw_dir: str, out_dir: str, dataset: str = "ntu60", benchmark: str =
     """
     if chunk_size < 1:
         raise PrepareError(f"--chunk-size must be >= 1, got {chunk_size}")
+    if workers < 0:
+        raise PrepareError(f"--workers must be >= 0 (0: no worker processes), got {workers}")
     plan = plan_samples(raw_dir, dataset, benchmark, ignore)
+    empty = [s for s in SPLITS if not plan.names[s]]
+    if empty:
+        log(f"warning: the {plan.benchmark} rule puts none of the {sum(map(len, plan.names.values()))} samples "
+            f"in split {' and '.join(empty)}: training or evaluating on it will be refused")
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     man_path = os.path.join(out_dir, MANIFEST)
-    old = load_manifest(out_dir)
+    try:
+        old = load_manifest(out_dir)
+    except PrepareError:
+        if not force:
+            raise
+        log(f"{out_dir}: its damaged {MANIFEST} is replaced (--force)")
+        os.remove(man_path)
+        old = None
     if old is not None:
         if old.get("fingerprint") == plan.fingerprint and not force:
             log(f"{out_dir}: already prepared ({dataset} {plan.benchmark}); use --force to redo")
             return old
+        was, now = f"{old['dataset']} {old['benchmark']}", f"{dataset} {plan.benchmark}"
+        if was != now and not force:
+            raise PrepareError(f"{out_dir} holds prepared {was} data; preparing {now} there would replace it: "
+                               f"choose another --out, or add --force to replace it")
         if not force:
             log(f"{out_dir}: inputs changed since it was prepared (--raw {os.path.realpath(plan.raw_dir)!r}, "
-                f"or a .skeleton file's size or modification time, or the settings); preparing again")
-        os.remove(man_path)   # from here on the folder must not look complete
+                f"or a .skeleton file's size or modification time, or the settings); preparing again (the "
+                f"current data stays until the new data is complete)")
+    work = out_dir if old is None else os.path.join(out_dir, STAGING)
+    os.makedirs(work, exist_ok=True)
 
-    state_path = os.path.join(out_dir, STATE)
-    state = {"fingerprint": plan.fingerprint, "chunk_size": chunk_size, "done": {s: {} for s in SPLITS}}
-    if os.path.exists(state_path) and not force:
-        try:
-            with open(state_path) as fh:
-                prev = json.load(fh)
-            # finished chunks are only reusable for the same inputs cut into the same chunks
-            if prev.get("fingerprint") == plan.fingerprint and prev.get("chunk_size") == chunk_size:
-                state = prev
-        except (OSError, ValueError):
-            pass
+    state_path = os.path.join(work, STATE)
+    # finished chunks are only reusable for the same inputs cut into the same chunks
+    state = None if force else _load_state(state_path, plan.fingerprint, chunk_size)
+    if state is None:
+        if os.path.exists(state_path) and not force:
+            log(f"{out_dir}: the interrupted run there had other inputs or --chunk-size; starting from scratch")
+        state = {"fingerprint": plan.fingerprint, "chunk_size": chunk_size, "done": {s: {} for s in SPLITS}}
     resuming = any(state["done"][s] for s in SPLITS)
 
     arrays = {}
     for split in SPLITS:
         shape = (len(plan.names[split]), 3, NUM_FRAMES, NUM_JOINTS, MAX_BODY)
-        path = os.path.join(out_dir, data_file(split))
+        path = os.path.join(work, data_file(split))
         arr = None
         if resuming and os.path.exists(path):
             try:
@@ -287,14 +351,14 @@ def prepare(raw_dir: str, out_dir: str, dataset: str = "ntu60", benchmark: str =
         frames = [f for c in sorted(done, key=int) for f in done[c]]
         if len(frames) != len(names):
             raise PrepareError(f"{state_path}: internal error, {len(frames)} frame counts for {len(names)} samples")
-        pkl = os.path.join(out_dir, label_file(split, "pkl"))
-        js = os.path.join(out_dir, label_file(split, "json"))
+        pkl = os.path.join(work, label_file(split, "pkl"))
+        js = os.path.join(work, label_file(split, "json"))
         _atomic_write(pkl, pickle.dumps((list(names), list(labels), frames), protocol=4))
         _atomic_write(js, json.dumps({"sample_name": names, "label": labels, "frame": frames}).encode())
         files = {}
         for key, fname in (("data", data_file(split)), ("label_pkl", label_file(split, "pkl")),
                            ("label_json", label_file(split, "json"))):
-            p = os.path.join(out_dir, fname)
+            p = os.path.join(work, fname)
             files[key] = {"path": fname, "bytes": os.path.getsize(p), "sha256": _sha256(p)}
         splits[split] = {
             "count": len(names),
@@ -321,8 +385,16 @@ def prepare(raw_dir: str, out_dir: str, dataset: str = "ntu60", benchmark: str =
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    if work != out_dir:
+        # the new data is complete: only now does the old dataset go (the folder looks incomplete,
+        # without a manifest, for the few renames in between)
+        os.remove(man_path)
+        for info in splits.values():
+            for f in info["files"].values():
+                os.replace(os.path.join(work, f["path"]), os.path.join(out_dir, f["path"]))
     _atomic_write(man_path, (json.dumps(manifest, indent=1) + "\n").encode())
     os.remove(state_path)
+    shutil.rmtree(os.path.join(out_dir, STAGING), ignore_errors=True)   # this run's, or a left-over one
     log(f"{out_dir}: prepared {dataset} {plan.benchmark}: " +
         ", ".join(f"{s} {splits[s]['count']}" for s in SPLITS) + f" ({plan.ignored} ignore-listed)")
     return manifest

@@ -9,8 +9,9 @@ count combine two templates. Every sample is animated by forward kinematics on a
 phase, start/end, static pose offsets and per-frame sensor noise, a length of 30-300 frames, one
 or two persons, and seen from NTU-like cameras (1: frontal, 2: -45 deg, 3: +45 deg, plus jitter
 and tilt). Files are named `SsssCcccPpppRrrrAaaa.skeleton` (setups 1-6, cameras 1-3, performers
-1-40, action = class + 1) so every benchmark rule of method.md §1.2 gives non-empty train and
-val parts, and the ordinary reader and `prepare` run on them unchanged.
+1-40, action = class + 1) so that, given a few samples per class, every benchmark rule of method.md
+§1.2 gives non-empty train and val parts (`prepare` warns about an empty one), and the ordinary
+reader and `prepare` run on them unchanged.
 
 API:
   generate(out_dir, num_classes=10, samples_per_class=30, seed=0, workers=0) -> list of paths
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 from typing import Callable, Dict, List, Optional, Tuple
@@ -443,13 +445,18 @@ def generate(out_dir: str, num_classes: int = 10, samples_per_class: int = 30, s
         raise ValueError(f"num_classes must be <= 999 (3-digit action field), got {num_classes}")
     if samples_per_class < 1:
         raise ValueError(f"samples_per_class must be >= 1, got {samples_per_class}")
+    if seed < 0:     # NumPy's seeding refuses it, with a message that names nothing
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if not (math.isfinite(noise) and noise >= 0):    # nan / inf wrote unreadable 'nan' coordinates
+        raise ValueError(f"noise must be a finite number >= 0, got {noise}")
     os.makedirs(out_dir, exist_ok=True)
     from .skeleton_reader import parallel_map
 
     jobs = _jobs(os.fspath(out_dir), num_classes, samples_per_class, seed, noise)
     # stale files of another configuration would silently join the dataset at `prepare` time
     ours = {os.path.basename(j[0]) for j in jobs}
-    others = [f for f in os.listdir(out_dir) if f.endswith(".skeleton") and f not in ours]
+    # any case of the extension, as prepare reads them
+    others = [f for f in os.listdir(out_dir) if f.lower().endswith(".skeleton") and f not in ours]
     if others:
         raise ValueError(f"--out {out_dir!r} already contains {len(others)} other .skeleton file(s) "
                          f"(e.g. {others[0]}); use an empty folder")

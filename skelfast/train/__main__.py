@@ -154,6 +154,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError, check_preset_command, load_config
     from .data import DataError
+    from .loops import TrainingError
+    from ..data import PrepareError
 
     try:
         overrides = a.sets + _sets_from_flags(a)
@@ -195,7 +197,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             from .pipeline import run_pipeline
             res = run_pipeline(cfg)
-    except (ConfigError, CheckpointError, DataError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ConfigError, CheckpointError, DataError, PrepareError, TrainingError, ValueError, FileNotFoundError,
+            FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

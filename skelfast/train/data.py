@@ -16,7 +16,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
-from ..data import EvalFeeder, PretrainFeeder, load_manifest
+from ..data import EvalFeeder, PretrainFeeder, PrepareError, load_manifest
 from ..data.augment import apply_augment_params, sample_augment_params
 from .config import _expand_dotted, merge
 
@@ -85,14 +85,20 @@ def evaluation_data(cfg: Dict[str, Any], ck: Mapping[str, Any],
 
 
 def resolve_data_root(cfg: Mapping[str, Any], log=None) -> str:
-    """data.root if set (must hold a manifest), else the synthetic dataset (generated on first use)."""
+    """data.root if set (must hold a manifest; returned as an absolute path, so that a run's saved
+    config names the same folder from any working directory), else the synthetic dataset
+    (generated on first use)."""
     d = cfg["data"]
     if d["root"]:
-        root = os.path.expanduser(d["root"])
+        root = os.path.abspath(os.path.expanduser(d["root"]))
         if not os.path.isdir(root):
             raise DataError(f"data.root={root!r} does not exist; prepare NTU data with "
                             f"`python -m skelfast.data prepare --raw RAW --out {root}`")
-        if load_manifest(root) is None:
+        try:
+            man = load_manifest(root)
+        except PrepareError as exc:
+            raise DataError(f"data.root: {exc}") from None
+        if man is None:
             if any(f.lower().endswith(".skeleton") for f in os.listdir(root)):
                 raise DataError(f"data.root={root!r} holds raw .skeleton files; prepare them into another folder "
                                 f"and train on that: `python -m skelfast.data prepare --raw {root} --out DIR "

@@ -23,6 +23,7 @@ import signal
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -37,6 +38,18 @@ __all__ = ["Task", "Trainer", "TrainingError", "lr_at", "resolve_device", "autoc
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, ...)."""
+
+
+def non_finite_loss_message(loss: float, epoch: int, step: int, lr: float, split, idx) -> str:
+    """Why a step's loss is not finite: the batch's samples if they hold non-finite values (a
+    damaged prepared folder, which training does not checksum), else the learning rate."""
+    bad = [int(i) for i in idx if not np.isfinite(split.data[int(i)]).all()]
+    where = f"non-finite loss {loss} at epoch {epoch} step {step}"
+    if bad:
+        return (f"{where}: samples {bad[:5]}{' ...' if len(bad) > 5 else ''} of split '{split.name}' hold "
+                f"non-finite values; check the data folder with `python -m skelfast.data prepare --verify "
+                f"--out DIR`")
+    return f"{where}; lower optim.lr (now {lr}), or check the data"
 
 
 def lr_at(base: float, epoch: int, milestones, gamma: float) -> float:
@@ -239,8 +252,7 @@ class Trainer:
                     res = self.task.step_loss(self.ddp_model, self.model, self.split, idx, e, s, self.device)
                     loss = res["loss"]
                     if not torch.isfinite(loss.detach()).all():
-                        raise TrainingError(f"non-finite loss {loss.item()} at epoch {e} step {s}; lower optim.lr "
-                                            f"(now {lr}) or check the data")
+                        raise TrainingError(non_finite_loss_message(loss.item(), e, s, lr, self.split, idx))
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     self.optimizer.step()

@@ -112,6 +112,10 @@ def start_session(cfg: Dict[str, Any], command: str, model_name: str, run_dir: O
     # the first run generates the synthetic set: say so (rank 0), it takes a while
     root = resolve_data_root(cfg, log=print if info.is_main else None) if need_data else ""
     man = load_manifest(root) if root else None
+    if man is not None and cfg["data"]["root"]:
+        # the saved config names the folder from anywhere, and the split it holds (data.benchmark
+        # is the synthetic set's choice; a prepared folder carries its own)
+        cfg["data"]["root"], cfg["data"]["benchmark"] = root, man["benchmark"]
     if man is not None:
         # the split names, and the Trainer's batch check from the manifest's counts, before the run
         # folder exists: a run that cannot start must not leave a folder behind (nor take its name)

@@ -111,14 +111,108 @@ def test_truncated_file_aborts_without_manifest(tmp_path):
     assert load_manifest(str(out)) is None
 
 
-def test_reprepare_of_changed_input_removes_old_manifest_first(tmp_path):
+def _folder_bytes(out):
+    return {f: (out / f).read_bytes() for f in sorted(os.listdir(out)) if not f.startswith(".")}
+
+
+def test_failed_reprepare_keeps_the_old_folder(tmp_path):
+    """A re-prepare of changed input builds the new data aside and replaces the old only when it is
+    complete: a failure (here a new, truncated file) used to delete the manifest and overwrite the
+    arrays first, losing a good prepared folder."""
     raw = ntu_folder(tmp_path, NTU60_NAMES[:2])
     out = tmp_path / "out"
     prepare(str(raw), str(out), dataset="ntu60", benchmark="xsub", **QUIET)
+    before = _folder_bytes(out)
     (raw / "S001C001P002R001A003.skeleton").write_text("7\n1\n")   # a new, truncated file
     with pytest.raises(SkeletonFormatError):
         prepare(str(raw), str(out), dataset="ntu60", benchmark="xsub", **QUIET)
-    assert load_manifest(str(out)) is None          # the stale manifest does not survive
+    assert _folder_bytes(out) == before                            # every file as it was
+    verify(str(out), log=lambda *a: None)                          # still a complete folder ...
+    with pytest.raises(PrepareError, match="stale"):               # ... of the old input
+        verify(str(out), raw_dir=str(raw), log=lambda *a: None)
+    (raw / "S001C001P002R001A003.skeleton").write_text(skeleton_text([[body(7)] for _ in range(4)]))
+    msgs = []
+    man = prepare(str(raw), str(out), dataset="ntu60", benchmark="xsub", progress=False, log=msgs.append)
+    assert any("inputs changed" in m for m in msgs)
+    assert man["splits"]["train"]["count"] + man["splits"]["val"]["count"] == 3
+    assert sorted(os.listdir(out)) == sorted(before)               # no staging folder or state left
+    verify(str(out), raw_dir=str(raw), log=lambda *a: None)
+
+
+def test_interrupted_reprepare_resumes_in_staging(tmp_path, monkeypatch):
+    """An interrupted re-prepare leaves the old folder complete and resumes its new data."""
+    raw = ntu_folder(tmp_path, [f"S001C00{1 + i % 3}P00{1 + i % 9}R001A00{1 + i % 9}" for i in range(6)])
+    out = tmp_path / "out"
+    prepare(str(raw), str(out), dataset="synthetic", benchmark="xview", chunk_size=2, **QUIET)
+    before = _folder_bytes(out)
+    (raw / "S002C001P001R001A001.skeleton").write_text(skeleton_text([[body(9)] for _ in range(5)]))
+    real, calls = prep._process_file, []
+
+    def flaky(path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise Killed
+        return real(path)
+
+    monkeypatch.setattr(prep, "_process_file", flaky)
+    with pytest.raises(Killed):
+        prepare(str(raw), str(out), dataset="synthetic", benchmark="xview", chunk_size=2, **QUIET)
+    assert _folder_bytes(out) == before
+    monkeypatch.setattr(prep, "_process_file", real)
+    msgs = []
+    man = prepare(str(raw), str(out), dataset="synthetic", benchmark="xview", chunk_size=2, progress=False,
+                  log=msgs.append)
+    assert any("resuming, 2 of 7" in m for m in msgs)
+    fresh = prepare(str(raw), str(tmp_path / "fresh"), dataset="synthetic", benchmark="xview", **QUIET)
+    assert man["splits"] == fresh["splits"]
+
+
+def test_another_benchmark_in_a_prepared_folder_needs_force(tmp_path):
+    raw = ntu_folder(tmp_path, NTU60_NAMES[:2])
+    out = str(tmp_path / "out")
+    prepare(str(raw), out, dataset="ntu60", benchmark="xsub", **QUIET)
+    with pytest.raises(PrepareError, match="holds prepared ntu60 xsub data; preparing ntu60 xview there"):
+        prepare(str(raw), out, dataset="ntu60", benchmark="xview", **QUIET)
+    assert load_manifest(out)["benchmark"] == "xsub"
+    assert prepare(str(raw), out, dataset="ntu60", benchmark="xview", force=True, **QUIET)["benchmark"] == "xview"
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"format_version": 1, "data', "unreadable"),
+    ("[]", "a JSON list"),
+    ('{"format_version": 1}', "lacks dataset, benchmark, num_classes, splits"),
+])
+def test_damaged_manifest_is_named_and_force_rebuilds(tmp_path, content, message):
+    """A damaged manifest.json gave a JSON error naming no file, or an AttributeError / KeyError
+    traceback, and --force could not get past it."""
+    raw = ntu_folder(tmp_path, NTU60_NAMES[:2])
+    out = tmp_path / "out"
+    prepare(str(raw), str(out), dataset="ntu60", benchmark="xsub", **QUIET)
+    (out / "manifest.json").write_text(content)
+    for call in (lambda: verify(str(out), log=lambda *a: None),
+                 lambda: prepare(str(raw), str(out), dataset="ntu60", benchmark="xsub", **QUIET)):
+        with pytest.raises(PrepareError, match=f"manifest.json: .*{message}.*--force"):
+            call()
+    prepare(str(raw), str(out), dataset="ntu60", benchmark="xsub", force=True, **QUIET)
+    verify(str(out), log=lambda *a: None)
+
+
+def test_damaged_state_file_restarts(tmp_path):
+    raw = ntu_folder(tmp_path, NTU60_NAMES[:2])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".prepare_state.json").write_text("[1, 2]")      # valid JSON, not a state: AttributeError before
+    msgs = []
+    prepare(str(raw), str(out), dataset="ntu60", benchmark="xsub", progress=False, log=msgs.append)
+    assert any("starting from scratch" in m for m in msgs)
+    verify(str(out), log=lambda *a: None)
+
+
+def test_two_names_of_one_sample_refused(tmp_path):
+    raw = ntu_folder(tmp_path, NTU60_NAMES[:2])
+    (raw / "copy of S001C001P001R001A001.skeleton").write_bytes((raw / "S001C001P001R001A001.skeleton").read_bytes())
+    with pytest.raises(PrepareError, match="name the same sample"):
+        prepare(str(raw), str(tmp_path / "out"), dataset="ntu60", benchmark="xsub", **QUIET)
 
 
 @pytest.mark.parametrize("setup, message", [
@@ -197,6 +291,14 @@ def test_cli_synth_prepare_verify(tmp_path, capsys):
     assert main(["prepare", "--dataset", "ntu60", "--benchmark", "xset", "--raw", raw, "--out", out]) == 2
     assert "not defined for --dataset ntu60" in capsys.readouterr().err
     assert main(["prepare", "--out", out]) == 2 and "--raw" in capsys.readouterr().err
+    # --verify with --dataset / --benchmark checks them (they were ignored: a wrong pair said OK)
+    assert main(["prepare", "--verify", "--out", out, "--dataset", "ntu120"]) == 2
+    assert "holds synthetic data, not --dataset ntu120" in capsys.readouterr().err
+    assert main(["prepare", "--verify", "--out", out, "--benchmark", "xsub"]) == 2
+    assert "holds the xview split, not --benchmark xsub" in capsys.readouterr().err
+    assert main(["prepare", "--verify", "--out", out, "--dataset", "synthetic", "--benchmark", "xview"]) == 0
+    for cmd in (["synth", "--out", raw], ["prepare", "--raw", raw, "--out", out]):
+        assert main([*cmd, "--workers", "-1"]) == 2 and "--workers must be >= 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["prepare", "--benchmark", "bogus", "--raw", raw, "--out", out])   # argparse names --benchmark
     assert "--benchmark" in capsys.readouterr().err
@@ -206,8 +308,10 @@ def test_empty_split_is_valid(tmp_path):
     # one camera-2 file: xview train has it, val is empty but still a well-formed (0, 3, 50, 25, 2) array
     raw = ntu_folder(tmp_path, ["S001C002P001R001A001"])
     out = tmp_path / "out"
-    man = prepare(str(raw), str(out), dataset="ntu60", benchmark="xview", **QUIET)
+    msgs = []
+    man = prepare(str(raw), str(out), dataset="ntu60", benchmark="xview", progress=False, log=msgs.append)
     assert (man["splits"]["train"]["count"], man["splits"]["val"]["count"]) == (1, 0)
+    assert any("warning: the xview rule puts none of the 1 samples in split val" in m for m in msgs)
     assert np.load(out / "val_data.npy", mmap_mode="r").shape == (0, 3, 50, 25, 2)
     verify(str(out), log=lambda *a: None)
 

@@ -58,6 +58,26 @@ def test_generation_is_deterministic(tmp_path):
         synthetic.generate(str(tmp_path / "a"), num_classes=3, samples_per_class=2, seed=99)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"noise": float("nan")}, "noise must be a finite number >= 0"),     # wrote 'nan' coordinates
+    ({"noise": float("inf")}, "noise must be a finite number >= 0"),
+    ({"noise": -1.0}, "noise must be a finite number >= 0"),             # NumPy's 'scale < 0'
+    ({"seed": -1}, "seed must be >= 0"),                                 # NumPy's 'expected non-negative integer'
+])
+def test_bad_settings_refused_before_writing(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        synthetic.generate(str(tmp_path / "s"), num_classes=2, samples_per_class=2, **kwargs)
+    assert not (tmp_path / "s").exists()
+
+
+def test_stale_files_found_in_any_case(tmp_path):
+    """prepare reads X.SKELETON too, so a stale upper-case file would join the dataset."""
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "S009C001P001R001A009.SKELETON").write_text("1\n0\n")
+    with pytest.raises(ValueError, match=r"already contains 1 other .skeleton"):
+        synthetic.generate(str(tmp_path / "s"), num_classes=2, samples_per_class=2)
+
+
 def test_ensure_prepared_is_idempotent(tiny_synthetic):
     out, raw = tiny_synthetic
     root = os.path.dirname(os.path.dirname(out))

@@ -404,3 +404,42 @@ def test_knn_evaluates_on_the_pretraining_dataset(pre):
     saved = yaml.safe_load(open(os.path.join(run, "config.yaml")))
     assert saved["data"]["synthetic"]["samples_per_class"] == 10
     assert "data.synthetic.samples_per_class=10" in open(os.path.join(run, "train.log")).read()
+
+
+# ------------------------------------------------------------------ data folders given to training
+def _copy_prepared(synth_cache, dest):
+    import glob
+    import shutil
+    src = glob.glob(os.path.join(synth_cache, "synthetic", "*", "xsub"))[0]
+    shutil.copytree(src, dest)
+    return dest
+
+
+def test_relative_data_root_is_saved_absolute(pre, tmp_path, monkeypatch):
+    """A relative --data was saved as given, so evaluating the run from another working directory
+    failed, or read another folder of that name; the saved benchmark is the folder's (it was the
+    config's data.benchmark, which only picks the synthetic set's split)."""
+    _copy_prepared(pre[1], tmp_path / "prepared")
+    monkeypatch.chdir(tmp_path)
+    sets = _tiny(pre, **{"optim.epochs": 1, "run.max_steps_per_epoch": 1, "run.name": "rel",
+                         "data.root": "prepared", "data.benchmark": "xview"})
+    assert main(["pretrain", *_sets(sets)]) == 0
+    saved = yaml.safe_load(open(os.path.join(pre[2], "runs", "rel", "config.yaml")))["data"]
+    assert (saved["root"], saved["benchmark"]) == (str(tmp_path / "prepared"), "xsub")
+
+
+def test_non_finite_data_is_named_not_the_learning_rate(pre, tmp_path, capsys):
+    """A NaN in a prepared folder (which training does not checksum) ended in a traceback that
+    advised lowering the learning rate."""
+    import numpy as np
+    root = _copy_prepared(pre[1], tmp_path / "damaged")
+    data = np.load(root / "train_data.npy", mmap_mode="r+")
+    data[:, 0, 0, 0, 0] = np.nan
+    data.flush()
+    del data
+    sets = _tiny(pre, **{"optim.epochs": 1, "run.max_steps_per_epoch": 1, "run.name": "nan",
+                         "data.root": str(root)})
+    assert main(["pretrain", *_sets(sets)]) == 2
+    err = capsys.readouterr().err
+    assert "of split 'train' hold non-finite values" in err and "prepare --verify" in err
+    assert "lower optim.lr" not in err
