@@ -21,7 +21,9 @@ finished chunks (and their frame counts), so an interrupted run resumes where it
 started again with the same inputs; a different input set restarts from scratch. "Same inputs"
 means the same fingerprint: dataset, benchmark, format settings, the resolved --raw directory and
 the (name, size, mtime) of every kept `.skeleton` file, so editing or touching a raw file, or
-pointing --raw elsewhere, re-prepares the folder.
+pointing --raw elsewhere, re-prepares the folder. A complete folder is re-prepared in its
+`.prepare_staging/` subfolder (resumable there too) and replaced only when the new data is
+complete; another dataset or benchmark needs `force`.
 Samples are in `sorted(os.listdir(raw))` order (§1.2) in both the arrays and the label files.
 """
 from __future__ import annotations
@@ -244,7 +246,8 @@ def prepare(raw_dir: str, out_dir: str, dataset: str = "ntu60", benchmark: str =
 
     Idempotent: if `out_dir` already holds a manifest for the same inputs, nothing is redone unless
     `force`. Resumable: an interrupted run continues from its last finished chunk. Errors name the
-    offending file or option; on error the folder is left without a manifest (i.e. incomplete).
+    offending file or option; on error a new folder is left without a manifest (i.e. incomplete),
+    and a complete one keeps its data and manifest (the new data is built in STAGING).
     """
     if chunk_size < 1:
         raise PrepareError(f"--chunk-size must be >= 1, got {chunk_size}")
