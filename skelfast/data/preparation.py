@@ -399,7 +399,8 @@ def prepare(raw_dir: str, out_dir: str, dataset: str = "ntu60", benchmark: str =
     os.remove(state_path)
     shutil.rmtree(os.path.join(out_dir, STAGING), ignore_errors=True)   # this run's, or a left-over one
     log(f"{out_dir}: prepared {dataset} {plan.benchmark}: " +
-        ", ".join(f"{s} {splits[s]['count']}" for s in SPLITS) + f" ({plan.ignored} ignore-listed)")
+        ", ".join(f"{s} {splits[s]['count']}" for s in SPLITS) + f" ({plan.ignored} ignore-listed, "
+        f"{plan.not_in_dataset} file(s) outside {dataset} left out)")
     return manifest
 
 
