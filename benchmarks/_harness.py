@@ -64,7 +64,9 @@ VALUE_FIELDS = ["p50_ms", "p20_ms", "p80_ms", "peak_mem_mb", "speedup_vs_referen
                 "pct_of_datasheet_peak", "timestamp", "run_id", "backend"]
 # One id per benchmark process: rows of a case written by different runs (a provider that failed or
 # was left out of a re-run keeps its older row) are told apart by it in the report.
-RUN_ID = f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+# The suite (python -m benchmarks) gives its benchmark processes one run id, so that a comparison
+# after the run reads this run's rows only.
+RUN_ID = os.environ.get("SKELFAST_BENCH_RUN_ID") or f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
 
 
 @dataclass
@@ -507,12 +509,70 @@ def check_rel_l2_floored(name: str, got: Sequence[torch.Tensor], want: Sequence[
     return worst
 
 
+# argparse `type=` checks: a bad value is an argparse error naming the option (it was a traceback
+# from deep inside a benchmark, or a silently different run).
+def device_arg(text: str) -> str:
+    """A device this machine has: 'cpu', 'cuda' or 'cuda:N'."""
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (cpu, cuda, cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: the benchmarks run on cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: torch.cuda.is_available() is False on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return text
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+    return v
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def positive_ints(text: str) -> List[int]:
+    """'64,128' -> [64, 128]; empty items and values < 1 are errors."""
+    return [positive_int(t) for t in _items(text)]
+
+
+def names_from(choices: Sequence[str]) -> Callable[[str], List[str]]:
+    """An argparse type for a comma list of names from `choices`."""
+    def parse(text: str) -> List[str]:
+        names = _items(text)
+        bad = [n for n in names if n not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {', '.join(choices)}")
+        return names
+    return parse
+
+
+def _items(text: str) -> List[str]:
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated list with no empty items")
+    return items
+
+
 def bench_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
     """Command line with the options every benchmark has: --quick (its smoke-test size, described
     by `quick_help`), --device and --out-dir."""
     parser = _BenchParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=quick_help)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out-dir", default=None,
                         help="CSV folder (default benchmarks/results; with --quick benchmarks/results/_scratch)")
     return parser
@@ -529,6 +589,7 @@ class _BenchParser(argparse.ArgumentParser):
         ns = super().parse_args(args, namespace)
         if getattr(ns, "out_dir", None) is None:
             ns.out_dir = default_out_dir(getattr(ns, "quick", False))
+        ns.out_dir = os.path.abspath(ns.out_dir)
         return ns
 
 
@@ -600,6 +661,9 @@ def write_rows(rows: Iterable[Dict[str, object]], name: str, device: torch.devic
 
 
 def print_table(rows: List[Dict[str, object]], columns: List[str]) -> None:
+    if not rows:
+        print("(no rows)")
+        return
     widths = {c: max(len(c), *(len(_fmt(r.get(c, ""))) for r in rows)) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for r in rows:

@@ -65,7 +65,7 @@ def bench_reader(n_files: int, workers: int, reps: int):
     cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         classes = 10
-        paths = synthetic.generate(tmp, num_classes=classes, samples_per_class=max(1, n_files // classes), seed=0,
+        paths = synthetic.generate(tmp, num_classes=classes, samples_per_class=-(-n_files // classes), seed=0,
                                    workers=workers)
         text_bytes = sum(os.path.getsize(p) for p in paths)
         shape = f"files={len(paths)} ({text_bytes / 2**20:.0f} MiB)"
@@ -104,7 +104,8 @@ def bench_augment(reps: int, device: torch.device):
         v = [[augment_sample(x_np[i], rng) for i in range(B)] for _ in range(2)]
         return torch.from_numpy(np.stack(v[0])), torch.from_numpy(np.stack(v[1]))
 
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    # the batched op on the CPU, and on --device when that is a GPU (not on any GPU the machine has)
+    devices = [torch.device("cpu")] + ([device] if device.type == "cuda" else [])
     cases = [("cpu_per_sample_numpy", torch.device("cpu"), per_sample)]
     compiled_two_views = H.compile_static(batched_two_views)
     for d in devices:
@@ -131,8 +132,11 @@ def bench_augment(reps: int, device: torch.device):
 
 def main(argv=None) -> int:
     ap = H.bench_parser(__doc__, "small sizes, few repeats (< 30 s)")
-    ap.add_argument("--files", type=int, default=None, help="synthetic files for the reader benchmark")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--files", type=H.positive_int, default=None,
+                    help="synthetic files for the reader benchmark, rounded up to whole classes of 10 "
+                         "(default 300; --quick 40)")
+    ap.add_argument("--workers", type=H.non_negative_int, default=os.cpu_count() or 1,
+                    help="reader processes (0: none)")
     ap.add_argument("--no-write", action="store_true", help="print only, do not write the CSV")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -144,7 +148,12 @@ def main(argv=None) -> int:
                          "throughput_unit", "files_per_s", "gbs", "speedup_vs_reference", "speedup_vs_compile",
                          "pct_of_floor", "floor_bound"])
     if not args.no_write:
-        print("wrote", H.write_rows(rows, "data", device, out_dir=args.out_dir))
+        # each row into its own device's CSV: the reader and CPU rows are CPU measurements, whatever
+        # --device is (they used to land in the GPU's file)
+        for d in {torch.device("cpu"), device}:
+            mine = [r for r in rows if r["device_name"] == H.device_name(d)]
+            if mine:
+                print("wrote", H.write_rows(mine, "data", d, out_dir=args.out_dir))
     return 0
 
 

@@ -70,7 +70,8 @@ def encoder_forward_flops(n_seq: int, in_channels=3, hidden_channels=16, hidden_
 # Dense BF16 tensor-core peaks (performance.md §2 datasheet): pct_of_datasheet_peak of the last block.
 BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4}
 ALL_PROVIDERS = ("reference", "reference+compile", "skelfast", "skelfast+compile", "skelfast-bf16")
-QUICK_PROVIDERS = ("reference", "skelfast", "skelfast-bf16")   # no compile in --quick (module docstring)
+QUICK_PROVIDERS = ("reference", "skelfast", "skelfast-bf16")
+MODES = ("forward", "forward+backward")   # no compile in --quick (module docstring)
 
 
 def last_block_flops(n_seq: int, G: int) -> float:
@@ -272,12 +273,14 @@ def run_last_block(sizes, G: int, device: torch.device, quick: bool, names):
 
 def main(argv=None):
     parser = H.bench_parser(__doc__, "N=4, G=6, no compile providers, few repetitions")
-    parser.add_argument("--sizes", default=None, help="comma-separated N (default 64,128)")
-    parser.add_argument("--models", type=int, default=6, help="G encoders (default 6)")
-    parser.add_argument("--modes", default="forward,forward+backward")
-    parser.add_argument("--providers", default=None, help=f"comma list from {ALL_PROVIDERS} (default: all; "
+    parser.add_argument("--sizes", type=H.positive_ints, default=None, help="comma-separated N (default 64,128)")
+    parser.add_argument("--models", type=H.positive_int, default=6, help="G encoders (default 6)")
+    parser.add_argument("--modes", type=H.names_from(MODES), default=list(MODES),
+                        help=f"comma list from {','.join(MODES)} (default both)")
+    parser.add_argument("--providers", type=H.names_from(ALL_PROVIDERS), default=None,
+                        help=f"comma list from {ALL_PROVIDERS} (default: all; "
                         f"--quick: {','.join(QUICK_PROVIDERS)}; skelfast-bf16 only on GPU or with --bf16-cpu)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--threads", type=H.positive_int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--bf16-cpu", action="store_true", help="also time the bf16 autocast path on CPU")
     parser.add_argument("--last-block", action="store_true",
                         help="also time block 10 alone (TFLOP/s, %% of floor, %% of the bf16 datasheet peak "
@@ -286,21 +289,18 @@ def main(argv=None):
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([4] if args.quick else [64, 128])
-    modes = [m for m in args.modes.split(",") if m]
+    sizes = args.sizes or ([4] if args.quick else [64, 128])
+    modes = args.modes
     bf16 = device.type == "cuda" or args.bf16_cpu
     if args.providers:
-        names = args.providers.split(",")
-        bad = sorted(set(names) - set(ALL_PROVIDERS))
-        if bad:
-            parser.error(f"unknown provider(s) {bad}; choose from {ALL_PROVIDERS}")
+        names = args.providers
     else:
         names = [n for n in (QUICK_PROVIDERS if args.quick else ALL_PROVIDERS) if bf16 or "bf16" not in n]
     print(f"skelfast {skelfast.__version__}, torch {torch.__version__}, device {H.device_name(device)}, "
           f"threads {torch.get_num_threads()}, G={args.models}, providers {names}")
     print(H.ceilings_line(device, (torch.float32, torch.bfloat16) if any("bf16" in n for n in names)
                           else (torch.float32,)), flush=True)
-    rows = run(sizes, args.models, device, modes, args.quick, names) if modes else []
+    rows = run(sizes, args.models, device, modes, args.quick, names)
     if args.last_block:
         rows += run_last_block(sizes, args.models, device, args.quick, names)
     H.print_table(rows, ["op", "provider", "mode", "shape", "p50_ms", "p20_ms", "p80_ms", "speedup_vs_reference",

@@ -132,6 +132,10 @@ def loss_fn(case: str, lib):
     raise ValueError(case)
 
 
+CASES = ("phase1", "phase2", "distill")
+PROVIDERS = ("reference", "reference+compile", "skelfast")
+
+
 def providers(case: str, names: List[str]):
     out = {}
     ref_fn0, grad_names = loss_fn(case, R)
@@ -205,20 +209,23 @@ def run(cases, Ks, provider_names, device, quick, queue_dtype=torch.float32):
 
 def main(argv=None):
     parser = H.bench_parser(__doc__, "K=4096 only, short timing (smoke test)")
-    parser.add_argument("--cases", default="phase1,phase2,distill")
-    parser.add_argument("--K", default=None, help="comma-separated queue sizes (default 4096,32768,65536)")
-    parser.add_argument("--providers", default="reference,reference+compile,skelfast")
+    parser.add_argument("--cases", type=H.names_from(CASES), default=list(CASES),
+                        help=f"comma list from {','.join(CASES)} (default all)")
+    parser.add_argument("--K", type=H.positive_ints, default=None,
+                        help="comma-separated queue sizes (default 4096,32768,65536)")
+    parser.add_argument("--providers", type=H.names_from(PROVIDERS), default=list(PROVIDERS),
+                        help=f"comma list from {','.join(PROVIDERS)} (default all)")
     parser.add_argument("--queue-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="dtype of the queues read by skelfast (references get the same values in fp32)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    Ks = [int(k) for k in args.K.split(",")] if args.K else ([4096] if args.quick else [4096, 32768, 65536])
+    Ks = args.K or ([4096] if args.quick else [4096, 32768, 65536])
     print(f"skelfast {skelfast.__version__}, torch {torch.__version__}, {H.device_name(device)}, "
           f"threads {torch.get_num_threads()}, backends {ops.available_backends()}")
     print(H.ceilings_line(device, exps=True, tf32=True), flush=True)
     rows = []
-    for case in args.cases.split(","):   # written case by case: a run stopped by a time limit keeps the finished cases
-        case_rows = run([case], Ks, args.providers.split(","), device, args.quick, getattr(torch, args.queue_dtype))
+    for case in args.cases:   # written case by case: a run stopped by a time limit keeps the finished cases
+        case_rows = run([case], Ks, args.providers, device, args.quick, getattr(torch, args.queue_dtype))
         path = H.write_rows(case_rows, "losses", device, args.out_dir)
         print(f"wrote {path}", flush=True)
         rows += case_rows

@@ -91,10 +91,11 @@ def run(sizes, device: torch.device, quick: bool):
 
 def main(argv=None):
     parser = H.bench_parser(__doc__, "N=32 only, short timing (smoke test)")
-    parser.add_argument("--sizes", default=None, help="comma-separated batch sizes (default 32,128,256)")
+    parser.add_argument("--sizes", type=H.positive_ints, default=None,
+                        help="comma-separated batch sizes (default 32,128,256)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([32] if args.quick else [32, 128, 256])
+    sizes = args.sizes or ([32] if args.quick else [32, 128, 256])
     print(f"skelfast {skelfast.__version__}, torch {torch.__version__}, backends {ops.available_backends()}")
     rows = run(sizes, device, args.quick)
     H.print_table(rows, ["provider", "shape", "p50_ms", "p20_ms", "p80_ms", "speedup_vs_reference",

@@ -262,15 +262,19 @@ def run_case(case: str, provs, a, device: torch.device, reps: int, failures: lis
 
 def main(argv=None) -> int:
     ap = H.bench_parser(__doc__, "N=16, K=1024, 4 channels, 32-d, 2 reps, no compile providers on CPU (smoke test)")
-    ap.add_argument("--cases", default="phase1,phase2,distill", help=f"comma list from {sorted(EPOCHS)}")
-    ap.add_argument("--providers", default=None, help=f"comma list from {ALL_PROVIDERS}")
-    ap.add_argument("--N", type=int, default=128)
-    ap.add_argument("--K", type=int, default=32768)
-    ap.add_argument("--hidden-channels", type=int, default=16)
-    ap.add_argument("--hidden-dim", type=int, default=256)
+    ap.add_argument("--cases", type=H.names_from(sorted(EPOCHS)), default=["phase1", "phase2", "distill"],
+                    help=f"comma list from {sorted(EPOCHS)} (default phase1,phase2,distill)")
+    ap.add_argument("--providers", type=H.names_from(ALL_PROVIDERS), default=None,
+                    help=f"comma list from {ALL_PROVIDERS}")
+    # sizes default to None: --quick fills in only the ones not given
+    ap.add_argument("--N", type=H.positive_int, default=None, help="batch (default 128; --quick 16)")
+    ap.add_argument("--K", type=H.positive_int, default=None, help="queue size (default 32768; --quick 1024)")
+    ap.add_argument("--hidden-channels", type=H.positive_int, default=None, help="default 16; --quick 4")
+    ap.add_argument("--hidden-dim", type=H.positive_int, default=None, help="default 256; --quick 32")
     ap.add_argument("--dropout", type=float, default=0.5, help="encoder dropout of the timed steps (official 0.5)")
-    ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 10 GPU, 3 CPU)")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    ap.add_argument("--reps", type=H.positive_int, default=None,
+                    help="timed repetitions (default 10 GPU, 3 CPU; --quick 2)")
+    ap.add_argument("--threads", type=H.positive_int, default=None, help="torch intra-op threads (CPU)")
     ap.add_argument("--cpu-bf16", action="store_true", help="also time bf16 autocast on CPU")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory run (one extra step per row)")
     ap.add_argument("--no-write", action="store_true")
@@ -278,23 +282,22 @@ def main(argv=None) -> int:
     device = torch.device(a.device)
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.quick:
-        a.N, a.K, a.hidden_channels, a.hidden_dim = 16, 1024, 4, 32
+    if not 0 <= a.dropout < 1:
+        ap.error(f"--dropout must be in [0, 1), got {a.dropout}")
+    for key, full, quick in (("N", 128, 16), ("K", 32768, 1024), ("hidden_channels", 16, 4), ("hidden_dim", 256, 32)):
+        if getattr(a, key) is None:
+            setattr(a, key, quick if a.quick else full)
     if a.providers:
-        provs = a.providers.split(",")
+        provs = list(a.providers)
+        if "skelfast+graphs" in provs and device.type != "cuda":
+            ap.error("skelfast+graphs (CUDA graphs) needs --device cuda")
     elif device.type == "cuda":
         provs = list(ALL_PROVIDERS)
     else:
         provs = list(QUICK_CPU_PROVIDERS if a.quick else CPU_PROVIDERS) + (["skelfast+bf16"] if a.cpu_bf16 else [])
-    bad = [p for p in provs if p not in ALL_PROVIDERS]
-    if bad:
-        ap.error(f"unknown provider(s) {bad}; choose from {ALL_PROVIDERS}")
     if "skelfast+graphs" in provs and device.type != "cuda":
         provs.remove("skelfast+graphs")
-    cases = a.cases.split(",")
-    unknown = [c for c in cases if c not in EPOCHS]
-    if unknown:
-        ap.error(f"unknown case(s) {unknown}; choose from {sorted(EPOCHS)}")
+    cases = a.cases
     reps = a.reps or (2 if a.quick else (10 if device.type == "cuda" else 3))
     print(f"providers {provs}")
     print(H.ceilings_line(device, sorted({torch.bfloat16 if precision(p) == "bf16" else torch.float32 for p in provs},

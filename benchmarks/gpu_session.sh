@@ -27,6 +27,10 @@ PY=${PYTHON:-python3}
 RES=${OUT:-benchmarks/results}
 LOGS=${OUT:+$OUT/logs}
 LOGS=${LOGS:-gpu_logs}
+case "${1:-}" in   # the usage text for anything else, before any folder is made
+  build-test|test-train|test-all|bench-ops|bench-losses|bench-encoder|bench-step|report) ;;
+  *) sed -n '2,23p' "$0"; exit 2 ;;
+esac
 mkdir -p "$RES" "$LOGS"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 

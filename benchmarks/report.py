@@ -10,19 +10,35 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import re
 import sys
 from collections import defaultdict
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 CASE = ("op", "provider", "mode", "shape", "dtype")
 
 
-def load(path: str) -> List[Dict[str, str]]:
-    """Rows of a results CSV; for each case only the newest measurement (by timestamp)."""
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+class ReportError(ValueError):
+    """A results CSV that cannot be read or compared; the message names the file."""
+
+
+def load(path: str, run_id: Optional[str] = None) -> List[Dict[str, str]]:
+    """Rows of a results CSV; for each case only the newest measurement (by timestamp); with
+    `run_id`, only that run's rows. Raises ReportError for a missing or malformed file."""
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            fields = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ReportError(f"{path}: cannot read it as a results CSV ({type(exc).__name__}: {exc})") from None
+    missing = [k for k in CASE + ("p50_ms",) if k not in fields]
+    if rows and missing:
+        raise ReportError(f"{path}: not a benchmark results CSV (no column {', '.join(missing)})")
+    if run_id is not None:
+        rows = [r for r in rows if r.get("run_id") == run_id]
     newest: Dict[Tuple[str, ...], Dict[str, str]] = {}
     for row in rows:
         key = tuple(row.get(k, "") for k in CASE) + (row.get("device_name", ""),)
@@ -125,7 +141,7 @@ def markdown(rows: List[Dict[str, str]]) -> str:
     lines = [f"# skelfast benchmarks on {_versions(rows, 'device_name')}", "",
              f"torch {_versions(rows, 'torch_version')}, skelfast {_versions(rows, 'skelfast_version')}, "
              f"git {_versions(rows, 'git_sha')}, measured {min(r.get('timestamp', '') for r in rows)[:10]} to "
-             f"{max(r.get('timestamp', '') for r in rows)}. "
+             f"{max(r.get('timestamp', '') for r in rows)[:10]} (UTC). "
              "Medians over repeated runs (p20-p80 in brackets); speed-ups are against the eager reference "
              "and against torch.compile of it, measured in the same run. Achieved GB/s and TFLOP/s are at "
              "each case's minimal traffic and nominal FLOPs; % of floor = floor / median, with the floor "
@@ -252,44 +268,70 @@ def write_report(csv_path: str) -> str:
     return md
 
 
-def compare(old_csv: str, new_csv: str, tolerance: float = 0.15) -> int:
-    """Print new/old median ratios per common case; 1 if any is slower than (1 + tolerance)x."""
+def check_tolerance(tolerance: float) -> float:
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ReportError(f"--tolerance must be a finite number >= 0 (allowed slow-down ratio - 1), got {tolerance}")
+    return tolerance
+
+
+def compare(old_csv, new_csv: str, tolerance: float = 0.15, run_id: Optional[str] = None) -> int:
+    """Print new/old median ratios per common case; 1 if any is slower than (1 + tolerance)x, or if
+    no case could be compared. old_csv: a path, or rows already loaded (a suite run loads them
+    before it writes, as its CSV may be the same file); run_id: compare only that run's new rows."""
+    check_tolerance(tolerance)
     key_of = lambda r: tuple(r[k] for k in CASE) + (r.get("device_name", ""),)  # noqa: E731 (same machine only)
-    old = {key_of(r): r for r in load(old_csv)}
-    new = {key_of(r): r for r in load(new_csv)}
+    old_rows = load(old_csv) if isinstance(old_csv, str) else old_csv
+    old_name = old_csv if isinstance(old_csv, str) else "the baseline"
+    old = {key_of(r): r for r in old_rows}
+    new = {key_of(r): r for r in load(new_csv, run_id)}
     common = sorted(set(old) & set(new))
     if not common:
-        print(f"no common cases between {old_csv} and {new_csv}")
+        devices = lambda rows: sorted({r.get("device_name", "") for r in rows})  # noqa: E731
+        why = (f" (devices {devices(old.values())} and {devices(new.values())})"
+               if devices(old.values()) != devices(new.values()) else "")
+        print(f"no common cases between {old_name} and {new_csv}{why}")
         return 1
-    worst, regressions = 0.0, []
+    worst, regressions, compared = 0.0, [], 0
     print(f"{'case':<90} {'old ms':>9} {'new ms':>9} {'new/old':>8}")
     for key in common:
         o, n = _f(old[key], "p50_ms"), _f(new[key], "p50_ms")
-        if not o or n is None:
+        if not o or n is None or not (math.isfinite(o) and math.isfinite(n)):
+            print(f"{' | '.join(key)[:90]:<90} {'no median to compare':>28}")
             continue
+        compared += 1
         ratio = n / o
         worst = max(worst, ratio)
         flag = "  REGRESSION" if ratio > 1 + tolerance else ""
         print(f"{' | '.join(key)[:90]:<90} {o:9.4g} {n:9.4g} {ratio:8.3f}{flag}")
         if flag:
             regressions.append(key)
-    print(f"{len(common)} cases compared, worst ratio {worst:.3f}, tolerance {1 + tolerance:.2f}: "
+    if not compared:
+        print(f"none of the {len(common)} common cases has medians in both files: nothing compared")
+        return 1
+    print(f"{compared} cases compared, worst ratio {worst:.3f}, tolerance {1 + tolerance:.2f}: "
           f"{len(regressions)} regression(s)")
     return 1 if regressions else 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("csv", nargs="*", help="results CSV(s) to report on")
     parser.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"))
-    parser.add_argument("--tolerance", type=float, default=0.15)
+    parser.add_argument("--tolerance", type=float, default=0.15, help="with --compare: allowed slow-down ratio - 1")
     args = parser.parse_args(argv)
-    if args.compare:
-        return compare(*args.compare, args.tolerance)
-    if not args.csv:
+    if args.compare and args.csv:
+        parser.error("give CSVs to report on, or --compare OLD NEW, not both")
+    if not args.compare and not args.csv:
         parser.error("give a results CSV or --compare OLD NEW")
-    for path in args.csv:
-        print(write_report(path))
+    try:
+        if args.compare:
+            return compare(*args.compare, args.tolerance)
+        for path in args.csv:
+            print(write_report(path))
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -138,6 +138,21 @@ def test_quick_suite_runs_end_to_end(tmp_path):
     again = subprocess.run([sys.executable, "-m", "benchmarks", "--compare", str(tmp_path / csvs[0]),
                             "--against", str(tmp_path / csvs[0])], cwd=ROOT, capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stdout
+    # A run compared with the CSV it writes into: the baseline is read before the run (it used to be
+    # overwritten first, so every ratio read 1.000), and only this run's rows are compared (the
+    # other benchmarks' rows in the file used to count as compared cases). The tolerance is wide:
+    # this checks the bookkeeping, not the timing noise of a shared CI box.
+    before = {tuple(r[k] for k in H.CASE_FIELDS): r["p50_ms"] for r in rows if r["op"] == "momentum_update"}
+    rerun = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--device", "cpu", "--only", "bench_moco",
+                            "--out-dir", str(tmp_path), "--compare", str(tmp_path / csvs[0]), "--tolerance", "1000",
+                            "--no-report"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-4000:] + rerun.stderr[-4000:]
+    moco = [r for r in csv.DictReader(open(tmp_path / csvs[0])) if r["op"] in ("momentum_update", "enqueue")]
+    assert f"{len(moco)} cases compared" in rerun.stdout, rerun.stdout[-2000:]
+    compared = [line for line in rerun.stdout.splitlines() if line.startswith("momentum_update")]
+    for key, p50 in before.items():   # the old medians are the baseline's, not the rerun's
+        line = next(x for x in compared if x.startswith(" | ".join(key[:5])))
+        assert f"{float(p50):9.4g}" in line, (line, p50)
 
 
 def test_report_flags_rows_left_from_an_earlier_run(tmp_path):
@@ -215,6 +230,57 @@ def test_report_orders_sizes_as_numbers_and_names_every_case(tmp_path):
     assert len(set(labels)) == len(labels), labels
     assert "losses_phase2 full, N=128, K=4096\nskelfast, float32" in labels
     assert "epilogue bn_relu, N*M=128,C=96\nskelfast, float32" in labels
+
+
+def test_compare_refuses_what_it_cannot_compare(tmp_path, capsys):
+    """Bad baselines and tolerances are errors; comparing nothing is not a pass (it was: '43 cases
+    compared, worst ratio 0.000, 0 regression(s)')."""
+    old = tmp_path / "old.csv"
+    _write(old, [_row("reference", 10.0)])
+    blank = tmp_path / "blank.csv"
+    _write(blank, [dict(_row("reference", 10.0), p50_ms="")])
+    assert report.compare(str(old), str(blank)) == 1
+    assert "nothing compared" in capsys.readouterr().out
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    for bad in (tmp_path / "missing.csv", tmp_path, tmp_path / "other.csv"):
+        with pytest.raises(report.ReportError, match="results CSV"):
+            report.compare(str(bad), str(old))
+    for tol in (-0.5, float("nan")):
+        with pytest.raises(report.ReportError, match="--tolerance"):
+            report.compare(str(old), str(old), tolerance=tol)
+    mixed = tmp_path / "mixed.csv"
+    _write(mixed, [dict(_row("reference", 10.0), run_id="a"), dict(_row("skelfast", 1.0), run_id="b")])
+    assert len(report.load(str(mixed), run_id="b")) == 1
+    assert report.main([str(tmp_path / "missing.csv")]) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--only", ""], "no empty items"), (["--only", "bench_nope"], "unknown ['bench_nope']"),
+    (["--timeout", "0"], "must be >= 1"), (["--device", "nonsense"], "is not a device"),
+    (["--against", "x.csv"], "give both"), (["--compare", "/nonexistent.csv"], "cannot read it"),
+    (["--tolerance", "-1", "--compare", "/nonexistent.csv"], "--tolerance must be"),
+])
+def test_suite_options_are_checked_before_running(argv, message, capsys):
+    from benchmarks.__main__ import main
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_benchmark_option_types():
+    import argparse
+    assert H.positive_ints("64, 128") == [64, 128]
+    for bad in ("", ",", "0", "-4", "abc", "64,"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            H.positive_ints(bad)
+    assert H.names_from(("a", "b"))("b,a") == ["b", "a"]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown"):
+        H.names_from(("a", "b"))("a,bogus")
+    assert H.device_arg("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(argparse.ArgumentTypeError, match="is_available"):
+            H.device_arg("cuda")
+    H.print_table([], ["op"])            # an empty table used to raise TypeError
 
 
 def test_compare_only_pairs_rows_of_the_same_device(tmp_path, capsys):
