@@ -5,7 +5,7 @@ and the suite goes on), writes its rows into one CSV per device (benchmarks/_har
 the end benchmarks/report.py turns the CSV into a Markdown report and PNG plots.
 
   python -m benchmarks                 full suite, results in benchmarks/results/
-  python -m benchmarks --quick         small shapes, short timing (< 3 min on a 2-core CPU)
+  python -m benchmarks --quick         small shapes, short timing (about 3 min on an idle 2-core CPU)
   python -m benchmarks --compare OLD.csv [--tolerance 0.15]
                                        after running, print new/old time ratios and exit 1 when
                                        any case is slower than OLD by more than the tolerance

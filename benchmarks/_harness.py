@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import datetime as _dt
 import os
 import platform
@@ -606,12 +607,20 @@ def device_slug(device: torch.device) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
+@functools.lru_cache(maxsize=None)
 def git_sha() -> str:
+    """HEAD's short sha when the process started measuring, with '-dirty' when tracked files differ
+    from it (rows of uncommitted code must not pass for that commit's); once per process, so that
+    one benchmark's rows name one commit even if HEAD moves while it runs."""
+    cwd = os.path.dirname(RESULTS_DIR)
     try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(RESULTS_DIR),
-                                       text=True, stderr=subprocess.DEVNULL).strip()
+        sha = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, text=True,
+                                      stderr=subprocess.DEVNULL).strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=cwd,
+                               stderr=subprocess.DEVNULL).returncode == 1
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return sha + ("-dirty" if dirty else "")
 
 
 def skelfast_backend(device: torch.device) -> str:

@@ -312,7 +312,7 @@ def main(argv=None) -> int:
     print()
     H.print_table(rows, ["mode", "provider", "shape", "p50_ms", "p20_ms", "p80_ms", "throughput", "peak_mem_mb",
                          "speedup_vs_reference", "speedup_vs_compile", "tflops", "pct_of_floor", "projected_h"])
-    for prov in provs:
+    for prov in provs if not a.quick else ():   # a projection from --quick's toy model would mislead
         p = [r for r in rows if r["provider"] == prov and r["mode"] in ("phase1", "phase2")]
         if len(p) == 2:
             print(f"projected official IKEM pretraining (150 + 150 epochs x {TRAIN_SAMPLES // a.N} steps), {prov}: "
