@@ -200,7 +200,7 @@ def load_manifest(out_dir: str) -> Optional[dict]:
     path = os.path.join(os.fspath(out_dir), MANIFEST)
     if not os.path.exists(path):
         return None
-    damaged = f"; re-run prepare with --force to rebuild the folder"
+    damaged = "; re-run prepare with --force to rebuild the folder"
     try:
         with open(path, "r") as fh:
             man = json.load(fh)
