@@ -72,6 +72,20 @@ class Killed(Exception):
     pass
 
 
+def die_at(monkeypatch, n):
+    """Make prepare's n-th sample raise Killed (the run dies mid-way); returns the paths processed."""
+    real, calls = prep._process_file, []
+
+    def flaky(path):
+        calls.append(path)
+        if len(calls) == n:
+            raise Killed
+        return real(path)
+
+    monkeypatch.setattr(prep, "_process_file", flaky)
+    return calls
+
+
 def test_interrupted_run_resumes_and_matches_fresh(tmp_path, monkeypatch):
     raw = ntu_folder(tmp_path, [f"S001C00{1 + i % 3}P00{1 + i % 9}R001A00{1 + i % 9}" for i in range(9)])
     fresh = tmp_path / "fresh"
@@ -146,19 +160,11 @@ def test_interrupted_reprepare_resumes_in_staging(tmp_path, monkeypatch):
     prepare(str(raw), str(out), dataset="synthetic", benchmark="xview", chunk_size=2, **QUIET)
     before = _folder_bytes(out)
     (raw / "S002C001P001R001A001.skeleton").write_text(skeleton_text([[body(9)] for _ in range(5)]))
-    real, calls = prep._process_file, []
-
-    def flaky(path):
-        calls.append(path)
-        if len(calls) == 3:
-            raise Killed
-        return real(path)
-
-    monkeypatch.setattr(prep, "_process_file", flaky)
+    die_at(monkeypatch, 3)
     with pytest.raises(Killed):
         prepare(str(raw), str(out), dataset="synthetic", benchmark="xview", chunk_size=2, **QUIET)
     assert _folder_bytes(out) == before
-    monkeypatch.setattr(prep, "_process_file", real)
+    monkeypatch.undo()
     msgs = []
     man = prepare(str(raw), str(out), dataset="synthetic", benchmark="xview", chunk_size=2, progress=False,
                   log=msgs.append)
@@ -395,20 +401,12 @@ def test_other_raw_folder_with_same_names_sizes_and_mtimes_re_prepares(tmp_path)
 
 def test_resume_does_not_reuse_chunks_of_an_edited_file(tmp_path, monkeypatch):
     raw = ntu_folder(tmp_path, [f"S001C00{1 + i % 3}P00{1 + i % 9}R001A00{1 + i % 9}" for i in range(6)])
-    real, calls = prep._process_file, []
-
-    def dies_at_5(path):
-        calls.append(path)
-        if len(calls) == 5:
-            raise Killed
-        return real(path)
-
     out = tmp_path / "out"
-    monkeypatch.setattr(prep, "_process_file", dies_at_5)
+    calls = die_at(monkeypatch, 5)
     with pytest.raises(Killed):   # chunks of 2: the first two chunks are finished
         prepare(str(raw), str(out), dataset="synthetic", benchmark="xview", chunk_size=2, **QUIET)
     edit_same_size(calls[0])      # a file of a finished chunk changes before the resume
-    monkeypatch.setattr(prep, "_process_file", real)
+    monkeypatch.undo()
     msgs = []
     prepare(str(raw), str(out), dataset="synthetic", benchmark="xview", chunk_size=2, progress=False, log=msgs.append)
     assert not any("resuming" in m for m in msgs)
