@@ -53,7 +53,18 @@ class Topology:
     description: str = field(default="", compare=False)
 
     def __post_init__(self):
+        if isinstance(self.num_joints, bool) or not isinstance(self.num_joints, int) or self.num_joints < 1:
+            raise ValueError(f"topology {self.name!r}: num_joints must be an integer >= 1, got {self.num_joints!r}")
         V = self.num_joints
+        # integers only, as for the tables: an edge (0.5, 1) was truncated to (0, 1) without a word
+        edges = []
+        for e in self.edges:
+            pair = _joint_indices(self.name, "edges", e)
+            if len(pair) != 2:
+                raise ValueError(f"topology {self.name!r}: an edge is a pair of joints, got {e!r}")
+            edges.append(pair)
+        object.__setattr__(self, "edges", tuple(edges))
+        object.__setattr__(self, "center", _joint_indices(self.name, "center", (self.center,))[0])
         for table_name in ("bone_parent", "axis_partner"):
             table = _joint_indices(self.name, table_name, getattr(self, table_name))
             object.__setattr__(self, table_name, table)   # frozen: normalised once, to a tuple of ints

@@ -16,13 +16,14 @@ camera_view and motion_scale (§2) are off in every config and not implemented.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
 
-__all__ = ["crop_padding", "reflect_time_index", "temporal_crop", "shear_matrix", "shear", "augment_sample",
-           "sample_augment_params", "apply_augment_params", "batched_augment", "batched_two_views"]
+__all__ = ["check_shear", "crop_padding", "reflect_time_index", "temporal_crop", "shear_matrix", "shear",
+           "augment_sample", "sample_augment_params", "apply_augment_params", "batched_augment", "batched_two_views"]
 
 
 def crop_padding(T: int, ratio: float, name: str = "crop_ratio") -> int:
@@ -88,13 +89,21 @@ def shear(x: np.ndarray, r: float, rng: Optional[np.random.Generator] = None,
     return np.einsum("ic,ctvm->itvm", np.asarray(matrix, dtype=np.float32), x.astype(np.float32, copy=False))
 
 
+def check_shear(amplitude: float, name: str = "shear_amplitude") -> float:
+    """The shear amplitude r of §2 (<= 0 disables the shear); raises ValueError naming `name` for
+    NaN (which silently disabled it) or inf (non-finite views, or NumPy's overflow in a worker)."""
+    if not math.isfinite(amplitude):
+        raise ValueError(f"{name} must be finite (<= 0 disables the shear), got {amplitude!r}")
+    return amplitude
+
+
 def augment_sample(x: np.ndarray, rng: np.random.Generator, shear_amplitude: float = 0.5,
                    crop_ratio: float = 6) -> np.ndarray:
     """`_aug` of method.md §2: temporal crop (if crop_ratio > 0), then shear (if shear_amplitude > 0).
     x: (3, T, V, M) -> float32 (3, T, V, M)."""
     if crop_padding(x.shape[1], crop_ratio) > 0:   # also rejects a bad ratio (NaN, p > T)
         x = temporal_crop(x, crop_ratio, rng)
-    if shear_amplitude > 0:
+    if check_shear(shear_amplitude) > 0:
         x = shear(x, shear_amplitude, rng)
     return np.ascontiguousarray(x, dtype=np.float32)
 
@@ -112,7 +121,7 @@ def sample_augment_params(batch: int, T: int, generator: Optional[torch.Generato
     gdev = generator.device if generator is not None else torch.device("cpu")
     p = crop_padding(T, crop_ratio)
     starts = torch.randint(0, 2 * p + 1, (batch,), generator=generator, device=gdev)
-    if shear_amplitude > 0:
+    if check_shear(shear_amplitude) > 0:
         d = (torch.rand(batch, 6, generator=generator, device=gdev) * 2 - 1) * shear_amplitude
         one = torch.ones(batch, device=gdev)
         mats = torch.stack([one, d[:, 0], d[:, 3], d[:, 1], one, d[:, 4], d[:, 2], d[:, 5], one], 1).view(batch, 3, 3)

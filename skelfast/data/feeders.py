@@ -19,7 +19,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch.utils.data
 
-from .augment import augment_sample, crop_padding
+from .augment import augment_sample, check_shear, crop_padding
 from .preprocess import NUM_FRAMES
 
 __all__ = ["load_labels", "PretrainFeeder", "EvalFeeder"]
@@ -130,6 +130,7 @@ class PretrainFeeder(_PreparedFeeder):
                  mmap: bool = True, seed: int = 0):
         super().__init__(data_path, label_path, true_timeline, mmap, seed)
         crop_padding(self.data.shape[2], temporal_padding_ratio, "temporal_padding_ratio")   # fail here, not in a worker
+        check_shear(shear_amplitude)
         self.shear_amplitude, self.crop_ratio, self.augment = shear_amplitude, temporal_padding_ratio, augment
 
     def __getitem__(self, index: int):
@@ -150,6 +151,7 @@ class EvalFeeder(_PreparedFeeder):
                  temporal_padding_ratio: float = -1, true_timeline: bool = True, mmap: bool = True, seed: int = 0):
         super().__init__(data_path, label_path, true_timeline, mmap, seed)
         crop_padding(self.data.shape[2], temporal_padding_ratio, "temporal_padding_ratio")   # fail here, not in a worker
+        check_shear(shear_amplitude)
         self.shear_amplitude, self.crop_ratio = shear_amplitude, temporal_padding_ratio
 
     def __getitem__(self, index: int):

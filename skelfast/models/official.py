@@ -98,7 +98,13 @@ def read_state_dict(path_or_state_dict: Union[str, os.PathLike, Mapping[str, tor
     """Load a checkpoint (path or mapping), unwrap {'state_dict'|'model': ...} and strip 'module.'."""
     sd = path_or_state_dict
     if isinstance(sd, (str, os.PathLike)):
-        sd = torch.load(sd, map_location="cpu", weights_only=True)
+        try:
+            sd = torch.load(sd, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any unpickling failure: name the file (torch's errors do not)
+            raise ValueError(f"{os.fspath(path_or_state_dict)}: cannot read as a torch checkpoint of tensors, "
+                             f"truncated or not a checkpoint? ({type(e).__name__}: {str(e)[:300]})") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(sd, Mapping) and wrapper in sd and isinstance(sd[wrapper], Mapping):
             sd = sd[wrapper]
@@ -156,6 +162,9 @@ def load_official_checkpoint(path_or_state_dict, model: torch.nn.Module, ignore_
     """
     sd = read_state_dict(path_or_state_dict)
     lay = official_layout(model)
+    if isinstance(ignore_weights, str):   # read letter by letter, 'encoder_k' dropped every key starting e, n, c, ...
+        raise TypeError(f"ignore_weights must be a sequence of key prefixes, got the string {ignore_weights!r} "
+                        f"(use [{ignore_weights!r}])")
     if ignore_weights is None:
         ignore_weights = default_ignore_weights(model, sd)
     ignored = sorted(k for k in sd if any(k.startswith(p) for p in ignore_weights))

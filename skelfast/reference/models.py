@@ -6,6 +6,8 @@ the modalities are built with skelfast.reference.modalities (method.md §3).
 """
 from __future__ import annotations
 
+import math
+import numbers
 from types import SimpleNamespace
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -52,11 +54,37 @@ def ikem_head(hidden_dim: int, out_dim: int) -> nn.Sequential:
 
 
 def _check_names(names: Sequence[str]) -> Tuple[str, ...]:
+    if isinstance(names, str):     # 'joint' would be read letter by letter
+        raise ValueError(f"modalities must be a sequence of names, got the string {names!r} (use ({names!r},))")
     names = tuple(names)
     bad = [n for n in names if n not in MODALITIES6]
-    if bad or len(set(names)) != len(names):
-        raise ValueError(f"modalities must be distinct names from {MODALITIES6}, got {names}")
+    if bad or len(set(names)) != len(names) or not names:
+        raise ValueError(f"modalities must be one or more distinct names from {MODALITIES6}, got {names}")
     return names
+
+
+def _check_contrast_args(queue_size, tau, topk, momentum=None) -> None:
+    """Raise ValueError naming the argument, at construction: the fused ops refused these mid-forward,
+    after the BatchNorm statistics (and the key encoders) had been updated, and the reference
+    losses computed on with them (a negative tau gave a plausible loss)."""
+    for name, v in (("queue_size", queue_size), ("topk", topk)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    if topk > queue_size:
+        raise ValueError(f"topk={topk} mines more positives than the queue holds (queue_size={queue_size})")
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not (math.isfinite(tau) and tau > 0):
+        raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
+    if momentum is not None and (isinstance(momentum, bool) or not isinstance(momentum, numbers.Real)
+                                 or not 0 <= momentum <= 1):
+        raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+
+
+def check_batch_divides_queue(queue_size: int, batch: int) -> None:
+    """Keys are enqueued as whole batches (method.md §5.1: K mod N = 0); checked before a training
+    forward changes any state."""
+    if batch < 1 or queue_size % batch:
+        raise ValueError(f"the batch of {batch} samples does not divide queue_size={queue_size}: the queue takes "
+                         f"whole batches (method.md §5.1)")
 
 
 class _ModalityInput(nn.Module):
@@ -98,6 +126,7 @@ class MultiModalMoCo(_ModalityInput):
                  parity: Parity = Parity(), kernels: Optional[SimpleNamespace] = None):
         super().__init__()
         self.modalities = _check_names(modalities)
+        _check_contrast_args(queue_size, tau, topk, momentum)
         G = len(self.modalities)
         self.parity = parity
         self._init_inputs(modality_topology, true_timeline, kernels)
@@ -163,6 +192,8 @@ class MultiModalMoCo(_ModalityInput):
         """
         if phase not in (1, 2):
             raise ValueError(f"phase must be 1 or 2, got {phase}")
+        if self.training and enqueue:
+            check_batch_divides_queue(self.queues.queue.shape[-1], im_q.shape[0])
         xq = self.make_inputs(im_q, frames, self.modalities)
         xk = self.make_inputs(im_k, frames, self.modalities)
         with_ikem = phase == 2 and self.parity.ikem_term
@@ -219,6 +250,7 @@ class TeacherStudent(_ModalityInput):
         super().__init__()
         self.teacher_modalities = _check_names(teacher_modalities)
         self.student_modalities = _check_names(student_modalities)
+        _check_contrast_args(queue_size, tau, topk)
         self.fused_student = fused_student
         self.parity = parity
         self._init_inputs(modality_topology, true_timeline, kernels)
@@ -264,6 +296,8 @@ class TeacherStudent(_ModalityInput):
     def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, frames: Optional[torch.Tensor] = None,
                 enqueue: bool = True) -> Dict[str, torch.Tensor]:
         """Teacher on view 1 (no grad), students on view 2 (§6.1 'Forward, per step')."""
+        if self.training and enqueue:
+            check_batch_divides_queue(self.queues.queue.shape[-1], im_q.shape[0])
         xq = self.make_inputs(im_q, frames, self.teacher_modalities)
         with torch.no_grad():
             tq = nrm(self.teacher(xq)[0], dim=-1)                               # (G, N, D)

@@ -6,6 +6,7 @@ official state dict maps key-for-key (`data_bn`, `st_gcn_networks.i.gcn.conv`, `
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Tuple, Union
 
 import torch
@@ -101,6 +102,26 @@ class STGCNBlock(nn.Module):
         return F.relu(self.tcn(self.gcn(x, A, importance)) + self.residual(x))
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_encoder_args(in_channels, hidden_channels, hidden_dim, feature_dim, num_class, head_hidden,
+                       dropout) -> None:
+    """Raise ValueError naming the argument of an encoder constructor: 0 or negative sizes used to
+    build and then fail inside a BatchNorm or a reshape at the first forward, or return zero-width
+    features; a NaN dropout was skipped by one path and refused by the others."""
+    sizes = {"in_channels": in_channels, "hidden_channels": hidden_channels, "hidden_dim": hidden_dim,
+             "feature_dim": feature_dim, "num_class": num_class, "head_hidden": head_hidden}
+    for name, v in sizes.items():
+        if v is None and name in ("num_class", "head_hidden"):     # optional
+            continue
+        if not _is_int(v) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
+
+
 def block_specs(in_channels: int, hidden_channels: int, hidden_dim: int, dropout: float):
     """(Cin, Cout, stride, residual, dropout) of the 10 blocks (method.md §4.2 table)."""
     h = hidden_channels
@@ -161,6 +182,7 @@ class STGCN(nn.Module):
                  dropout: float = 0.5, topology: Union[str, Topology] = "ntu25", edge_importance: bool = True,
                  head_hidden: Optional[int] = None, init: Optional[str] = "official"):
         super().__init__()
+        check_encoder_args(in_channels, hidden_channels, hidden_dim, feature_dim, num_class, head_hidden, dropout)
         A = spatial_adjacency(topology)
         self.register_buffer("A", A)
         K, V = A.shape[0], A.shape[1]
