@@ -368,7 +368,10 @@ def context_pair_losses(q: torch.Tensor, k: torch.Tensor, queues: torch.Tensor, 
 
     Same semantics as skelfast.reference.losses.context_pair_losses: Z_xy = [l+_x, L-_x, L-_x*L-_y]/tau,
     positives mined with y's similarities (1 + 2*topk of them; 1 + topk with context=False). Uses
-    G base log-sum-exps and G(G-1)/2 shared context log-sum-exps per row.
+    G base log-sum-exps and G(G-1)/2 shared context log-sum-exps per row. On exactly tied
+    similarities the mined column is the earliest (the CPU kernel) where the reference's
+    torch.topk may pick another, so the losses can then differ (issue 5 allows it); ties occur
+    e.g. for an all-zero feature, which a fresh encoder gives for an all-zero modality (motion at T=1).
 
     Args:
         q, k: (G, N, D), G >= 2; queues: (G, D, K) (constant); topk in [1, K].
