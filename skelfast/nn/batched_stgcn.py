@@ -18,7 +18,6 @@ layout, see skelfast.models.official), so checkpoints stay interchangeable.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -30,7 +29,7 @@ from ..ops.batch_norm_relu import batch_norm_relu
 from ..ops.graph_conv import graph_conv, graph_conv_composite
 from ..ops._layout import memory_format as layout_of
 from ..reference.graph import spatial_adjacency
-from ..reference.stgcn import STGCN, TEMPORAL_KERNEL, block_specs, check_encoder_args, weights_init_official
+from ..reference.stgcn import STGCN, TEMPORAL_KERNEL, block_specs, check_encoder_args, is_int, weights_init_official
 from ..topology import Topology
 
 __all__ = ["BatchedLinear", "BatchedSTGCNBlock", "BatchedSTGCN", "GroupedConv2d"]
@@ -314,7 +313,7 @@ class BatchedSTGCN(nn.Module):
         if memory_format not in ("auto", "channels_last", "contiguous"):
             raise ValueError(f"memory_format must be 'auto', 'channels_last' or 'contiguous', got {memory_format!r}")
         self.memory_format = memory_format
-        if isinstance(num_models, bool) or not isinstance(num_models, numbers.Integral) or num_models < 1:
+        if not is_int(num_models) or num_models < 1:
             raise ValueError(f"num_models must be an integer >= 1, got {num_models!r}")
         check_encoder_args(in_channels, hidden_channels, hidden_dim, feature_dim, num_class, head_hidden, dropout)
         if isinstance(topology, torch.Tensor) and (topology.dim() != 3 or topology.shape[1] != topology.shape[2]

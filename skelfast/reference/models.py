@@ -7,7 +7,6 @@ the modalities are built with skelfast.reference.modalities (method.md §3).
 from __future__ import annotations
 
 import math
-import numbers
 from types import SimpleNamespace
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -22,7 +21,7 @@ from .modalities import nrm
 from .encoder_list import EncoderList
 from .moco import QueueBank, momentum_update_
 from .parity import Parity, resolve_lock
-from .stgcn import weights_init_official
+from .stgcn import is_int, is_real, weights_init_official
 
 __all__ = ["MultiModalMoCo", "TeacherStudent", "LinearEval", "view_streams", "ikem_head", "REFERENCE_KERNELS",
            "kernel_set"]
@@ -68,14 +67,13 @@ def _check_contrast_args(queue_size, tau, topk, momentum=None) -> None:
     after the BatchNorm statistics (and the key encoders) had been updated, and the reference
     losses computed on with them (a negative tau gave a plausible loss)."""
     for name, v in (("queue_size", queue_size), ("topk", topk)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+        if not is_int(v) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
     if topk > queue_size:
         raise ValueError(f"topk={topk} mines more positives than the queue holds (queue_size={queue_size})")
-    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not (math.isfinite(tau) and tau > 0):
+    if not is_real(tau) or not (math.isfinite(tau) and tau > 0):
         raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
-    if momentum is not None and (isinstance(momentum, bool) or not isinstance(momentum, numbers.Real)
-                                 or not 0 <= momentum <= 1):
+    if momentum is not None and (not is_real(momentum) or not 0 <= momentum <= 1):
         raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
 
 

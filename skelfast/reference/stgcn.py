@@ -102,8 +102,14 @@ class STGCNBlock(nn.Module):
         return F.relu(self.tcn(self.gcn(x, A, importance)) + self.residual(x))
 
 
-def _is_int(v) -> bool:
+def is_int(v) -> bool:
+    """An integer, not a bool (True would count as 1)."""
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_real(v) -> bool:
+    """A real number, not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def check_encoder_args(in_channels, hidden_channels, hidden_dim, feature_dim, num_class, head_hidden,
@@ -116,9 +122,9 @@ def check_encoder_args(in_channels, hidden_channels, hidden_dim, feature_dim, nu
     for name, v in sizes.items():
         if v is None and name in ("num_class", "head_hidden"):     # optional
             continue
-        if not _is_int(v) or v < 1:
+        if not is_int(v) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+    if not is_real(dropout) or not 0 <= dropout < 1:
         raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
 
 
