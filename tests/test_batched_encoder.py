@@ -536,3 +536,18 @@ def test_input_errors_name_the_mismatch():
         m(x.double())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert m(x)[0].dtype == torch.bfloat16        # autocast: fp32 input, bf16 compute
+
+
+def test_stacked_load_with_a_wrong_shape_names_the_cause_first():
+    """A per-model tensor of the wrong shape: the message is the cause (it used to be the last line of
+    ~19 kB listing every key as missing or unexpected), and the module is unchanged."""
+    from skelfast.nn import StackedEncoders
+    stacked = StackedEncoders.build(2, hidden_channels=4, hidden_dim=8, feature_dim=4)
+    sd = {k: v.clone() for k, v in stacked.state_dict().items()}
+    before = {k: v.clone() for k, v in sd.items()}
+    sd["1.fc.0.weight"] = torch.ones(3, 3)
+    with pytest.raises(RuntimeError, match=r"^Error\(s\) in loading state_dict for StackedEncoders: encoders: "
+                                           r"per-model state dict 1: 'fc.0.weight' has shape \(3, 3\)") as exc:
+        stacked.load_state_dict(sd)
+    assert len(str(exc.value)) < 500
+    assert all(torch.equal(before[k], v) for k, v in stacked.state_dict().items())

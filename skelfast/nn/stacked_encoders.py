@@ -57,8 +57,10 @@ def _from_per_model_layout(module: "StackedEncoders", state_dict: Dict[str, torc
     try:
         merged = module.merge_states(per, strict=False)
     except ValueError as e:
-        error_msgs.append(f"{prefix or 'encoders'}: {e}")
-        return
+        # Raised here, before anything is copied: appended to error_msgs, the cause came last in a
+        # ~19 kB message that listed every stacked key as missing and every per-model key as unexpected.
+        raise RuntimeError(f"Error(s) in loading state_dict for {type(module).__name__}: "
+                           f"{prefix or 'encoders'}: {e}") from None
     for k in taken:
         del state_dict[k]
     state_dict.update((prefix + k, v) for k, v in merged.items())
