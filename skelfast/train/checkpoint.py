@@ -17,7 +17,9 @@ os.replace, so a crash mid-write leaves the previous `last.pt` intact.
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 from typing import Any, Dict, Iterable, Optional
 
 import numpy as np
@@ -31,6 +33,26 @@ FORMAT = "skelfast-train/1"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used for the requested command (wrong model, not a checkpoint)."""
+
+
+def _numpy_rng_globals() -> list:
+    """What NumPy's RNG state (np.random.get_state(): a uint32 array) pickles as, under the names of
+    NumPy 2 and of NumPy 1 (a checkpoint names the module path of the NumPy that wrote it)."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:                                     # NumPy 1.x
+        from numpy.core.multiarray import _reconstruct
+    allow = [_reconstruct, (_reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype]
+    uint32 = getattr(getattr(np, "dtypes", None), "UInt32DType", None)    # NumPy >= 1.25
+    return allow + ([uint32] if uint32 is not None else [])
+
+
+def _load_restricted(path: str) -> Dict[str, Any]:
+    """torch.load with weights_only=True, so that opening a checkpoint (Embedder.from_checkpoint,
+    --resume, --teacher) cannot run code from the file. Besides tensors and plain Python values a
+    checkpoint holds NumPy's RNG state, whose four NumPy globals are allowed here and nothing else."""
+    with torch.serialization.safe_globals(_numpy_rng_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def rng_state() -> Dict[str, Any]:
@@ -88,11 +110,14 @@ def load_checkpoint(path: str, expect_models: Optional[Iterable[str]] = None,
     """
     path = resolve_checkpoint(path)
     try:
-        # weights_only=False: the payload holds the config, NumPy/Python RNG states and history.
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = _load_restricted(path)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is "not a checkpoint"
+        found = re.search(r"GLOBAL ([\w.]+)", str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if found:       # torch's own message would advise weights_only=False, i.e. running the file's code
+            raise CheckpointError(f"{path}: holds {found.group(1)}, which no skelfast checkpoint holds; not loaded, "
+                                  f"since unpickling it could run code from the file") from None
         raise CheckpointError(f"{path}: cannot read as a torch checkpoint, truncated or corrupt? "
-                              f"({type(e).__name__}: {e})") from None
+                              f"({type(e).__name__}: {str(e)[:300]})") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a skelfast training checkpoint (no format {FORMAT!r}); official "
                               f"CrosSCLR/IKEM weights load through skelfast.models.load_official_checkpoint")

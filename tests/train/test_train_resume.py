@@ -4,6 +4,7 @@ import json
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
 
@@ -132,6 +133,32 @@ def test_load_checks_kind(tmp_path):
     (tmp_path / "garbage.pt").write_bytes(b"not a zip")
     with pytest.raises(CheckpointError, match="cannot read"):
         load_checkpoint(str(tmp_path / "garbage.pt"))
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):      # an unrestricted torch.load would call os.makedirs(marker)
+        return (os.makedirs, (self.marker,))
+
+
+def test_loading_a_checkpoint_runs_no_code_from_it(tmp_path):
+    """load_checkpoint (behind Embedder.from_checkpoint, --resume, --teacher) used weights_only=False,
+    so a crafted file ran code when opened. Now only tensors, plain values and NumPy's RNG state load."""
+    from skelfast.train.checkpoint import FORMAT, rng_state
+    marker = str(tmp_path / "code_ran")
+    path = str(tmp_path / "evil.pt")
+    torch.save({"format": FORMAT, "command": "pretrain", "model_name": "ikem6", "config": {}, "model": {},
+                "evil": _RunsCodeWhenUnpickled(marker)}, path)
+    with pytest.raises(CheckpointError, match="holds posix.makedirs|holds os.makedirs"):
+        load_checkpoint(path)
+    assert not os.path.exists(marker)
+    good = str(tmp_path / "good.pt")     # what the Trainer writes, RNG states included, still loads
+    save_checkpoint(good, {"command": "pretrain", "model_name": "ikem6", "config": {"a": [1, 2.5, None]},
+                           "model": {"w": torch.ones(2)}, "rng": rng_state(), "history": {"loss": [1.0]}})
+    ck = load_checkpoint(good)
+    assert ck["rng"]["numpy"][1].dtype == np.uint32 and torch.equal(ck["model"]["w"], torch.ones(2))
 
 
 def test_resume_with_another_backend_names_the_backend(tiny, tmp_path):
