@@ -57,7 +57,7 @@ def _from_per_model_layout(module: "StackedEncoders", state_dict: Dict[str, torc
     try:
         merged = module.merge_states(per, strict=False)
     except ValueError as e:
-        # Raised here, before anything is copied: appended to error_msgs, the cause came last in a
+        # Raised here, before this module's tensors are copied: appended to error_msgs, the cause came last in a
         # ~19 kB message that listed every stacked key as missing and every per-model key as unexpected.
         raise RuntimeError(f"Error(s) in loading state_dict for {type(module).__name__}: "
                            f"{prefix or 'encoders'}: {e}") from None

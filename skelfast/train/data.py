@@ -101,8 +101,8 @@ def resolve_data_root(cfg: Mapping[str, Any], log=None) -> str:
         if man is None:
             if any(f.lower().endswith(".skeleton") for f in os.listdir(root)):
                 raise DataError(f"data.root={root!r} holds raw .skeleton files; prepare them into another folder "
-                                f"and train on that: `python -m skelfast.data prepare --raw {root} --out DIR "
-                                f"--dataset ntu60|ntu120|synthetic --benchmark xsub|xview|xset|xsetup`, then --data DIR")
+                                f"and train on that: `python -m skelfast.data prepare --raw {root} --out DIR --dataset "
+                                f"ntu60|ntu120|synthetic --benchmark xsub|xview|xset|xsetup`, then --data DIR")
             raise DataError(f"data.root={root!r} was never prepared (no manifest.json, or an interrupted "
                             f"prepare); run `python -m skelfast.data prepare --raw RAW --out {root}`")
         return root
