@@ -55,6 +55,15 @@ def load_labels(path: str) -> Tuple[List[str], List[int], Optional[List[int]]]:
     raise ValueError(f"{path}: expected a pickled (names, labels[, frames]) tuple")
 
 
+def _check_counts(values, low: int, what: str, path: str) -> np.ndarray:
+    """values as int64, each an integer >= low; a hand-made label file's 30.7, "30", 0 or -1 would
+    otherwise be truncated or fail later, in a DataLoader worker or the modalities op."""
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low]
+    if bad:
+        raise ValueError(f"{path}: {what} must be integers >= {low}, got e.g. {bad[:3]!r}")
+    return np.asarray(values, dtype=np.int64)
+
+
 class _PreparedFeeder(torch.utils.data.Dataset):
     def __init__(self, data_path: str, label_path: str, true_timeline: bool = True, mmap: bool = True,
                  seed: int = 0):
@@ -65,6 +74,7 @@ class _PreparedFeeder(torch.utils.data.Dataset):
         if self.data.ndim != 5 or self.data.shape[1] != 3:
             raise ValueError(f"{self.data_path}: expected (N, 3, T, V, M), got shape {self.data.shape}")
         self.sample_name, self.label, frames = load_labels(self.label_path)
+        _check_counts(self.label, 0, "labels", self.label_path)
         if len(self.label) != self.data.shape[0] or len(self.sample_name) != self.data.shape[0]:
             raise ValueError(f"{self.label_path} has {len(self.label)} labels but {self.data_path} has "
                              f"{self.data.shape[0]} samples")
@@ -75,7 +85,7 @@ class _PreparedFeeder(torch.utils.data.Dataset):
             if len(frames) != self.data.shape[0]:
                 raise ValueError(f"{self.label_path} has {len(frames)} frame counts but {self.data_path} has "
                                  f"{self.data.shape[0]} samples")
-            self.frame = np.asarray(frames, dtype=np.int64)
+            self.frame = _check_counts(frames, 1, "frame counts", self.label_path)
         else:
             self.frame = np.full(self.data.shape[0], NUM_FRAMES, dtype=np.int64)
         self.true_timeline = true_timeline

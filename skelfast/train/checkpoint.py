@@ -121,6 +121,9 @@ def load_checkpoint(path: str, expect_models: Optional[Iterable[str]] = None,
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a skelfast training checkpoint (no format {FORMAT!r}); official "
                               f"CrosSCLR/IKEM weights load through skelfast.models.load_official_checkpoint")
+    missing = [k for k in ("command", "model_name", "config", "model") if k not in ck]
+    if missing:     # what every reader takes from it (a KeyError deep in the Embedder before)
+        raise CheckpointError(f"{path}: a damaged skelfast checkpoint, it lacks {', '.join(missing)}")
     # The command first: a checkpoint of the wrong kind (a finetune run as a teacher) is named as such,
     # not by its model.
     if expect_commands is not None and ck["command"] not in tuple(expect_commands):

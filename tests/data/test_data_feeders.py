@@ -73,6 +73,23 @@ def test_label_data_count_mismatch_names_both_files(tiny_synthetic, tmp_path):
         EvalFeeder(os.path.join(out, "val_data.npy"), str(bad))
 
 
+@pytest.mark.parametrize("field, value, message", [
+    (1, -1, "labels must be integers >= 0"), (1, 0.9, "labels must be integers >= 0"),
+    (2, 0, "frame counts must be integers >= 1"), (2, 30.7, "frame counts must be integers >= 1"),
+    (2, "30", "frame counts must be integers >= 1"),
+])
+def test_hand_made_label_values_are_checked(tiny_synthetic, tmp_path, field, value, message):
+    """They were accepted: 30.7 truncated to 30, "30" parsed, a frame count of 0 failed later in the
+    modalities op, a label of -1 indexed the last class."""
+    out, _ = tiny_synthetic
+    parts = [list(p) for p in pickle.load(open(os.path.join(out, "val_label.pkl"), "rb"))]
+    parts[field][0] = value
+    bad = tmp_path / "val_label.pkl"
+    bad.write_bytes(pickle.dumps(tuple(parts)))
+    with pytest.raises(ValueError, match=f"val_label.pkl: {message}"):
+        EvalFeeder(os.path.join(out, "val_data.npy"), str(bad))
+
+
 def test_crossclr_two_tuple_labels_need_true_timeline_off(tiny_synthetic, tmp_path):
     out, _ = tiny_synthetic
     names, labels, _ = pickle.load(open(os.path.join(out, "val_label.pkl"), "rb"))

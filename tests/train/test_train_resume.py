@@ -130,6 +130,9 @@ def test_load_checks_kind(tmp_path):
     torch.save({"encoder_q.fc.weight": torch.zeros(1)}, tmp_path / "official.pt")
     with pytest.raises(CheckpointError, match="not a skelfast training checkpoint"):
         load_checkpoint(str(tmp_path / "official.pt"))
+    torch.save({"format": ckmod.FORMAT, "command": "pretrain"}, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match="damaged skelfast checkpoint, it lacks model_name, config, model"):
+        load_checkpoint(str(tmp_path / "partial.pt"))
     (tmp_path / "garbage.pt").write_bytes(b"not a zip")
     with pytest.raises(CheckpointError, match="cannot read"):
         load_checkpoint(str(tmp_path / "garbage.pt"))
