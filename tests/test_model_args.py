@@ -60,6 +60,13 @@ def test_contrastive_settings_refused_at_construction(backend, kwargs, message):
         build("crossclr3", backend, **{**TINY, **kwargs})
 
 
+def test_build_names_a_bad_name_or_parity():
+    with pytest.raises(ValueError, match=r"unknown model \['ikem6'\]"):
+        build(["ikem6"])
+    with pytest.raises(TypeError, match="parity must be a skelfast.reference.parity.Parity"):
+        build("crossclr3", "reference", parity="official", **TINY)
+
+
 @pytest.mark.parametrize("backend", ["skelfast", "reference"])
 @pytest.mark.parametrize("name", ["crossclr3", "student6to3"])
 def test_batch_that_does_not_divide_the_queue_changes_nothing(backend, name):

@@ -46,11 +46,14 @@ def build(name: str, **overrides) -> nn.Module:
     student6to3 (§6.1), student3to1 (§6.2), linear6, linear3 (§7), linear_student6to3,
     linear_student3to1. Unknown names or arguments raise with the accepted ones listed.
     """
-    if name not in _REGISTRY:
+    if not isinstance(name, str) or name not in _REGISTRY:     # a list was 'unhashable type'
         raise ValueError(f"unknown model {name!r}; available: {available()}")
     cls, defaults = MODEL_DEFAULTS[name]
     par_kw, rest = split_parity_kwargs(overrides)
     base_parity = rest.pop("parity", defaults.get("parity", Parity()))
+    if not isinstance(base_parity, Parity):   # 'official' failed in dataclasses.replace, naming nothing
+        raise TypeError(f"build({name!r}): parity must be a skelfast.reference.parity.Parity (or pass its flags as "
+                        f"keywords), got {type(base_parity).__name__} {base_parity!r}")
     kwargs = {k: v for k, v in defaults.items() if k != "parity"}
     kwargs.update(rest)
     accepted = set(inspect.signature(cls).parameters) - {"parity"}

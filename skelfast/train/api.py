@@ -78,6 +78,8 @@ class Embedder(nn.Module):
         """x (N, 3, T, V, M) float raw joints, frames (N,) raw frame counts (tensor or sequence; None =
         time scale 1, as the model's own frames=None: x at its true frame rate)
         -> {'streams': {name: (N, H)}, 'fused': (N, S*H) unit rows}."""
+        if not isinstance(x, torch.Tensor):     # a NumPy array failed on .dim(), naming nothing
+            raise TypeError(f"x must be a torch.Tensor (N, 3, T, V, M); got {type(x).__name__} (use torch.from_numpy)")
         if x.dim() != 5 or x.shape[1] != 3:
             raise ValueError(f"x must be (N, 3, T, V, M) raw joints, got {tuple(x.shape)}")
         dev = next(self.model.parameters()).device

@@ -116,5 +116,7 @@ def test_embedder_rejects_bad_input(pretrained, tmp_path):
     emb = Embedder.from_checkpoint(ckpt)
     with pytest.raises(ValueError, match=r"\(N, 3, T, V, M\)"):
         emb(torch.randn(2, 50, 25, 3))
+    with pytest.raises(TypeError, match="use torch.from_numpy"):
+        emb(torch.randn(2, 3, 50, 25, 2).numpy())
     with pytest.raises(CheckpointError):
         Embedder.from_checkpoint(str(tmp_path / "missing.pt"))
