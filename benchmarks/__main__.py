@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     out_dir = os.path.abspath(args.out_dir or H.default_out_dir(args.quick))   # the benchmarks run in the repo root
     names = args.only or discover()
-    run_id = f"suite-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+    run_id = H.RUN_ID      # this process's id, handed to every benchmark it starts
     summary = [(name, *run_one(name, args, out_dir, run_id)) for name in names]
     print("\nbenchmark summary")
     for name, ok, seconds in summary:

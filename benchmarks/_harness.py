@@ -67,7 +67,8 @@ VALUE_FIELDS = ["p50_ms", "p20_ms", "p80_ms", "peak_mem_mb", "speedup_vs_referen
 # was left out of a re-run keeps its older row) are told apart by it in the report.
 # The suite (python -m benchmarks) gives its benchmark processes one run id, so that a comparison
 # after the run reads this run's rows only.
-RUN_ID = os.environ.get("SKELFAST_BENCH_RUN_ID") or f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+RUN_ID = (os.environ.get("SKELFAST_BENCH_RUN_ID")
+          or f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
 
 
 @dataclass

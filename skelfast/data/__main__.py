@@ -65,8 +65,6 @@ def main(argv=None) -> int:
     from .skeleton_reader import SkeletonFormatError
 
     try:
-        if getattr(args, "workers", 0) < 0:
-            raise PrepareError(f"--workers must be >= 0 (0: no worker processes), got {args.workers}")
         if args.command == "prepare":
             if args.verify:
                 man = verify(args.out, checksums=not args.no_checksums, raw_dir=args.raw)

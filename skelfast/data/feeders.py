@@ -19,6 +19,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch.utils.data
 
+from .._scalars import is_int
 from .augment import augment_sample, check_shear, crop_padding
 from .preprocess import NUM_FRAMES
 
@@ -58,7 +59,7 @@ def load_labels(path: str) -> Tuple[List[str], List[int], Optional[List[int]]]:
 def _check_counts(values, low: int, what: str, path: str) -> np.ndarray:
     """values as int64, each an integer >= low; a hand-made label file's 30.7, "30", 0 or -1 would
     otherwise be truncated or fail later, in a DataLoader worker or the modalities op."""
-    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low]
+    bad = [v for v in values if not is_int(v) or v < low]
     if bad:
         raise ValueError(f"{path}: {what} must be integers >= {low}, got e.g. {bad[:3]!r}")
     return np.asarray(values, dtype=np.int64)

@@ -445,6 +445,8 @@ def generate(out_dir: str, num_classes: int = 10, samples_per_class: int = 30, s
         raise ValueError(f"num_classes must be <= 999 (3-digit action field), got {num_classes}")
     if samples_per_class < 1:
         raise ValueError(f"samples_per_class must be >= 1, got {samples_per_class}")
+    if workers < 0:  # parallel_map read it as 0
+        raise ValueError(f"--workers must be >= 0 (0: no worker processes), got {workers}")
     if seed < 0:     # NumPy's seeding refuses it, with a message that names nothing
         raise ValueError(f"seed must be >= 0, got {seed}")
     if not (math.isfinite(noise) and noise >= 0):    # nan / inf wrote unreadable 'nan' coordinates

@@ -29,7 +29,8 @@ from ..ops.batch_norm_relu import batch_norm_relu
 from ..ops.graph_conv import graph_conv, graph_conv_composite
 from ..ops._layout import memory_format as layout_of
 from ..reference.graph import spatial_adjacency
-from ..reference.stgcn import STGCN, TEMPORAL_KERNEL, block_specs, check_encoder_args, is_int, weights_init_official
+from .._scalars import is_int
+from ..reference.stgcn import STGCN, TEMPORAL_KERNEL, block_specs, check_encoder_args, weights_init_official
 from ..topology import Topology
 
 __all__ = ["BatchedLinear", "BatchedSTGCNBlock", "BatchedSTGCN", "GroupedConv2d"]

@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import operator
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 from .. import _extension
+from .._scalars import is_real
 from ..reference import losses as ref
 from ..reference.modalities import nrm
 from ._devices import check_one_device
@@ -267,7 +267,7 @@ def _real_scalar(v):
     v is none of these; bool is not a number here)."""
     if isinstance(v, torch.Tensor):
         return v.item() if v.numel() == 1 and not v.is_complex() and v.dtype != torch.bool else None
-    if isinstance(v, numbers.Real) and not isinstance(v, bool):
+    if is_real(v):
         return v
     return None
 

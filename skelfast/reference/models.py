@@ -21,7 +21,8 @@ from .modalities import nrm
 from .encoder_list import EncoderList
 from .moco import QueueBank, momentum_update_
 from .parity import Parity, resolve_lock
-from .stgcn import is_int, is_real, weights_init_official
+from .._scalars import is_int, is_real
+from .stgcn import weights_init_official
 
 __all__ = ["MultiModalMoCo", "TeacherStudent", "LinearEval", "view_streams", "ikem_head", "REFERENCE_KERNELS",
            "kernel_set"]

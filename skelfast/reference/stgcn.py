@@ -6,13 +6,13 @@ official state dict maps key-for-key (`data_bn`, `st_gcn_networks.i.gcn.conv`, `
 """
 from __future__ import annotations
 
-import numbers
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._scalars import is_int, is_real
 from ..topology import Topology
 from .graph import spatial_adjacency
 
@@ -100,16 +100,6 @@ class STGCNBlock(nn.Module):
     def forward(self, x: torch.Tensor, A: torch.Tensor, importance: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x (B, Cin, T, V) -> (B, Cout, ceil(T/stride), V)."""
         return F.relu(self.tcn(self.gcn(x, A, importance)) + self.residual(x))
-
-
-def is_int(v) -> bool:
-    """An integer, not a bool (True would count as 1)."""
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def is_real(v) -> bool:
-    """A real number, not a bool."""
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def check_encoder_args(in_channels, hidden_channels, hidden_dim, feature_dim, num_class, head_hidden,

@@ -229,10 +229,22 @@ RANGES = (
     ("data.synthetic.seed", 0, True, None, True, "the synthetic dataset's seed"),
     ("data.synthetic.noise", 0, True, None, True, "the synthetic dataset's noise scale"),
     ("data.shear_amplitude", 0, True, None, True, "the shear augmentation's amplitude"),
+    ("data.batch_size", 1, True, None, True, "the global training batch"),
+    ("data.eval_batch_size", 1, True, None, True, "the evaluation batch"),
+    ("optim.lr", 0, False, None, True, "the learning rate"),
+    # step *decay* (method.md §5.2, x0.1): gamma <= 0 would flip the lr's sign (gradient ascent)
+    ("optim.gamma", 0, False, 1, True, "the lr decay factor"),
+    ("optim.epochs", 1, True, None, True, "epochs to train"),
     ("optim.momentum", 0, True, 1, False, "SGD momentum"),
     ("optim.weight_decay", 0, True, None, True, "SGD weight decay"),
     ("pretrain.cross_epoch", 0, True, None, True, "the last phase-1 epoch; 0 = phase 2 throughout"),
+    ("linear.eval_every", 1, True, None, True, "epochs between test evaluations"),
+    ("knn.k", 1, True, None, True, "neighbours that vote"),
+    ("knn.temperature", 0, False, None, True, "the k-NN vote temperature"),
+    ("finetune.eval_every", 1, True, None, True, "epochs between test evaluations"),
+    ("finetune.label_fraction", 0, False, 1, True, "the fraction of training labels used"),
     ("finetune.subset_seed", 0, True, None, True, "the label subset's seed"),
+    ("run.save_every", 1, True, None, True, "epochs between numbered checkpoints"),
     ("run.num_threads", 1, True, None, True, "torch intra-op threads; null = torch's default"),
 )
 
@@ -273,42 +285,20 @@ def validate(cfg: Mapping[str, Any], command: Optional[str] = None) -> None:
             if stage not in ("pretrain", "distill", "linear", "knn"):
                 raise ConfigError(f"unknown pipeline stage 'pipeline.{stage}'; expected pretrain, distill, linear, knn")
             _check(schema, _expand_dotted(over or {}), f"pipeline.{stage}.")
-    o, r, d = cfg["optim"], cfg["run"], cfg["data"]
-    if o["lr"] <= 0:
-        raise ConfigError(f"optim.lr must be > 0, got {o['lr']}")
-    if not 0 < o["gamma"] <= 1:
-        # step *decay* (method.md §5.2, ×0.1): gamma <= 0 would flip the lr's sign (gradient ascent)
-        raise ConfigError(f"optim.gamma must be in (0, 1] (the lr decay factor), got {o['gamma']}")
-    if o["epochs"] < 1:
-        raise ConfigError(f"optim.epochs must be >= 1, got {o['epochs']}")
+    o, r = cfg["optim"], cfg["run"]
     if any(not isinstance(s, int) or isinstance(s, bool) for s in o["step"]):
         raise ConfigError(f"optim.step must be a list of epoch numbers, got {o['step']!r}")
     _check_ranges(cfg)
-    for key in ("batch_size", "eval_batch_size"):
-        if d[key] < 1:
-            raise ConfigError(f"data.{key} must be >= 1, got {d[key]}")
     if r["amp"] not in ("none", "bf16"):
         raise ConfigError(f"run.amp must be 'none' or 'bf16', got {r['amp']!r}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(r["device"])):
         raise ConfigError(f"run.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {r['device']!r}")
-    if r["save_every"] < 1:
-        raise ConfigError(f"run.save_every must be >= 1, got {r['save_every']}")
     if r["max_steps_per_epoch"] is not None and r["max_steps_per_epoch"] < 0:
         # 0 and null mean 'no cap' (loops.py); a negative cap would silently train nothing
         raise ConfigError(f"run.max_steps_per_epoch must be >= 1 (or 0 / null for full epochs), "
                           f"got {r['max_steps_per_epoch']}")
-    for sec in ("linear", "finetune"):
-        if cfg[sec]["eval_every"] < 1:
-            raise ConfigError(f"{sec}.eval_every must be >= 1 (epochs between test evaluations), "
-                              f"got {cfg[sec]['eval_every']}")
-    if cfg["knn"]["k"] < 1:
-        raise ConfigError(f"knn.k must be >= 1 (neighbours that vote), got {cfg['knn']['k']}")
-    if cfg["knn"]["temperature"] <= 0:
-        raise ConfigError(f"knn.temperature must be > 0, got {cfg['knn']['temperature']}")
     if cfg["model"]["backend"] not in ("skelfast", "reference"):
         raise ConfigError(f"model.backend must be 'skelfast' or 'reference', got {cfg['model']['backend']!r}")
-    if not 0 < cfg["finetune"]["label_fraction"] <= 1:
-        raise ConfigError(f"finetune.label_fraction must be in (0, 1], got {cfg['finetune']['label_fraction']}")
     if not str(r["out_dir"]).strip():
         raise ConfigError("run.out_dir must name a folder (the parent of the run folders), got an empty string")
     _check_lock_keys(cfg)
